@@ -1,0 +1,164 @@
+"""``csttool``: command-line entry point (parsing only; the work happens elsewhere)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..config import DENOISE_METHODS, TENSOR_FIT_METHODS, ExecutionConfig, PipelineConfig
+from ..errors import CsttoolError
+from .logging_setup import setup_logging
+
+LOGGER = logging.getLogger("csttool")
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """Flags that fill :class:`PipelineConfig` (defaults come from the config object)."""
+    d = PipelineConfig()
+    g = parser.add_argument_group("pipeline options (part of the config hash)")
+    g.add_argument("--denoise-method", "--denoise_method", dest="denoise_method", choices=DENOISE_METHODS,
+                   default=d.denoise_method, help=f"denoising method (default: {d.denoise_method})")
+    g.add_argument("--no-gibbs", "--no_gibbs", dest="gibbs", action="store_false", default=d.gibbs,
+                   help="skip Gibbs unringing")
+    g.add_argument("--no-motion-correction", "--no_motion_correction", dest="motion_correction",
+                   action="store_false", default=d.motion_correction, help="skip motion correction")
+    g.add_argument("--b0-threshold", dest="b0_threshold", type=float, default=d.b0_threshold,
+                   help=f"b-values ≤ this count as b0, s/mm² (default: {d.b0_threshold:g})")
+    g.add_argument("--tensor-fit", dest="tensor_fit_method", choices=TENSOR_FIT_METHODS,
+                   default=d.tensor_fit_method, help=f"tensor fit method (default: {d.tensor_fit_method})")
+    g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
+
+
+def pipeline_config_from_args(args) -> PipelineConfig:
+    return PipelineConfig(
+        denoise_method=args.denoise_method, gibbs=args.gibbs, motion_correction=args.motion_correction,
+        b0_threshold=args.b0_threshold, tensor_fit_method=args.tensor_fit_method, seed=args.seed,
+    )
+
+
+def add_execution_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("execution")
+    g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=int, default=1,
+                   help="processes for Nipype's MultiProc plugin (1 = Linear plugin)")
+    g.add_argument("--mem-gb", dest="mem_gb", type=float, default=None, help="memory cap for MultiProc (GB)")
+    g.add_argument("--work-dir", "-w", dest="work_dir", type=Path, default=None,
+                   help="Nipype working directory (default: OUT/_work)")
+    g.add_argument("--write-graph", action="store_true", help="also draw the workflow graph into OUT/figures")
+
+
+def execution_config_from_args(args) -> ExecutionConfig:
+    plugin = "MultiProc" if args.nprocs > 1 else "Linear"
+    return ExecutionConfig(plugin=plugin, nprocs=args.nprocs, mem_gb=args.mem_gb, write_graph=args.write_graph)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="csttool", description="Corticospinal tract assessment from diffusion MRI (Nipype + DIPY)."
+    )
+    parser.add_argument("--version", action="version", version=f"csttool-nipype {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="process one subject")
+    src = run.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dwi", "--nifti", dest="dwi", type=Path, help="4D diffusion NIfTI")
+    src.add_argument("--dicom", type=Path, help="DICOM folder or (gzipped) DICOM file")
+    run.add_argument("--bval", type=Path, help="b-values (default: next to the NIfTI, same stem)")
+    run.add_argument("--bvec", type=Path, help="b-vectors, FSL convention (default: same stem)")
+    run.add_argument("--json", dest="sidecar", type=Path, help="JSON sidecar (default: same stem)")
+    run.add_argument("--series", help="DICOM series number or description when a folder holds several")
+    run.add_argument("--out", required=True, type=Path, help="output (BIDS derivatives) folder")
+    run.add_argument("--subject-id", "--subject_id", dest="subject", default="sub-01", help="default: sub-01")
+    run.add_argument("--session", help="session label (optional)")
+    add_pipeline_options(run)
+    add_execution_options(run)
+    run.set_defaults(func=_cmd_run)
+
+    ph = sub.add_parser("phantom", help="write a digital phantom with known ground truth")
+    ph.add_argument("out", type=Path, help="output folder (a BIDS dataset)")
+    ph.add_argument("--subjects", type=int, default=1, help="number of subjects (default: 1)")
+    ph.add_argument("--voxel-size", type=float, default=3.0, help="isotropic voxel size, mm (default: 3)")
+    ph.add_argument("--directions", type=int, default=30, help="directions per shell (default: 30)")
+    ph.add_argument("--bvals", type=float, nargs="+", default=[1000.0], help="shells, s/mm² (default: 1000)")
+    ph.add_argument("--snr", type=float, default=30.0, help="b0 white-matter SNR (default: 30; 0 = no noise)")
+    ph.add_argument("--rotation", type=float, default=0.0, help="max random head rotation, degrees")
+    ph.add_argument("--translation", type=float, default=0.0, help="max random head translation, mm")
+    ph.add_argument("--orientation", default="RAS", help="voxel axis codes, e.g. RAS, LAS, LPS, PSR")
+    ph.add_argument("--lesion-side", choices=("left", "right"), help="add a CST lesion on this side")
+    ph.add_argument("--lesion-fa-reduction", type=float, default=0.3, help="fractional FA drop (default 0.3)")
+    ph.add_argument("--gibbs", action="store_true", help="simulate Gibbs ringing")
+    ph.add_argument("--motion", type=float, default=0.0, help="max per-volume rotation, degrees")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.set_defaults(func=_cmd_phantom)
+
+    demo = sub.add_parser("demo", help="make a phantom dataset and run the pipeline on it")
+    demo.add_argument("out", type=Path, help="output folder (raw phantom in OUT/rawdata, results in OUT/derivatives)")
+    demo.add_argument("--subjects", type=int, default=1, help="phantom subjects (default: 1)")
+    add_execution_options(demo)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from ..run import run_subject
+    from ..workflows.base import DWIInputs
+
+    inputs = DWIInputs(
+        nifti=_str(args.dwi), bval=_str(args.bval), bvec=_str(args.bvec), sidecar=_str(args.sidecar),
+        dicom=_str(args.dicom), series=args.series,
+    )
+    out = run_subject(args.subject, inputs, args.out, pipeline_config_from_args(args),
+                      execution_config_from_args(args), session=args.session, work_dir=args.work_dir)
+    LOGGER.info("done: outputs in %s", out)
+    return 0
+
+
+def _phantom_spec(args):
+    from ..science.phantom import LesionSpec, PhantomSpec
+
+    lesion = LesionSpec(side=args.lesion_side, fa_reduction=args.lesion_fa_reduction) if args.lesion_side else None
+    return PhantomSpec(
+        voxel_size=args.voxel_size, n_directions=args.directions, bvals=tuple(args.bvals),
+        snr=args.snr or None, rotation_deg=args.rotation, translation_mm=args.translation,
+        orientation=args.orientation, seed=args.seed, lesion=lesion, gibbs=args.gibbs, motion_deg=args.motion,
+    )
+
+
+def _cmd_phantom(args) -> int:
+    from ..science.phantom import write_bids_dataset
+
+    path = write_bids_dataset(args.out, args.subjects, spec=_phantom_spec(args), seed=args.seed)
+    LOGGER.info("phantom dataset written to %s (ground truth in derivatives/phantom-truth)", path)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from ..demo import run_demo
+
+    run_demo(args.out, n_subjects=args.subjects, execution=execution_config_from_args(args))
+    return 0
+
+
+def _str(value) -> str | None:
+    return None if value is None else str(value)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except CsttoolError as exc:
+        LOGGER.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        LOGGER.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

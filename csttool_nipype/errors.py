@@ -1,0 +1,31 @@
+"""Exceptions whose message is shown to the user as one line.
+
+Every problem with user input is raised as :class:`InputError` with the offending
+path first, so the command line can print ``error: <path>: <problem>`` and exit
+non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class CsttoolError(Exception):
+    """Base class for errors that are reported to the user without a traceback."""
+
+
+class InputError(CsttoolError):
+    """An input file or folder is missing, malformed or not usable.
+
+    Parameters
+    ----------
+    path : path-like or None
+        The file or folder at fault; it leads the message.
+    problem : str
+        What is wrong, in one short sentence (no newline).
+    """
+
+    def __init__(self, path: str | PathLike | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = " ".join(str(problem).split())
+        super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")

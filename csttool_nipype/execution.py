@@ -1,0 +1,99 @@
+"""Run a Nipype workflow with safe settings and turn node crashes into one-line reasons.
+
+Knows nothing about diffusion: it sets where Nipype may write (work and crash
+folders, never the current directory), picks the plugin, and, when a node fails,
+reads the crash files to report the root cause in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from .config import ExecutionConfig
+from .errors import CsttoolError
+
+LOGGER = logging.getLogger(__name__)
+
+
+class WorkflowFailed(CsttoolError):
+    """A node of the workflow failed; the message is the root cause in one line."""
+
+    def __init__(self, reason: str, crash_files: list[Path]):
+        self.reason = reason
+        self.crash_files = crash_files
+        super().__init__(reason)
+
+
+def configure_workflow(workflow, work_dir: Path, crash_dir: Path, stop_on_first_crash: bool = True) -> None:
+    """Point the workflow's caches and crash files at ``work_dir``/``crash_dir``."""
+    work_dir = Path(work_dir).absolute()
+    crash_dir = Path(crash_dir).absolute()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    workflow.base_dir = str(work_dir)
+    workflow.config["execution"].update({
+        "crashdump_dir": str(crash_dir),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": stop_on_first_crash,
+        "remove_unnecessary_outputs": False,
+        "hash_method": "content",
+        "check_version": False,
+    })
+    workflow.config["monitoring"] = {"enabled": False}
+    # Nipype's SLURM plugin (and getpass) need LOGNAME; containers often lack it.
+    os.environ.setdefault("LOGNAME", os.environ.get("USER", "csttool"))
+
+
+def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: ExecutionConfig | None = None):
+    """Run ``workflow``; raise :class:`WorkflowFailed` with a one-line reason on failure.
+
+    Returns the executed graph Nipype gives back.
+    """
+    execution = execution or ExecutionConfig()
+    configure_workflow(workflow, work_dir, crash_dir)
+    plugin_args = dict(execution.plugin_args)
+    if execution.plugin == "MultiProc":
+        plugin_args.setdefault("n_procs", execution.nprocs)
+        if execution.mem_gb:
+            plugin_args.setdefault("memory_gb", execution.mem_gb)
+        plugin_args.setdefault("raise_insufficient", False)
+    before = set(Path(crash_dir).glob("crash-*"))
+    try:
+        return workflow.run(plugin=execution.plugin, plugin_args=plugin_args)
+    except Exception as exc:  # Nipype raises RuntimeError("Workflow did not execute cleanly...")
+        crash_files = sorted(set(Path(crash_dir).glob("crash-*")) - before)
+        reason = crash_reason(crash_files) or f"{type(exc).__name__}: {exc}"
+        raise WorkflowFailed(reason, crash_files) from exc
+
+
+_EXC_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Failed|Exit))\s*:\s*(.+)$")
+
+
+def crash_reason(crash_files: list[Path]) -> str | None:
+    """The last exception line of the first crash file, as ``node: message``.
+
+    For this package's own ``InputError`` the message is already ``path: problem``
+    and is returned as it is.
+    """
+    for crash in crash_files:
+        try:
+            text = Path(crash).read_text(errors="replace")
+        except OSError:
+            continue
+        node = re.search(r"^Node:\s*(\S+)", text, re.M)
+        last = None
+        for line in text.splitlines():
+            match = _EXC_LINE.match(line.strip())
+            if match:
+                last = match
+        if last is None:
+            continue
+        kind, message = last.group(1), last.group(2).strip()
+        if kind in ("InputError", "CsttoolError"):
+            return message
+        where = node.group(1).split(".")[-1] if node else "workflow"
+        return f"{where}: {kind}: {message}"
+    return None

@@ -1,0 +1,64 @@
+"""Shared input specs and file helpers for the stage interfaces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
+
+from .. import __version__
+
+
+class VersionedInputSpec(BaseInterfaceInputSpec):
+    """Adds the package version to the inputs so Nipype re-runs a node after an upgrade."""
+
+    pipeline_version = traits.Str(__version__, usedefault=True, desc="csttool-nipype version (cache key)")
+
+
+class DWIInputSpec(VersionedInputSpec):
+    in_dwi = File(exists=True, mandatory=True, desc="4D DWI NIfTI (RAS+ after import)")
+    in_bval = File(exists=True, mandatory=True, desc="b-values (s/mm², FSL text)")
+    in_bvec = File(exists=True, mandatory=True, desc="b-vectors (FSL convention)")
+    b0_threshold = traits.Float(50.0, usedefault=True, desc="b ≤ this counts as b0 (s/mm²)")
+
+
+class DWIOutputSpec(TraitedSpec):
+    out_dwi = File(exists=True, desc="4D DWI NIfTI")
+    out_bval = File(exists=True, desc="b-values")
+    out_bvec = File(exists=True, desc="b-vectors (FSL convention)")
+
+
+def load_inputs(inputs):
+    """Load the DWI triplet of an interface's inputs as a ``DWIData`` (validated)."""
+    from ..science.dwi_io import load_dwi
+
+    return load_dwi(inputs.in_dwi, inputs.in_bval, inputs.in_bvec, b0_threshold=inputs.b0_threshold)
+
+
+def save_outputs(dwi, cwd: str, stem: str, results: dict) -> None:
+    """Save a ``DWIData`` into the node's working directory and fill DWIOutputSpec results."""
+    from ..science.dwi_io import save_dwi
+
+    paths = save_dwi(dwi, str(Path(cwd) / stem))
+    results["out_dwi"] = str(paths["nifti"])
+    results["out_bval"] = str(paths["bval"])
+    results["out_bvec"] = str(paths["bvec"])
+
+
+def write_json(obj, path: Path) -> str:
+    """Write ``obj`` as indented JSON (numpy scalars and arrays converted) and return the path."""
+
+    def _default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    path = Path(path)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_default) + "\n")
+    return str(path)

@@ -1,0 +1,171 @@
+"""Preprocessing stage interfaces: denoising, Gibbs unringing, motion correction, brain mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
+
+from .base import DWIInputSpec, DWIOutputSpec, VersionedInputSpec, load_inputs, save_outputs, write_json
+
+
+def _replace_data(dwi, data, bvecs_voxel=None):
+    from dataclasses import replace
+
+    if bvecs_voxel is None:
+        return replace(dwi, data=np.asarray(data, np.float32))
+    return replace(dwi, data=np.asarray(data, np.float32), bvecs_voxel=np.asarray(bvecs_voxel, float))
+
+
+# --------------------------------------------------------------------------- denoise
+class _DenoiseInputSpec(DWIInputSpec):
+    method = traits.Enum("patch2self", "nlmeans", "mppca", "none", usedefault=True)
+
+
+class _DenoiseOutputSpec(DWIOutputSpec):
+    out_report = File(exists=True, desc="JSON: method, parameters, noise estimate")
+
+
+class Denoise(SimpleInterface):
+    """Denoise a DWI series (``science.preprocess.denoise``)."""
+
+    input_spec = _DenoiseInputSpec
+    output_spec = _DenoiseOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..science.preprocess import denoise
+
+        dwi = load_inputs(self.inputs)
+        data, info = denoise(
+            dwi.data, dwi.bvals, dwi.bvecs_voxel, method=self.inputs.method,
+            b0_threshold=self.inputs.b0_threshold,
+        )
+        save_outputs(_replace_data(dwi, data), runtime.cwd, "dwi_denoised", self._results)
+        self._results["out_report"] = write_json(info, Path(runtime.cwd) / "denoise.json")
+        return runtime
+
+
+# --------------------------------------------------------------------------- gibbs
+class _GibbsInputSpec(DWIInputSpec):
+    slice_axis = traits.Int(2, usedefault=True, desc="voxel axis across slices (0, 1 or 2)")
+    n_points = traits.Int(3, usedefault=True, desc="neighbour points for the sub-voxel shift")
+    num_processes = traits.Int(1, usedefault=True, desc="dipy processes (1 avoids spawn)")
+
+
+class GibbsUnring(SimpleInterface):
+    """Remove Gibbs ringing slice by slice (``science.preprocess.gibbs_unring``)."""
+
+    input_spec = _GibbsInputSpec
+    output_spec = DWIOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..science.preprocess import gibbs_unring
+
+        dwi = load_inputs(self.inputs)
+        data = gibbs_unring(
+            dwi.data, slice_axis=self.inputs.slice_axis, n_points=self.inputs.n_points,
+            num_processes=self.inputs.num_processes,
+        )
+        save_outputs(_replace_data(dwi, data), runtime.cwd, "dwi_unringed", self._results)
+        return runtime
+
+
+# --------------------------------------------------------------------------- motion
+class _MotionOutputSpec(DWIOutputSpec):
+    out_transforms = File(exists=True, desc="(N,4,4) rigid world transforms per volume, .npy")
+    out_report = File(exists=True, desc="JSON: per-volume rotation/translation, framewise displacement")
+
+
+class MotionCorrect(SimpleInterface):
+    """Rigid motion correction with b-vector rotation (``science.motion.motion_correct``)."""
+
+    input_spec = DWIInputSpec
+    output_spec = _MotionOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..science.motion import motion_correct
+
+        dwi = load_inputs(self.inputs)
+        data, bvecs, transforms, report = motion_correct(
+            dwi.data, dwi.affine, dwi.bvals, dwi.bvecs_voxel, b0_threshold=self.inputs.b0_threshold
+        )
+        save_outputs(_replace_data(dwi, data, bvecs), runtime.cwd, "dwi_motion", self._results)
+        np.save(Path(runtime.cwd) / "motion_transforms.npy", transforms)
+        self._results["out_transforms"] = str(Path(runtime.cwd) / "motion_transforms.npy")
+        self._results["out_report"] = write_json(report, Path(runtime.cwd) / "motion.json")
+        return runtime
+
+
+# --------------------------------------------------------------------------- mask
+class _MaskInputSpec(DWIInputSpec):
+    median_radius = traits.Int(2, usedefault=True)
+    numpass = traits.Int(1, usedefault=True)
+
+
+class _MaskOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc="brain mask (uint8), DWI grid")
+    out_b0 = File(exists=True, desc="mean b0 (float32), DWI grid")
+
+
+class BrainMask(SimpleInterface):
+    """Brain mask from the mean b0 (``science.preprocess.brain_mask``)."""
+
+    input_spec = _MaskInputSpec
+    output_spec = _MaskOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..science.preprocess import brain_mask
+
+        dwi = load_inputs(self.inputs)
+        mask, b0 = brain_mask(
+            dwi.data, dwi.bvals, b0_threshold=self.inputs.b0_threshold,
+            median_radius=self.inputs.median_radius, numpass=self.inputs.numpass,
+        )
+        self._results["out_mask"] = _save_map(mask.astype(np.uint8), dwi.affine, runtime.cwd, "brain_mask")
+        self._results["out_b0"] = _save_map(b0.astype(np.float32), dwi.affine, runtime.cwd, "mean_b0")
+        return runtime
+
+
+def _save_map(array, affine, cwd, stem) -> str:
+    path = Path(cwd) / f"{stem}.nii.gz"
+    nib.save(nib.Nifti1Image(array, affine), path)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- record
+class _PreprocRecordInputSpec(VersionedInputSpec):
+    config = traits.Dict(mandatory=True, desc="the preprocessing options that were applied")
+    metadata = File(exists=True, desc="acquisition metadata JSON from the import (kept at the top level)")
+    denoise_report = File(exists=True)
+    motion_report = File(exists=True)
+
+
+class _PreprocRecordOutputSpec(TraitedSpec):
+    out_report = File(exists=True, desc="JSON: what preprocessing did, including motion summary")
+
+
+class PreprocRecord(SimpleInterface):
+    """Merge the stage reports into one preprocessing record (JSON)."""
+
+    input_spec = _PreprocRecordInputSpec
+    output_spec = _PreprocRecordOutputSpec
+
+    def _run_interface(self, runtime):
+        import json
+
+        steps = {"options": dict(self.inputs.config)}
+        for key in ("denoise_report", "motion_report"):
+            value = getattr(self.inputs, key)
+            if isdefined(value):
+                steps[key.replace("_report", "")] = json.loads(Path(value).read_text())
+        motion = steps.get("motion") or {}
+        steps["mean_fd_mm"] = motion.get("mean_fd_mm")
+        steps["max_fd_mm"] = motion.get("max_fd_mm")
+        record = {}
+        if isdefined(self.inputs.metadata):
+            record.update(json.loads(Path(self.inputs.metadata).read_text()))
+        record["CsttoolPreprocessing"] = steps
+        self._results["out_report"] = write_json(record, Path(runtime.cwd) / "preprocessing.json")
+        return runtime

@@ -1,0 +1,88 @@
+"""Run the subject workflow for one subject (what ``csttool run`` does)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from .config import ExecutionConfig, PipelineConfig
+from .errors import InputError
+from .execution import run_workflow
+from .workflows.base import DWIInputs, init_subject_wf
+from .workflows.outputs import write_dataset_description
+
+LOGGER = logging.getLogger(__name__)
+
+
+def check_inputs(inputs: DWIInputs) -> None:
+    """Fail fast, before any workflow is built, on input that cannot work.
+
+    A NIfTI series is fully read and validated (catches truncated files, count
+    mismatches, missing b0...). A DICOM source is only checked to exist and hold
+    files; its conversion errors surface from the import node.
+    """
+    if inputs.nifti:
+        from .science.dwi_io import import_dwi
+
+        with tempfile.TemporaryDirectory(prefix="csttool-check-") as tmp:
+            import_dwi(nifti=inputs.nifti, bval=inputs.bval, bvec=inputs.bvec, sidecar=inputs.sidecar,
+                       work_dir=tmp)
+        return
+    path = Path(inputs.dicom)
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        raise InputError(path, "folder is empty: no DICOM files to convert")
+
+
+def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineConfig | None = None,
+                execution: ExecutionConfig | None = None, session: str | None = None, work_dir=None) -> Path:
+    """Check inputs, build and run the subject workflow; return ``output_dir/sub-XX``.
+
+    Raises
+    ------
+    InputError
+        Unusable input (one-line message naming the file).
+    WorkflowFailed
+        A node failed; the message is the root cause, crash files are kept in
+        ``work_dir/crash``.
+    """
+    config = config or PipelineConfig()
+    execution = execution or ExecutionConfig()
+    output_dir = Path(output_dir).absolute()
+    sub = subject if subject.startswith("sub-") else f"sub-{subject}"
+    check_inputs(inputs)
+    work_dir = Path(work_dir).absolute() if work_dir else output_dir / "_work" / sub
+    wf = init_subject_wf(sub, inputs, str(output_dir), config, session=session)
+    if execution.write_graph:
+        write_graphs(wf, output_dir / sub / "figures")
+    LOGGER.info("running %s (config %s) from %s", sub, config.config_hash(), inputs.source)
+    run_workflow(wf, work_dir, work_dir / "crash", execution)
+    write_dataset_description(output_dir)
+    return output_dir / sub
+
+
+def write_graphs(wf, folder: Path) -> list[Path]:
+    """Draw the workflow (``colored`` and ``flat``) as PNG and SVG into ``folder``.
+
+    Without Graphviz's ``dot`` only the ``.dot`` files are written, with a warning
+    saying how to install it.
+    """
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    has_dot = shutil.which("dot") is not None
+    for style in ("colored", "flat"):
+        dotfile = folder / f"workflow_{style}.dot"
+        for fmt in ("png", "svg") if has_dot else ("png",):
+            try:
+                wf.write_graph(dotfilename=str(dotfile), graph2use=style, format=fmt, simple_form=True)
+            except Exception as exc:  # noqa: BLE001 - nipype shells out to `dot`
+                if has_dot:
+                    raise
+                LOGGER.debug("graph rendering skipped: %s", exc)
+    if not has_dot:
+        LOGGER.warning("Graphviz 'dot' not found: wrote .dot files only; install Graphviz "
+                       "('apt-get install graphviz' or 'conda install graphviz') for PNG/SVG")
+    return sorted(p for p in folder.iterdir() if p.name.startswith("workflow_"))

@@ -1,0 +1,107 @@
+"""Derivatives workflow: BIDS-derivative names and sidecars, copied out by a DataSink."""
+
+from __future__ import annotations
+
+from nipype.interfaces.io import DataSink
+from nipype.interfaces.utility import IdentityInterface
+from nipype.pipeline import engine as pe
+
+from ..interfaces.derivatives import DerivativeName
+
+#: field -> (folder, entities, suffix, sidecar) of every file the subject workflow writes.
+#: Units follow BIDS: diffusivities in mm^2/s.
+DERIVATIVES = {
+    "dwi": ("dwi", [("space", "dwi"), ("desc", "preproc")], "dwi",
+            {"Description": "Preprocessed diffusion-weighted series, RAS+ voxel order"}),
+    "bval": ("dwi", [("space", "dwi"), ("desc", "preproc")], "dwi", {}),
+    "bvec": ("dwi", [("space", "dwi"), ("desc", "preproc")], "dwi", {}),
+    "mask": ("dwi", [("space", "dwi"), ("desc", "brain")], "mask",
+             {"Description": "Brain mask (median Otsu on the mean b=0)", "Type": "Brain"}),
+    "b0": ("dwi", [("space", "dwi"), ("desc", "mean")], "dwiref",
+           {"Description": "Mean of the preprocessed b=0 volumes"}),
+    "fa": ("dwi", [("space", "dwi"), ("model", "tensor"), ("param", "fa")], "dwimap",
+           {"Description": "Fractional anisotropy of the diffusion tensor", "Units": "arbitrary"}),
+    "md": ("dwi", [("space", "dwi"), ("model", "tensor"), ("param", "md")], "dwimap",
+           {"Description": "Mean diffusivity of the diffusion tensor", "Units": "mm^2/s"}),
+    "rd": ("dwi", [("space", "dwi"), ("model", "tensor"), ("param", "rd")], "dwimap",
+           {"Description": "Radial diffusivity (mean of the two smaller eigenvalues)", "Units": "mm^2/s"}),
+    "ad": ("dwi", [("space", "dwi"), ("model", "tensor"), ("param", "ad")], "dwimap",
+           {"Description": "Axial diffusivity (largest eigenvalue)", "Units": "mm^2/s"}),
+    "colorfa": ("dwi", [("space", "dwi"), ("model", "tensor"), ("param", "colorfa")], "dwimap",
+                {"Description": "Colour FA: RGB = FA x |principal eigenvector| along world R-L, A-P, S-I"}),
+    "v1": ("dwi", [("space", "dwi"), ("model", "tensor"), ("param", "v1")], "dwimap",
+           {"Description": "Principal eigenvector in the image's voxel axes (i, j, k)"}),
+    "evals": ("dwi", [("space", "dwi"), ("model", "tensor"), ("param", "evals")], "dwimap",
+              {"Description": "Tensor eigenvalues, largest first", "Units": "mm^2/s"}),
+    "tensor_qc": ("figures", [("desc", "tensor")], "qc", {}),
+}
+
+
+def init_derivatives_wf(output_dir: str, subject: str, session: str | None = None, fields=None,
+                        name: str = "derivatives_wf"):
+    """Name every output BIDS-style and copy it into ``output_dir/sub-X[/ses-Y]/``.
+
+    Parameters
+    ----------
+    output_dir : str
+        Root of the derivatives dataset.
+    subject, session : str
+        Labels, with or without the ``sub-``/``ses-`` prefix.
+    fields : list of str, optional
+        Keys of :data:`DERIVATIVES` to write (default: all).
+
+    Inputs
+    ------
+    One field per key of :data:`DERIVATIVES`, plus ``source_file`` (recorded in
+    sidecars) and ``preproc_record`` (a JSON file merged into the preprocessed DWI's sidecar).
+    """
+    fields = list(fields or DERIVATIVES)
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(IdentityInterface(fields=[*fields, "source_file", "preproc_record"]), name="inputnode")
+    sub = subject if subject.startswith("sub-") else f"sub-{subject}"
+    container = sub if not session else f"{sub}/{session if session.startswith('ses-') else 'ses-' + session}"
+    sink = pe.Node(DataSink(base_directory=str(output_dir), container=container, parameterization=False),
+                   name="datasink", run_without_submitting=True)
+    for field in fields:
+        folder, entities, suffix, sidecar = DERIVATIVES[field]
+        rename = pe.Node(
+            DerivativeName(subject=sub, entities=entities, suffix=suffix, sidecar=sidecar),
+            name=f"name_{field}", run_without_submitting=True,
+        )
+        if session:
+            rename.inputs.session = session
+        wf.connect(inputnode, field, rename, "in_file")
+        wf.connect(inputnode, ("source_file", _as_list), rename, "source_files")
+        if field == "dwi":
+            wf.connect(inputnode, "preproc_record", rename, "sidecar_file")
+        wf.connect(rename, "out_file", sink, f"{folder}.@{field}")
+        if sidecar or field == "dwi":
+            wf.connect(rename, "out_sidecar", sink, f"{folder}.@{field}_json")
+    return wf
+
+
+def _as_list(value):
+    return [value] if isinstance(value, str) else list(value)
+
+
+def write_dataset_description(output_dir) -> "Path":
+    """Write the derivatives' ``dataset_description.json`` if it is not there yet."""
+    import json
+    from pathlib import Path
+
+    from .. import __version__
+
+    path = Path(output_dir) / "dataset_description.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "Name": "csttool-nipype derivatives",
+            "BIDSVersion": "1.10.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{
+                "Name": "csttool-nipype",
+                "Version": __version__,
+                "CodeURL": "https://github.com/csttool/csttool-nipype",
+            }],
+        }, indent=2) + "\n")
+    return path
