@@ -1,0 +1,36 @@
+"""Workflow wiring: the subject workflow composes the stage workflows the config asks for."""
+
+from csttool_nipype.config import PipelineConfig
+from csttool_nipype.workflows.base import DWIInputs, init_subject_wf
+from csttool_nipype.workflows.dwi_preproc import init_dwi_preproc_wf
+
+
+def _node_names(wf):
+    return {node.fullname.split(".", 1)[-1] for node in wf._get_all_nodes()}
+
+
+def test_preproc_nodes_follow_config():
+    full = _node_names(init_dwi_preproc_wf(PipelineConfig()))
+    assert {"denoise", "gibbs_unring", "motion_correct", "brain_mask"} <= full
+    bare = _node_names(init_dwi_preproc_wf(PipelineConfig(denoise_method="none", gibbs=False,
+                                                           motion_correction=False)))
+    assert "denoise" not in bare and "gibbs_unring" not in bare and "motion_correct" not in bare
+    assert "brain_mask" in bare
+
+
+def test_preproc_order_is_denoise_gibbs_motion_mask():
+    wf = init_dwi_preproc_wf(PipelineConfig())
+    graph = wf._graph
+    by_name = {n.name: n for n in graph.nodes()}
+    for a, b in [("denoise", "gibbs_unring"), ("gibbs_unring", "motion_correct"), ("motion_correct", "brain_mask")]:
+        assert graph.has_edge(by_name[a], by_name[b]), f"{a} should feed {b}"
+
+
+def test_subject_workflow_has_every_stage_and_a_datasink(tmp_path):
+    (tmp_path / "x.nii.gz").write_bytes(b"")
+    wf = init_subject_wf("01", DWIInputs(nifti=str(tmp_path / "x.nii.gz")), str(tmp_path / "out"))
+    names = _node_names(wf)
+    assert "dwi_import" in names
+    assert any(n.endswith("fit_tensor") for n in names)
+    assert any(n.endswith("datasink") for n in names)
+    assert wf.name == "single_subject_01_wf"
