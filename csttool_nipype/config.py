@@ -105,3 +105,6 @@ class ExecutionConfig:
     mem_gb: float | None = None
     plugin_args: dict = field(default_factory=dict)
     write_graph: bool = False
+    #: Nipype's own log level. Node failures are reported by csttool in one line (the
+    #: crash file has the traceback), so Nipype is quiet unless asked (-v/-vv).
+    nipype_log_level: str = "CRITICAL"

@@ -47,6 +47,16 @@ def configure_workflow(workflow, work_dir: Path, crash_dir: Path, stop_on_first_
     os.environ.setdefault("LOGNAME", os.environ.get("USER", "csttool"))
 
 
+def set_nipype_log_level(level: str) -> None:
+    """Apply ``level`` to Nipype's workflow, interface and utils loggers."""
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    for key in ("workflow_level", "interface_level", "utils_level"):
+        nipype_config.set("logging", key, level)
+    nipype_logging.update_logging(nipype_config)
+
+
 def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: ExecutionConfig | None = None):
     """Run ``workflow``; raise :class:`WorkflowFailed` with a one-line reason on failure.
 
@@ -54,6 +64,7 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: Execution
     """
     execution = execution or ExecutionConfig()
     configure_workflow(workflow, work_dir, crash_dir)
+    set_nipype_log_level(execution.nipype_log_level)
     plugin_args = dict(execution.plugin_args)
     if execution.plugin == "MultiProc":
         plugin_args.setdefault("n_procs", execution.nprocs)

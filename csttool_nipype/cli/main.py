@@ -51,7 +51,9 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
 
 def execution_config_from_args(args) -> ExecutionConfig:
     plugin = "MultiProc" if args.nprocs > 1 else "Linear"
-    return ExecutionConfig(plugin=plugin, nprocs=args.nprocs, mem_gb=args.mem_gb, write_graph=args.write_graph)
+    level = {0: "CRITICAL", 1: "INFO"}.get(args.verbose, "DEBUG")
+    return ExecutionConfig(plugin=plugin, nprocs=args.nprocs, mem_gb=args.mem_gb, write_graph=args.write_graph,
+                           nipype_log_level=level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--session", help="session label (optional)")
     add_pipeline_options(run)
     add_execution_options(run)
+    run.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
     run.set_defaults(func=_cmd_run)
 
     ph = sub.add_parser("phantom", help="write a digital phantom with known ground truth")
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("out", type=Path, help="output folder (raw phantom in OUT/rawdata, results in OUT/derivatives)")
     demo.add_argument("--subjects", type=int, default=1, help="phantom subjects (default: 1)")
     add_execution_options(demo)
+    demo.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
