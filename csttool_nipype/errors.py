@@ -13,6 +13,9 @@ from os import PathLike
 class CsttoolError(Exception):
     """Base class for errors that are reported to the user without a traceback."""
 
+    #: Error category shown in batch summaries and ``batch_metrics.csv``.
+    category = "pipeline error"
+
 
 class InputError(CsttoolError):
     """An input file or folder is missing, malformed or not usable.
@@ -24,6 +27,8 @@ class InputError(CsttoolError):
     problem : str
         What is wrong, in one short sentence (no newline).
     """
+
+    category = "invalid input"
 
     def __init__(self, path: str | PathLike | None, problem: str):
         self.path = None if path is None else str(path)

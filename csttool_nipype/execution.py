@@ -21,8 +21,9 @@ LOGGER = logging.getLogger(__name__)
 class WorkflowFailed(CsttoolError):
     """A node of the workflow failed; the message is the root cause in one line."""
 
-    def __init__(self, reason: str, crash_files: list[Path]):
+    def __init__(self, reason: str, crash_files: list[Path], category: str = "pipeline error"):
         self.reason = reason
+        self.category = category
         self.crash_files = crash_files
         super().__init__(reason)
 
@@ -76,18 +77,19 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: Execution
         return workflow.run(plugin=execution.plugin, plugin_args=plugin_args)
     except Exception as exc:  # Nipype raises RuntimeError("Workflow did not execute cleanly...")
         crash_files = sorted(set(Path(crash_dir).glob("crash-*")) - before)
-        reason = crash_reason(crash_files) or f"{type(exc).__name__}: {exc}"
-        raise WorkflowFailed(reason, crash_files) from exc
+        reason, category = crash_reason(crash_files) or (f"{type(exc).__name__}: {exc}", "pipeline error")
+        raise WorkflowFailed(reason, crash_files, category) from exc
 
 
 _EXC_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Failed|Exit))\s*:\s*(.+)$")
 
 
-def crash_reason(crash_files: list[Path]) -> str | None:
-    """The last exception line of the first crash file, as ``node: message``.
+def crash_reason(crash_files: list[Path]) -> tuple[str, str] | None:
+    """(reason, category) from the last exception line of the first readable crash file.
 
-    For this package's own ``InputError`` the message is already ``path: problem``
-    and is returned as it is.
+    The reason reads ``node: ExceptionType: message``; for this package's own
+    ``InputError`` the message is already ``path: problem`` and is returned as it is,
+    with the category ``invalid input``. ``MemoryError`` is categorised ``out of memory``.
     """
     for crash in crash_files:
         try:
@@ -103,8 +105,9 @@ def crash_reason(crash_files: list[Path]) -> str | None:
         if last is None:
             continue
         kind, message = last.group(1), last.group(2).strip()
-        if kind in ("InputError", "CsttoolError"):
-            return message
+        if kind == "InputError":
+            return message, "invalid input"
         where = node.group(1).split(".")[-1] if node else "workflow"
-        return f"{where}: {kind}: {message}"
+        category = "out of memory" if kind == "MemoryError" else "pipeline error"
+        return f"{where}: {kind}: {message}", category
     return None

@@ -1,0 +1,161 @@
+"""Per-job state on disk: layout, lock, done marker, atomic promotion.
+
+Layout of one job ``OUT/<key>/``::
+
+    .lock            held (flock) while a batch processes the job
+    _work/nipype/    the job's Nipype cache, kept across attempts (resume from cached nodes)
+    _work/stage/     outputs of the current attempt, before promotion
+    logs/<key>.log   every attempt's log lines; logs/crash/ Nipype crash reports (text)
+    <promoted outputs>
+    _done.json       written last, atomically: version, config hash, timings, outputs + SHA-256
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+DONE = "_done.json"
+WORK = "_work"
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Where one job's files live; ``key`` may be ``sub-01`` or ``sub-01/ses-02``."""
+
+    root: Path
+    key: str
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def work(self) -> Path:
+        return self.root / WORK
+
+    @property
+    def nipype(self) -> Path:
+        return self.work / "nipype"
+
+    @property
+    def stage(self) -> Path:
+        return self.work / "stage"
+
+    @property
+    def result(self) -> Path:
+        return self.work / "result.json"
+
+    @property
+    def jobfile(self) -> Path:
+        return self.work / "job.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def log(self) -> Path:
+        return self.logs / f"{self.key.replace('/', '_')}.log"
+
+    @property
+    def crash(self) -> Path:
+        return self.logs / "crash"
+
+    @property
+    def done(self) -> Path:
+        return self.root / DONE
+
+
+def job_paths(out_dir: Path, key: str) -> JobPaths:
+    return JobPaths(Path(out_dir) / key, key)
+
+
+def try_lock(paths: JobPaths) -> FileLock | None:
+    """Take the job's lock without waiting; None if another batch holds it.
+
+    The lock is an ``flock`` on ``.lock``: the operating system releases it when the
+    holding process dies, so a killed batch never leaves a stale lock.
+    """
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(paths.lock))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def read_done(paths: JobPaths) -> dict | None:
+    try:
+        return json.loads(paths.done.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_done(paths: JobPaths, config_hash: str) -> bool:
+    done = read_done(paths)
+    return bool(done) and done.get("config_hash") == config_hash and done.get("status") == "SUCCESS"
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def promote(paths: JobPaths, source: Path) -> list[Path]:
+    """Move every entry of ``source`` into the job folder, replacing older versions.
+
+    Each entry moves with one ``rename`` (atomic on one filesystem); a replaced entry
+    is first renamed aside and deleted afterwards. The old done marker is removed
+    before anything moves, so an interrupted promotion never looks finished.
+    Returns the promoted files (relative to the job folder), sorted.
+    """
+    paths.done.unlink(missing_ok=True)
+    trash = paths.work / f"replaced-{time.time_ns()}"
+    for entry in sorted(Path(source).iterdir()):
+        target = paths.root / entry.name
+        if entry.name in (WORK, "logs", DONE, ".lock"):
+            raise ValueError(f"refusing to promote reserved name {entry.name!r}")
+        if target.exists() or target.is_symlink():
+            trash.mkdir(parents=True, exist_ok=True)
+            os.replace(target, trash / entry.name)
+        os.replace(entry, target)
+    shutil.rmtree(trash, ignore_errors=True)
+    return list_outputs(paths)
+
+
+def list_outputs(paths: JobPaths) -> list[Path]:
+    """Promoted files of a job (excluding engine bookkeeping), relative, sorted."""
+    skip = {WORK, "logs", DONE, ".lock"}
+    files = []
+    for entry in paths.root.iterdir():
+        if entry.name in skip:
+            continue
+        files += [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+    return sorted(p.relative_to(paths.root) for p in files)
+
+
+def write_done(paths: JobPaths, record: dict) -> dict:
+    """Write ``_done.json`` last, with checksums of every promoted output."""
+    outputs = [{"path": str(rel), "sha256": sha256(paths.root / rel), "bytes": (paths.root / rel).stat().st_size}
+               for rel in list_outputs(paths)]
+    record = {**record, "outputs": outputs}
+    write_json_atomic(paths.done, record)
+    return record

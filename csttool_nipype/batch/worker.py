@@ -1,0 +1,68 @@
+"""The child process that runs one job: ``python -m csttool_nipype.batch.worker JOBFILE``.
+
+It sends every log line (its own, the job's, Nipype's) to the job's log file, calls
+the job function, and writes ``result.json`` with the status, an error category and a
+one-line reason. The orchestrator decides what the exit status means; a child that
+dies without writing a result (killed, segfault) is diagnosed from its exit signal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def load_function(dotted: str):
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def categorize(exc: BaseException) -> str:
+    """Error category of an exception: its ``category`` attribute, else ``internal error``."""
+    return getattr(exc, "category", None) or "internal error"
+
+
+def _setup_logging(log_file: Path) -> None:
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [handler]
+        lg.propagate = False
+
+
+def main(jobfile: str) -> int:
+    job = json.loads(Path(jobfile).read_text())
+    log_file = Path(job["log_file"])
+    result_file = Path(job["result_file"])
+    _setup_logging(log_file)
+    log = logging.getLogger("csttool.batch.worker")
+    log.info("=== %s: attempt started (pid %d, config %s) ===", job["key"], os.getpid(), job["config_hash"])
+    started = time.time()
+    try:
+        function = load_function(job["function"])
+        value = function(job["payload"], **job["context"])
+        record = {"status": "SUCCESS", "result": value}
+    except BaseException as exc:  # noqa: BLE001 - everything becomes a reported failure
+        log.error("%s", "".join(traceback.format_exception(exc)).rstrip())
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        record = {"status": "FAILED", "category": categorize(exc), "reason": reason}
+    record["duration_s"] = time.time() - started
+    tmp = result_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, result_file)
+    log.info("=== %s: attempt ended: %s ===", job["key"], record["status"])
+    return 0 if record["status"] == "SUCCESS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
