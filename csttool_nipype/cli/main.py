@@ -15,21 +15,42 @@ from .logging_setup import setup_logging
 LOGGER = logging.getLogger("csttool")
 
 
-def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    """Flags that fill :class:`PipelineConfig` (defaults come from the config object)."""
+def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = False) -> None:
+    """Flags that fill :class:`PipelineConfig` (defaults come from the config object).
+
+    With ``explicit_only`` the flags have no defaults (argparse.SUPPRESS), so a batch
+    can tell which options the user typed and let them override a manifest's.
+    """
     d = PipelineConfig()
+    if explicit_only:
+        d = _Suppressed()
     g = parser.add_argument_group("pipeline options (part of the config hash)")
     g.add_argument("--denoise-method", "--denoise_method", dest="denoise_method", choices=DENOISE_METHODS,
-                   default=d.denoise_method, help=f"denoising method (default: {d.denoise_method})")
+                   default=d.denoise_method, help=f"denoising method (default: {PipelineConfig().denoise_method})")
     g.add_argument("--no-gibbs", "--no_gibbs", dest="gibbs", action="store_false", default=d.gibbs,
                    help="skip Gibbs unringing")
     g.add_argument("--no-motion-correction", "--no_motion_correction", dest="motion_correction",
                    action="store_false", default=d.motion_correction, help="skip motion correction")
     g.add_argument("--b0-threshold", dest="b0_threshold", type=float, default=d.b0_threshold,
-                   help=f"b-values ≤ this count as b0, s/mm² (default: {d.b0_threshold:g})")
+                   help=f"b-values ≤ this count as b0, s/mm² (default: {PipelineConfig().b0_threshold:g})")
     g.add_argument("--tensor-fit", dest="tensor_fit_method", choices=TENSOR_FIT_METHODS,
-                   default=d.tensor_fit_method, help=f"tensor fit method (default: {d.tensor_fit_method})")
-    g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
+                   default=d.tensor_fit_method, help=f"tensor fit method (default: {PipelineConfig().tensor_fit_method})")
+    g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {PipelineConfig().seed})")
+
+
+class _Suppressed:
+    """Stands in for PipelineConfig defaults: every attribute is argparse.SUPPRESS."""
+
+    def __getattr__(self, name):
+        return argparse.SUPPRESS
+
+
+def explicit_options(args) -> dict:
+    """Pipeline options the user gave on the command line (with ``explicit_only`` flags)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(PipelineConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def pipeline_config_from_args(args) -> PipelineConfig:
@@ -97,6 +118,34 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.set_defaults(func=_cmd_phantom)
 
+    batch = sub.add_parser("batch", help="process many subjects in parallel (manifest or BIDS folder)")
+    src = batch.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", type=Path, help="JSON manifest: {global_options, subjects: [...]}")
+    src.add_argument("--bids-dir", "--bids_dir", dest="bids_dir", type=Path, help="BIDS (or BIDS-like) folder")
+    batch.add_argument("--out", required=True, type=Path, help="output folder")
+    sel = batch.add_argument_group("subject selection (BIDS)")
+    sel.add_argument("--include", action="append", default=[], help='glob on subject id, e.g. "sub-0*" (repeatable)')
+    sel.add_argument("--exclude", action="append", default=[], help='glob on subject id (repeatable)')
+    sel.add_argument("--participant-label", "--participant_label", dest="participant_label", nargs="+")
+    sel.add_argument("--session-label", "--session_label", dest="session_label", nargs="+")
+    sel.add_argument("--bids-filter-file", dest="bids_filter_file", type=Path, help="JSON of pybids entity filters")
+    run_g = batch.add_argument_group("batch")
+    run_g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=int, default=1, help="subjects at once")
+    run_g.add_argument("--timeout-minutes", dest="timeout_minutes", type=float, default=120.0,
+                       help="per-subject limit (default: 120)")
+    run_g.add_argument("--force", action="store_true", help="rerun subjects that are already done")
+    run_g.add_argument("--strict", action="store_true", help="run nothing if any entry is invalid")
+    run_g.add_argument("--dry-run", "--validate-only", dest="dry_run", action="store_true",
+                       help="validate and print the plan, process nothing")
+    run_g.add_argument("--keep-work", action="store_true", help="keep each subject's _work after success")
+    prep = batch.add_mutually_exclusive_group()
+    prep.add_argument("--preprocessing", dest="preprocessing", action="store_true", default=None,
+                      help="denoise + Gibbs + motion correction (the default)")
+    prep.add_argument("--no-preprocessing", dest="preprocessing", action="store_false",
+                      help="skip denoising, Gibbs unringing and motion correction")
+    add_pipeline_options(batch, explicit_only=True)
+    batch.set_defaults(func=_cmd_batch)
+
     demo = sub.add_parser("demo", help="make a phantom dataset and run the pipeline on it")
     demo.add_argument("out", type=Path, help="output folder (raw phantom in OUT/rawdata, results in OUT/derivatives)")
     demo.add_argument("--subjects", type=int, default=1, help="phantom subjects (default: 1)")
@@ -118,6 +167,43 @@ def _cmd_run(args) -> int:
                       execution_config_from_args(args), session=args.session, work_dir=args.work_dir)
     LOGGER.info("done: outputs in %s", out)
     return 0
+
+
+def _cmd_batch(args) -> int:
+    import json
+
+    from ..batch.subjects import discover_bids, load_manifest
+    from ..cohort import CohortOptions, run_cohort
+    from ..errors import InputError
+
+    global_options = {}
+    if args.manifest:
+        global_options, specs = load_manifest(args.manifest)
+    else:
+        filters = None
+        if args.bids_filter_file:
+            try:
+                filters = json.loads(args.bids_filter_file.read_text()).get("dwi", {})
+            except (OSError, ValueError, AttributeError) as exc:
+                raise InputError(args.bids_filter_file, f"not a readable BIDS filter file ({exc})") from None
+        specs = discover_bids(args.bids_dir, args.participant_label, args.session_label, args.include,
+                              args.exclude, filters)
+        if not specs:
+            raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
+    if args.preprocessing is False:
+        global_options.update(denoise_method="none", gibbs=False, motion_correction=False)
+    elif args.preprocessing:
+        global_options.update(gibbs=True, motion_correction=True)
+        if global_options.get("denoise_method") == "none":
+            global_options.pop("denoise_method")
+    global_options.update(explicit_options(args))
+    try:
+        PipelineConfig.from_dict(global_options)
+    except (TypeError, ValueError) as exc:
+        raise InputError(args.manifest or "command line", f"options: {exc}") from None
+    return run_cohort(specs, global_options, args.out, CohortOptions(
+        nprocs=args.nprocs, timeout_minutes=args.timeout_minutes, force=args.force, strict=args.strict,
+        dry_run=args.dry_run, keep_work=args.keep_work))
 
 
 def _phantom_spec(args):

@@ -44,7 +44,7 @@ class DWIInputs:
 
 
 def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: PipelineConfig | None = None,
-                    session: str | None = None, name: str | None = None):
+                    session: str | None = None, name: str | None = None, container: str | None = None):
     """Build the workflow that takes one subject's DWI to tensor maps.
 
     import → preprocessing (:func:`init_dwi_preproc_wf`) → tensor
@@ -60,6 +60,8 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
         Derivatives root; files land in ``output_dir/sub-XX[/ses-YY]/{dwi,figures}``.
     config : PipelineConfig
         Pipeline options (defaults if None).
+    container : str, optional
+        Passed to :func:`init_derivatives_wf` (``""`` for a batch staging folder).
     """
     config = config or PipelineConfig()
     sub = subject if subject.startswith("sub-") else f"sub-{subject}"
@@ -78,7 +80,7 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
 
     preproc_wf = init_dwi_preproc_wf(config, mem_gb=mem_gb)
     tensor_wf = init_tensor_wf(config, mem_gb=mem_gb)
-    derivatives_wf = init_derivatives_wf(output_dir, sub, session=session)
+    derivatives_wf = init_derivatives_wf(output_dir, sub, session=session, container=container)
 
     wf.connect([
         (dwi_import, preproc_wf, [("out_dwi", "inputnode.dwi"), ("out_bval", "inputnode.bval"),

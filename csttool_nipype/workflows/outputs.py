@@ -38,7 +38,7 @@ DERIVATIVES = {
 
 
 def init_derivatives_wf(output_dir: str, subject: str, session: str | None = None, fields=None,
-                        name: str = "derivatives_wf"):
+                        container: str | None = None, name: str = "derivatives_wf"):
     """Name every output BIDS-style and copy it into ``output_dir/sub-X[/ses-Y]/``.
 
     Parameters
@@ -49,6 +49,10 @@ def init_derivatives_wf(output_dir: str, subject: str, session: str | None = Non
         Labels, with or without the ``sub-``/``ses-`` prefix.
     fields : list of str, optional
         Keys of :data:`DERIVATIVES` to write (default: all).
+    container : str, optional
+        Folder under ``output_dir`` (default ``sub-X[/ses-Y]``; ``""`` writes the
+        subject's ``dwi/`` and ``figures/`` straight into ``output_dir``, as the batch
+        engine's staging area wants).
 
     Inputs
     ------
@@ -59,9 +63,12 @@ def init_derivatives_wf(output_dir: str, subject: str, session: str | None = Non
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=[*fields, "source_file", "preproc_record"]), name="inputnode")
     sub = subject if subject.startswith("sub-") else f"sub-{subject}"
-    container = sub if not session else f"{sub}/{session if session.startswith('ses-') else 'ses-' + session}"
-    sink = pe.Node(DataSink(base_directory=str(output_dir), container=container, parameterization=False),
+    if container is None:
+        container = sub if not session else f"{sub}/{session if session.startswith('ses-') else 'ses-' + session}"
+    sink = pe.Node(DataSink(base_directory=str(output_dir), parameterization=False),
                    name="datasink", run_without_submitting=True)
+    if container:
+        sink.inputs.container = container
     for field in fields:
         folder, entities, suffix, sidecar = DERIVATIVES[field]
         rename = pe.Node(

@@ -1,0 +1,163 @@
+"""Subject lists for a batch: from a JSON manifest or a BIDS(-like) folder.
+
+A :class:`SubjectSpec` says where a subject's raw data is and which options apply to
+it; invalid entries are kept, with the reason, so they can be reported as FAILED
+(invalid input) next to the subjects that ran.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from .jobs import SAFE_KEY
+
+#: Keys a manifest subject entry may have.
+SUBJECT_KEYS = {"id", "nifti", "dicom", "bval", "bvec", "json", "session", "series", "options"}
+MANIFEST_KEYS = {"global_options", "subjects"}
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+@dataclass
+class SubjectSpec:
+    """One subject (and session) of a batch.
+
+    Attributes
+    ----------
+    subject : str
+        ``sub-<label>`` (the manifest's ``id``; ``sub-`` is added when missing).
+    session : str or None
+        ``ses-<label>`` or None.
+    inputs : dict
+        Raw data: ``nifti`` (+ ``bval``/``bvec``/``json``) or ``dicom`` (+ ``series``); absolute paths.
+    options : dict
+        Per-subject option overrides.
+    error : str or None
+        Why the entry cannot run (it is then reported FAILED, invalid input).
+    """
+
+    subject: str
+    session: str | None = None
+    inputs: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.subject if not self.session else f"{self.subject}/{self.session}"
+
+
+def _prefixed(value: str, prefix: str) -> str:
+    value = str(value)
+    return value if value.startswith(prefix) else f"{prefix}{value}"
+
+
+def load_manifest(path) -> tuple[dict, list[SubjectSpec]]:
+    """Read and validate a manifest; returns (global_options, subjects).
+
+    Structural problems of the file itself (not JSON, no ``subjects`` list, unknown
+    top-level keys) raise :class:`InputError`. Problems of one entry (unknown keys,
+    duplicate or unsafe ids, missing files, neither/both of ``nifti`` and ``dicom``)
+    are recorded in that entry's ``error`` and never stop the others.
+    Relative paths are relative to the manifest's folder.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "manifest not found") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable JSON manifest ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("subjects"), list):
+        raise InputError(path, 'manifest must be an object with a "subjects" list')
+    unknown = sorted(set(doc) - MANIFEST_KEYS)
+    if unknown:
+        raise InputError(path, f"unknown top-level key(s) {', '.join(unknown)}; allowed: global_options, subjects")
+    global_options = doc.get("global_options") or {}
+    if not isinstance(global_options, dict):
+        raise InputError(path, '"global_options" must be an object')
+    base = path.parent.absolute()
+    specs, seen = [], set()
+    for i, entry in enumerate(doc["subjects"], start=1):
+        specs.append(_manifest_entry(entry, i, base, seen))
+    return global_options, specs
+
+
+def _manifest_entry(entry, index: int, base: Path, seen: set) -> SubjectSpec:
+    where = f"subjects[{index}]"
+    if not isinstance(entry, dict):
+        return SubjectSpec(f"sub-entry{index}", error=f"{where}: must be an object")
+    raw_id = str(entry.get("id", "")).strip()
+    subject = _prefixed(raw_id, "sub-") if raw_id else f"sub-entry{index}"
+    session = _prefixed(entry["session"], "ses-") if entry.get("session") not in (None, "") else None
+    spec = SubjectSpec(subject, session, options=entry.get("options") or {})
+    label = f"{where} ({raw_id or 'no id'})"
+
+    def fail(problem):
+        spec.error = f"{label}: {problem}"
+        return spec
+
+    if not raw_id:
+        return fail('missing "id"')
+    if not SAFE_KEY.match(subject) or (session and not SAFE_KEY.match(session)):
+        return fail("id/session must be letters, digits, '-' or '_' (a safe folder name)")
+    if spec.key in seen:
+        return fail(f"duplicate id {spec.key}")
+    seen.add(spec.key)
+    unknown = sorted(set(entry) - SUBJECT_KEYS)
+    if unknown:
+        return fail(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SUBJECT_KEYS))}")
+    if not isinstance(spec.options, dict):
+        return fail('"options" must be an object')
+    if ("nifti" in entry) == ("dicom" in entry):
+        return fail('give exactly one of "nifti" or "dicom"')
+    for key in ("nifti", "dicom", "bval", "bvec", "json"):
+        if key in entry:
+            p = Path(str(entry[key])).expanduser()
+            p = p if p.is_absolute() else base / p
+            if not p.exists():
+                return fail(f"{key} path {p} does not exist")
+            spec.inputs[key] = str(p)
+    if entry.get("series") is not None:
+        spec.inputs["series"] = str(entry["series"])
+    return spec
+
+
+def discover_bids(bids_dir, participant_label=None, session_label=None, include=None, exclude=None,
+                  bids_filters: dict | None = None) -> list[SubjectSpec]:
+    """Every (subject, session) DWI run of a BIDS or BIDS-like folder, via pybids.
+
+    Indexes without validation or metadata (fast on large datasets), so a tree of
+    ``sub-*/[ses-*/]dwi/*_dwi.nii.gz`` without ``dataset_description.json`` works too.
+    ``include``/``exclude`` are shell globs on ``sub-<label>``; ``participant_label``
+    lists labels with or without ``sub-``. Several DWI runs of one subject/session:
+    the first in sorted order is used and the choice is logged.
+    """
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    bids_dir = Path(bids_dir).absolute()
+    if not bids_dir.is_dir():
+        raise InputError(bids_dir, "BIDS folder not found")
+    indexer = BIDSLayoutIndexer(validate=False, index_metadata=False)
+    layout = BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer,
+                        is_derivative=not (bids_dir / "dataset_description.json").exists())
+    query = {"suffix": "dwi", "extension": [".nii", ".nii.gz"], "datatype": "dwi", **(bids_filters or {})}
+    if participant_label:
+        query["subject"] = [str(p).removeprefix("sub-") for p in participant_label]
+    if session_label:
+        query["session"] = [str(s).removeprefix("ses-") for s in session_label]
+    runs: dict[str, SubjectSpec] = {}
+    for f in sorted(layout.get(return_type="object", **query), key=lambda f: f.path):
+        subject = f"sub-{f.entities['subject']}"
+        if include and not any(fnmatch.fnmatchcase(subject, g) for g in include):
+            continue
+        if exclude and any(fnmatch.fnmatchcase(subject, g) for g in exclude):
+            continue
+        session = f"ses-{f.entities['session']}" if f.entities.get("session") else None
+        spec = SubjectSpec(subject, session, inputs={"nifti": f.path})
+        runs.setdefault(spec.key, spec)
+    return list(runs.values())
