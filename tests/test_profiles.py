@@ -1,0 +1,172 @@
+"""Along-tract profiles, bundle metrics, laterality and the summary tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from csttool_nipype.science.bundles import bundle_mask, extract_cst
+from csttool_nipype.science.profiles import (
+    N_NODES,
+    bundle_metrics,
+    laterality_index,
+    profiles_table,
+    summary_row,
+    tract_profile,
+)
+from csttool_nipype.science.tracking import streamline_lengths, track
+from test_tracking import synthetic_tracts
+
+# A 20 x 20 x 50 grid of 2 mm voxels; world = 2 * index + (-20, -20, -10).
+SHAPE = (20, 20, 50)
+AFFINE = np.array([[2.0, 0, 0, -20.0], [0, 2.0, 0, -20.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1]])
+Z_LO, Z_HI = 0.0, 80.0  # straight streamlines run from z = 0 to z = 80 mm
+Z_DIP = 56.0
+
+
+def _world_z():
+    return (np.arange(SHAPE[2]) * 2.0 - 10.0)[None, None, :] * np.ones(SHAPE)
+
+
+def _straight_bundle(n=40, seed=0, reverse_half=True):
+    """Vertical streamlines within 3 mm of the z axis, every other one stored top-down."""
+    rng = np.random.default_rng(seed)
+    z = np.linspace(Z_LO, Z_HI, 161)
+    out = []
+    for i in range(n):
+        x0, y0 = rng.uniform(-3.0, 3.0, size=2)
+        s = np.stack([np.full_like(z, x0), np.full_like(z, y0), z], axis=1)
+        out.append(s[::-1].copy() if (reverse_half and i % 2) else s)
+    return out
+
+
+def test_profile_minimum_sits_at_the_dip_and_runs_inferior_to_superior():
+    z = _world_z()
+    fa = 0.6 * (1.0 - 0.3 * np.exp(-0.5 * ((z - Z_DIP) / 4.0) ** 2))
+    fa = fa + 0.001 * z  # slight rise upwards, so orientation matters away from the dip
+    bundle = _straight_bundle()
+    profile = tract_profile(bundle, fa, AFFINE)
+    assert profile.shape == (N_NODES,)
+    expected_node = (Z_DIP - Z_LO) / (Z_HI - Z_LO) * (N_NODES - 1)
+    assert abs(int(np.argmin(profile)) - expected_node) <= 3
+    assert profile.min() == pytest.approx(0.6 * 0.7 + 0.001 * Z_DIP, abs=0.01)
+    # node 0 is the inferior end
+    assert profile[0] == pytest.approx(0.6 + 0.001 * Z_LO, abs=0.005)
+    assert profile[-1] == pytest.approx(0.6 + 0.001 * Z_HI, abs=0.005)
+    # the same bundle all stored bottom-up gives the same profile
+    same = tract_profile(_straight_bundle(reverse_half=False), fa, AFFINE)
+    np.testing.assert_allclose(profile, same, atol=1e-12)
+
+
+def test_profile_weights_favour_the_bundle_core():
+    z = _world_z()
+    x = (np.arange(SHAPE[0]) * 2.0 - 20.0)[:, None, None] * np.ones(SHAPE)
+    fa = np.where(np.abs(x) <= 5.0, 0.5, 0.9)  # core 0.5, far lateral voxels 0.9
+    bundle = _straight_bundle(seed=2)
+    z_line = np.linspace(Z_LO, Z_HI, 161)
+    stray = np.stack([np.full_like(z_line, 14.0), np.zeros_like(z_line), z_line], axis=1)
+    profile = tract_profile(bundle + [stray], fa, AFFINE)
+    plain_mean = (40 * 0.5 + 0.9) / 41
+    assert np.all(profile < 0.5 + 0.1 * (plain_mean - 0.5))  # the outlier barely counts
+    assert np.all(profile >= 0.5)
+
+
+def test_profile_of_empty_bundle_and_nan_voxels():
+    fa = np.full(SHAPE, 0.4)
+    assert np.isnan(tract_profile([], fa, AFFINE)).all()
+    fa[:, :, 20:] = np.nan  # z >= 30 mm unknown
+    profile = tract_profile(_straight_bundle(), fa, AFFINE, n_nodes=50)
+    assert profile.shape == (50,)
+    assert np.allclose(profile[:15], 0.4) and np.isnan(profile[-10:]).all()
+
+
+def test_bundle_metrics_on_known_maps():
+    fa = np.full(SHAPE, 0.2)
+    md = np.full(SHAPE, 0.9e-3)
+    bundle = _straight_bundle()
+    mask = bundle_mask(bundle, SHAPE, AFFINE)
+    fa[mask] = np.linspace(0.4, 0.6, int(mask.sum()))
+    m = bundle_metrics(bundle, {"fa": fa, "md": md}, AFFINE, voxel_volume_mm3=8.0)
+    assert m["streamline_count"] == 40
+    assert m["mean_length_mm"] == pytest.approx(80.0)
+    # streamlines within |x|, |y| <= 3 mm, z 0..80 mm: voxels x,y centred at -2, 0, 2 ... (9 columns) x 41 slices
+    assert m["volume_mm3"] == pytest.approx(8.0 * mask.sum())
+    assert mask.sum() <= 9 * 41 and mask[:, :, 5:46].any(axis=(0, 1)).all()
+    assert m["fa_mean"] == pytest.approx(0.5)
+    assert m["fa_std"] == pytest.approx(np.linspace(0.4, 0.6, int(mask.sum())).std())
+    assert m["md_mean"] == pytest.approx(0.9e-3) and m["md_std"] == pytest.approx(0.0, abs=1e-12)
+    empty = bundle_metrics([], {"fa": fa}, AFFINE, 8.0)
+    assert empty["streamline_count"] == 0 and empty["volume_mm3"] == 0.0
+    assert math.isnan(empty["fa_mean"]) and math.isnan(empty["mean_length_mm"])
+
+
+def test_laterality_index():
+    assert laterality_index(3.0, 1.0) == pytest.approx(0.5)  # left larger -> positive
+    assert laterality_index(1.0, 3.0) == pytest.approx(-0.5)
+    assert laterality_index(2.0, 2.0) == 0.0
+    assert math.isnan(laterality_index(0.0, 0.0))
+    assert math.isnan(laterality_index(float("nan"), 1.0))
+    assert math.isnan(laterality_index(None, 1.0))
+    assert math.isnan(laterality_index(1.0, float("inf")))
+
+
+def test_profiles_table_long_format():
+    profiles = {"left": {"fa": np.arange(4.0), "md": np.arange(4.0) * 1e-3},
+                "right": {"fa": np.arange(4.0) + 10}}
+    table = profiles_table("sub-01", profiles)
+    assert list(table.columns) == ["subject", "side", "node", "metric", "value"]
+    assert len(table) == 12 and (table["subject"] == "sub-01").all()
+    right_fa = table[(table.side == "right") & (table.metric == "fa")]
+    assert right_fa["node"].tolist() == [0, 1, 2, 3] and right_fa["value"].tolist() == [10, 11, 12, 13]
+    assert pd.api.types.is_integer_dtype(table["node"])
+    assert len(profiles_table("sub-01", {})) == 0
+
+
+def test_summary_row_has_sides_laterality_and_flags():
+    left = {"streamline_count": 120, "fa_mean": 0.55, "volume_mm3": 4000.0}
+    right = {"streamline_count": 4, "fa_mean": 0.45, "volume_mm3": 1000.0}
+    row = summary_row("sub-02", left, right, {"registration_poor": "MI below 0.3"})
+    assert row["subject"] == "sub-02"
+    assert row["fa_mean_left"] == 0.55 and row["fa_mean_right"] == 0.45
+    assert row["fa_mean_li"] == pytest.approx(0.1 / 1.0)
+    assert row["volume_mm3_li"] == pytest.approx(0.6)
+    assert row["flags"] == "registration_poor;too_few_streamlines_right"
+    assert "too_few_streamlines_right: 4 right CST streamlines" in row["flag_reasons"]
+    assert row["n_flags"] == 2
+    clean = summary_row("sub-03", left, {**right, "streamline_count": 100})
+    assert clean["flags"] == "" and clean["n_flags"] == 0
+    assert summary_row("sub-04", left, right, min_streamlines=0)["n_flags"] == 0
+
+
+def test_end_to_end_on_a_tracked_tract():
+    """Tracked synthetic tract with an FA dip at z = 20 mm: profile and metrics agree with the truth."""
+    field = synthetic_tracts()
+    z = field["xyz"][..., 2]
+    dip = 1.0 - 0.3 * np.exp(-0.5 * ((z - 20.0) / 4.0) ** 2)
+    fa = np.where(field["left"], 0.7 * dip, field["fa"])
+    # ROIs inside the tract (slices 4-6 and 29-31 of 1-34): clipping removes the ends
+    # where tracking overshoots into the FA 0.1 background
+    rois = {key: np.zeros(fa.shape, bool) for key in ("brainstem", "precentral_left", "precentral_right")}
+    rois["brainstem"][..., 4:7] = field["left"][..., 4:7] | field["right"][..., 4:7]
+    rois["precentral_left"][..., 29:32] = field["left"][..., 29:32]
+    rois["precentral_right"][..., 29:32] = field["right"][..., 29:32]
+    streamlines = track(field["v1"], fa, field["mask"], field["affine"], fa_threshold=0.2)
+    bundle = extract_cst(streamlines, rois, field["affine"], side="left")
+    assert len(bundle) > 200
+    profile = tract_profile(bundle, fa, field["affine"])
+    lo = np.median([s[0, 2] for s in bundle])
+    hi = np.median([s[-1, 2] for s in bundle])
+    assert lo == pytest.approx(-13.0, abs=1.0) and hi == pytest.approx(43.0, abs=1.0)  # ROI slab edges
+    expected = (20.0 - lo) / (hi - lo) * (N_NODES - 1)
+    assert abs(int(np.argmin(profile)) - expected) <= 3
+    # relative depth of the dip: 30 % (edge streamlines sample a little background FA at
+    # every node, which lowers the whole profile by a few per cent but not the ratio)
+    assert profile.min() / np.median(profile) == pytest.approx(0.7, abs=0.03)
+    voxel_volume = 8.0
+    m = bundle_metrics(bundle, {"fa": fa}, field["affine"], voxel_volume)
+    truth = fa[field["left"]]
+    assert abs(m["fa_mean"] - truth.mean()) < 0.05
+    assert m["mean_length_mm"] == pytest.approx(np.mean(streamline_lengths(bundle)))

@@ -1,0 +1,263 @@
+"""Tractography on synthetic tensor fields with a known answer, and .trk round trips.
+
+``synthetic_tracts`` and ``simulate_dwi`` are imported by test_bundles.py and
+test_profiles.py as well.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from csttool_nipype.errors import InputError
+from csttool_nipype.science.gradients import reorient_array, voxel_to_world, world_to_voxel
+from csttool_nipype.science.tracking import (
+    load_trk,
+    principal_direction,
+    save_trk,
+    seed_points,
+    streamline_lengths,
+    track,
+)
+
+VOXEL = 2.0
+SLANT_DEG = 30.0
+
+
+def synthetic_tracts(midline_x: float = 0.0, seed: int = 1) -> dict:
+    """Two tracts running along z, left and right of the plane x = ``midline_x`` (world mm).
+
+    Grid 40 x 20 x 36 voxels of 2 mm; the array centre is deliberately not on the midline.
+    Background: FA 0.1 with random directions. Left tract: |x - mid + 16| < 4 mm,
+    |y| < 4 mm, straight. Right tract: centred at x - mid = 16 up to z = 10 mm, then slanting
+    outwards by 30 degrees up to z = 26 mm, then straight again. Tract FA 0.7. The tracts
+    fill the grid from the second to the second-last slice.
+
+    Returns a dict with ``v1`` (voxel axes), ``fa``, ``mask``, ``affine``, ``left`` and
+    ``right`` (true tract masks), ``rois`` (brainstem = bottom 3 slices of both tracts,
+    precentral_<side> = top 3 slices of each), and ``xyz`` (world coordinates of voxel centres).
+    """
+    shape = (40, 20, 36)
+    affine = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
+    affine[:3, 3] = [midline_x - VOXEL * 21.5, -VOXEL * 9.5, -20.0]
+    ijk = np.indices(shape).reshape(3, -1).T.astype(float)
+    xyz = (ijk @ affine[:3, :3].T + affine[:3, 3]).reshape(shape + (3,))
+    x, y, z = xyz[..., 0] - midline_x, xyz[..., 1], xyz[..., 2]
+    rng = np.random.default_rng(seed)
+    v1 = rng.normal(size=shape + (3,))
+    v1 /= np.linalg.norm(v1, axis=-1, keepdims=True)
+    fa = np.full(shape, 0.1)
+    half = 4.0
+    inside_z = np.zeros(shape, bool)
+    inside_z[:, :, 1:-1] = True
+    left = inside_z & (np.abs(x + 16) < half) & (np.abs(y) < half)
+    z0, z1 = 10.0, 26.0
+    t = np.tan(np.deg2rad(SLANT_DEG))
+    xc = 16 + t * np.clip(z - z0, 0, z1 - z0)
+    right = inside_z & (np.abs(x - xc) < half) & (np.abs(y) < half)
+    direction = np.zeros(shape + (3,))
+    direction[..., 2] = 1.0
+    slant = (z > z0) & (z < z1)
+    direction[slant] = [np.sin(np.deg2rad(SLANT_DEG)), 0.0, np.cos(np.deg2rad(SLANT_DEG))]
+    fa[left] = 0.7
+    v1[left] = [0.0, 0.0, 1.0]
+    fa[right] = 0.7
+    v1[right] = direction[right]
+    bottom = np.zeros(shape, bool)
+    bottom[..., 1:4] = True
+    top = np.zeros(shape, bool)
+    top[..., -4:-1] = True
+    rois = {
+        "brainstem": (left | right) & bottom,
+        "precentral_left": left & top,
+        "precentral_right": right & top,
+    }
+    return {"v1": v1, "fa": fa, "mask": np.ones(shape, bool), "affine": affine, "left": left,
+            "right": right, "rois": rois, "xyz": xyz}
+
+
+def _fibonacci_hemisphere(n: int) -> np.ndarray:
+    i = np.arange(n) + 0.5
+    z = 1.0 - i / n
+    phi = np.pi * (1.0 + 5.0**0.5) * i
+    r = np.sqrt(1.0 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def simulate_dwi(v1: np.ndarray, fa: np.ndarray, n_dirs: int = 32, bval: float = 1000.0):
+    """Noise-free single-tensor signal (prolate tensors, MD 0.8e-3 mm^2/s) in voxel axes."""
+    bvecs = np.r_[np.zeros((2, 3)), _fibonacci_hemisphere(n_dirs)]
+    bvals = np.r_[0.0, 0.0, np.full(n_dirs, bval)]
+    f = np.clip(fa, 0.0, 0.95)
+    a = 1.0 - f**2  # FA of a prolate tensor with l1 = k l2 solves a k^2 - 2k + (1 - 2 FA^2) = 0
+    k = (2.0 + np.sqrt(4.0 - 4.0 * a * (1.0 - 2.0 * f**2))) / (2.0 * a)
+    md = 0.8e-3
+    l2 = 3.0 * md / (k + 2.0)
+    l1 = k * l2
+    cos2 = np.einsum("xyzc,nc->xyzn", v1, bvecs) ** 2
+    adc = l2[..., None] + (l1 - l2)[..., None] * cos2
+    return 1000.0 * np.exp(-bvals * adc), bvals, bvecs
+
+
+def _near(mask: np.ndarray, points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Whether each world point's nearest voxel is in ``mask`` or one of its 26 neighbours."""
+    from scipy.ndimage import binary_dilation
+
+    grown = binary_dilation(mask, structure=np.ones((3, 3, 3), bool))
+    inv = np.linalg.inv(affine)
+    ijk = np.rint(points @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+    ijk = np.clip(ijk, 0, np.array(mask.shape) - 1)
+    return grown[tuple(ijk.T)]
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def field():
+    return synthetic_tracts()
+
+
+@pytest.fixture(scope="module")
+def tractogram(field):
+    return track(field["v1"], field["fa"], field["mask"], field["affine"])
+
+
+def test_deterministic_streamlines_run_inside_the_tracts(field, tractogram):
+    assert len(tractogram) > 500
+    pts = tractogram.get_data()
+    assert pts.dtype == np.float64
+    assert _near(field["left"] | field["right"], pts, field["affine"]).all()
+    # straight left tract: streamlines seeded in it stay at their x, y and span its length
+    left = [s for s in tractogram if s[0, 0] < 0]
+    assert len(left) > 400
+    for s in left:
+        assert np.ptp(s[:, 0]) < 1e-9 and np.ptp(s[:, 1]) < 1e-9
+        assert np.ptp(s[:, 2]) > 64.0  # tract spans z = -18 .. 48 mm
+    lengths = streamline_lengths(tractogram)
+    assert lengths.min() >= 20.0 and lengths.max() <= 250.0
+
+
+def test_deterministic_tracking_is_repeatable(field, tractogram):
+    again = track(field["v1"], field["fa"], field["mask"], field["affine"])
+    assert _same(tractogram, again)
+
+
+@pytest.mark.parametrize("axcodes", ["LAS", "PIR"])
+def test_storage_orientation_does_not_change_world_streamlines(field, tractogram, axcodes):
+    affine = field["affine"]
+    fa, new_affine = reorient_array(field["fa"], affine, axcodes)
+    mask, _ = reorient_array(field["mask"].astype(np.uint8), affine, axcodes)
+    v1, _ = reorient_array(field["v1"], affine, axcodes)
+    shape = v1.shape
+    v1 = world_to_voxel(voxel_to_world(v1.reshape(-1, 3), affine), new_affine).reshape(shape)
+    assert not np.allclose(new_affine, affine)
+    out = track(v1, fa, mask.astype(bool), new_affine)
+    assert len(out) == len(tractogram)
+    for a, b in zip(tractogram, out):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_evecs_and_v1_inputs_agree(field, tractogram):
+    evecs = np.zeros(field["v1"].shape + (3,))
+    evecs[..., :, 0] = field["v1"]
+    evecs[..., :, 1] = np.cross(field["v1"], [0.3, 0.5, 0.8])
+    assert np.allclose(principal_direction(evecs), field["v1"])
+    out = track(evecs.astype(np.float32), field["fa"], field["mask"], field["affine"])
+    assert len(out) == len(tractogram)
+    for a, b in zip(tractogram, out):
+        np.testing.assert_allclose(a, b, atol=1e-3)  # float32 eigenvectors
+
+
+def test_seed_points_fill_their_voxels(field):
+    mask = field["left"]
+    seeds = seed_points(mask, field["affine"], seeds_per_voxel=3, seed=5)
+    assert seeds.shape == (3 * mask.sum(), 3)
+    inv = np.linalg.inv(field["affine"])
+    vox = seeds @ inv[:3, :3].T + inv[:3, 3]
+    assert mask[tuple(np.rint(vox).astype(int).T)].all()
+    frac = vox - np.rint(vox)
+    assert np.abs(frac).max() <= 0.5 and frac.std(axis=0).min() > 0.2  # spread over the voxel
+    assert np.array_equal(seeds, seed_points(mask, field["affine"], seeds_per_voxel=3, seed=5))
+    assert not np.array_equal(seeds, seed_points(mask, field["affine"], seeds_per_voxel=3, seed=6))
+
+
+def test_seed_mask_restricts_seeding(field):
+    seed_mask = np.zeros_like(field["left"])
+    seed_mask[..., 15:18] = True
+    seed_mask &= field["left"]
+    out = track(field["v1"], field["fa"], field["mask"], field["affine"], seed_mask=seed_mask, seeds_per_voxel=2)
+    # a seed drawn towards the outer corner of an edge voxel has less than half of its
+    # trilinear neighbourhood above the FA threshold and stops at once (EuDX rule)
+    assert 0.9 * 2 * seed_mask.sum() <= len(out) <= 2 * seed_mask.sum()
+    assert all(s[:, 0].max() < 0 for s in out)
+
+
+def test_length_limits_are_applied(field):
+    out = track(field["v1"], field["fa"], field["mask"], field["affine"], min_length_mm=0.0, max_length_mm=40.0)
+    lengths = streamline_lengths(out)
+    assert len(out) > 0 and lengths.max() <= 40.0
+
+
+def test_probabilistic_tracking_is_repeatable_and_follows_the_tracts(field):
+    data, bvals, bvecs = simulate_dwi(field["v1"], field["fa"])
+    seed_mask = np.zeros(field["fa"].shape, bool)
+    seed_mask[..., 15:19] = True  # 4 of the 34 tract slices keep the test light
+    kwargs = dict(method="probabilistic", data=data, bvals=bvals, bvecs_voxel=bvecs, seed=3, seed_mask=seed_mask)
+    first = track(field["v1"], field["fa"], field["mask"], field["affine"], **kwargs)
+    second = track(field["v1"], field["fa"], field["mask"], field["affine"], **kwargs)
+    assert len(first) > 60
+    assert np.median(streamline_lengths(first)) > 40.0  # they run along the tracts, not across
+    assert _same(first, second)
+    assert _near(field["left"] | field["right"], first.get_data(), field["affine"]).all()
+    other = track(field["v1"], field["fa"], field["mask"], field["affine"], **{**kwargs, "seed": 4})
+    assert not _same(first, other)
+
+
+def test_bad_arguments_raise_input_error(field):
+    with pytest.raises(InputError):
+        track(field["v1"], field["fa"], field["mask"], field["affine"], method="magic")
+    with pytest.raises(InputError, match="probabilistic"):
+        track(field["v1"], field["fa"], field["mask"], field["affine"], method="probabilistic")
+    with pytest.raises(InputError):
+        track(field["v1"][..., :2], field["fa"], field["mask"], field["affine"])
+
+
+def test_no_seed_gives_an_empty_tractogram(field):
+    assert len(track(field["v1"], np.zeros_like(field["fa"]), field["mask"], field["affine"])) == 0
+
+
+@pytest.mark.parametrize("as_image", [True, False])
+def test_save_trk_round_trip(tmp_path, field, tractogram, as_image):
+    from dipy.io.streamline import load_tractogram
+
+    affine = field["affine"].copy()
+    affine[:3, :3] = affine[:3, :3] @ np.diag([-1.0, 1.0, 1.0])  # LAS storage: header must follow
+    affine[0, 3] = 40.0
+    shape = field["fa"].shape
+    bundle = tractogram[:50]
+    reference = nib.Nifti1Image(np.zeros(shape, np.float32), affine) if as_image else (affine, shape)
+    path = save_trk(bundle, reference, tmp_path / "sub" / "tracts.trk")
+    assert path.is_file()
+    back = load_trk(path)
+    assert len(back) == len(bundle)
+    for a, b in zip(bundle, back):
+        np.testing.assert_allclose(b, a, atol=1e-4)
+    header = nib.streamlines.load(str(path)).header
+    assert tuple(header["dimensions"]) == shape
+    np.testing.assert_allclose(header["voxel_to_rasmm"], affine, atol=1e-5)
+    sft = load_tractogram(str(path), "same")
+    np.testing.assert_allclose(sft.streamlines.get_data(), bundle.get_data(), atol=1e-4)
+
+
+def test_save_trk_writes_an_empty_bundle(tmp_path, field):
+    path = save_trk([], (field["affine"], field["fa"].shape), tmp_path / "empty.trk")
+    assert len(load_trk(path)) == 0
+
+
+def test_load_trk_reports_missing_file(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_trk(tmp_path / "none.trk")
