@@ -20,6 +20,29 @@ from typing import Any
 from . import __version__
 
 DENOISE_METHODS = ("patch2self", "nlmeans", "mppca", "none")
+TRACKING_METHODS = ("deterministic", "probabilistic")
+
+#: Pipeline stages in order, and what each needs before it.
+STAGES = ("import", "preprocess", "tensor", "register", "track", "cst", "metrics")
+STAGE_REQUIRES = {
+    "import": (), "preprocess": ("import",), "tensor": ("preprocess",), "register": ("tensor",),
+    "track": ("tensor",), "cst": ("register", "track"), "metrics": ("cst",),
+}
+
+
+def resolve_stages(requested) -> tuple[str, ...]:
+    """The requested stages plus everything they need, in pipeline order."""
+    unknown = sorted(set(requested) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+    needed: set[str] = set()
+    todo = list(requested)
+    while todo:
+        stage = todo.pop()
+        if stage not in needed:
+            needed.add(stage)
+            todo.extend(STAGE_REQUIRES[stage])
+    return tuple(s for s in STAGES if s in needed)
 TENSOR_FIT_METHODS = ("WLS", "OLS", "NLLS", "RESTORE")
 
 
@@ -44,8 +67,20 @@ class PipelineConfig:
         ``median_otsu`` parameters for the brain mask.
     tensor_fit_method : str
         dipy ``TensorModel`` fit method.
-    series : str or None
-        DICOM series to import when a folder holds several diffusion series.
+    template_resolution_mm : float
+        Resolution the MNI template is resampled to for the non-linear registration.
+    tracking_method : str
+        ``deterministic`` (tensor principal direction) or ``probabilistic`` (CSA ODF).
+    seeds_per_voxel, step_size_mm, fa_threshold, max_angle_deg, min_length_mm, max_length_mm
+        Whole-brain tractography parameters (seeds in the brain mask where FA > threshold).
+    cst_min_length_mm : float
+        Shortest streamline kept in a CST.
+    min_streamlines : int
+        A side with fewer CST streamlines is flagged.
+    min_registration_dice : float
+        White-matter Dice (template vs subject, after warping) below which registration is flagged.
+    stages : tuple of str
+        Stages to run (their prerequisites are added): see :data:`STAGES`.
     seed : int
         Seed for every random step (bit-identical reruns).
     """
@@ -58,6 +93,18 @@ class PipelineConfig:
     mask_median_radius: int = 2
     mask_numpass: int = 1
     tensor_fit_method: str = "WLS"
+    template_resolution_mm: float = 2.0
+    tracking_method: str = "deterministic"
+    seeds_per_voxel: int = 1
+    step_size_mm: float = 0.5
+    fa_threshold: float = 0.2
+    max_angle_deg: float = 45.0
+    min_length_mm: float = 20.0
+    max_length_mm: float = 250.0
+    cst_min_length_mm: float = 40.0
+    min_streamlines: int = 10
+    min_registration_dice: float = 0.5
+    stages: tuple = STAGES
     seed: int = 0
 
     def __post_init__(self):
@@ -72,9 +119,18 @@ class PipelineConfig:
             )
         if self.b0_threshold < 0:
             raise ValueError("b0_threshold must be ≥ 0")
+        if self.tracking_method not in TRACKING_METHODS:
+            raise ValueError(f"tracking_method must be one of {', '.join(TRACKING_METHODS)}")
+        object.__setattr__(self, "stages", resolve_stages(tuple(self.stages)))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["stages"] = list(self.stages)
+        return out
+
+    def runs(self, stage: str) -> bool:
+        """True when ``stage`` is part of this run."""
+        return stage in self.stages
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> "PipelineConfig":

@@ -146,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_options(batch, explicit_only=True)
     batch.set_defaults(func=_cmd_batch)
 
-    demo = sub.add_parser("demo", help="make a phantom dataset and run the pipeline on it")
-    demo.add_argument("out", type=Path, help="output folder (raw phantom in OUT/rawdata, results in OUT/derivatives)")
-    demo.add_argument("--subjects", type=int, default=1, help="phantom subjects (default: 1)")
-    add_execution_options(demo)
+    demo = sub.add_parser("demo", help="make a small phantom cohort and run the batch on it")
+    demo.add_argument("out", type=Path, nargs="?", default=Path("csttool_demo"),
+                      help="output folder (phantoms in OUT/rawdata, results in OUT/derivatives; default: csttool_demo)")
+    demo.add_argument("--subjects", type=int, default=4,
+                      help="phantom subjects (default: 4; sub-03 has a lesion, sub-04 a corrupt file)")
+    demo.add_argument("--nprocs", type=int, default=2, help="subjects at once (default: 2)")
     demo.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -228,8 +230,7 @@ def _cmd_phantom(args) -> int:
 def _cmd_demo(args) -> int:
     from ..demo import run_demo
 
-    run_demo(args.out, n_subjects=args.subjects, execution=execution_config_from_args(args))
-    return 0
+    return run_demo(args.out, n_subjects=args.subjects, nprocs=args.nprocs)
 
 
 def _str(value) -> str | None:

@@ -1,0 +1,58 @@
+"""CST extraction interface: left and right bundles from the whole-brain tractogram."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
+
+from .base import VersionedInputSpec
+
+
+def load_rois(rois_json: str) -> dict[str, np.ndarray]:
+    """ROI masks from the ``rois.json`` index written by the ROI interface ({name: path})."""
+    index = json.loads(Path(rois_json).read_text())
+    return {name: np.asarray(nib.load(path).dataobj) > 0 for name, path in index.items()}
+
+
+class _ExtractInputSpec(VersionedInputSpec):
+    in_trk = File(exists=True, mandatory=True, desc="whole-brain tractogram (.trk)")
+    in_rois = File(exists=True, mandatory=True, desc="rois.json: {name: mask path} on the DWI grid")
+    in_reference = File(exists=True, mandatory=True, desc="image on the DWI grid (e.g. FA)")
+    min_length_mm = traits.Float(40.0, usedefault=True)
+    min_streamlines = traits.Int(20, usedefault=True, desc="cleaning never goes below this count")
+
+
+class _ExtractOutputSpec(TraitedSpec):
+    out_left = File(exists=True, desc="left CST, .trk, oriented inferior→superior")
+    out_right = File(exists=True, desc="right CST, .trk")
+    out_left_density = File(exists=True, desc="streamline count per voxel, left")
+    out_right_density = File(exists=True, desc="streamline count per voxel, right")
+
+
+class ExtractCST(SimpleInterface):
+    """Keep brainstem→precentral streamlines per side, clean outliers (``science.bundles.extract_cst``)."""
+
+    input_spec = _ExtractInputSpec
+    output_spec = _ExtractOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..science.bundles import density_map, extract_cst
+        from ..science.tracking import load_trk, save_trk
+
+        ref = nib.load(self.inputs.in_reference)
+        streamlines = load_trk(self.inputs.in_trk)
+        rois = load_rois(self.inputs.in_rois)
+        cwd = Path(runtime.cwd)
+        for side in ("left", "right"):
+            bundle = extract_cst(streamlines, rois, ref.affine, side=side, min_length_mm=self.inputs.min_length_mm,
+                                 min_streamlines=self.inputs.min_streamlines)
+            self._results[f"out_{side}"] = str(save_trk(bundle, ref, cwd / f"cst_{side}.trk"))
+            density = density_map(bundle, ref.shape[:3], ref.affine).astype(np.int32)
+            path = cwd / f"cst_{side}_density.nii.gz"
+            nib.save(nib.Nifti1Image(density, ref.affine), path)
+            self._results[f"out_{side}_density"] = str(path)
+        return runtime

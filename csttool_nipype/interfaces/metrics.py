@@ -1,0 +1,89 @@
+"""CST metrics interface: per-side summary numbers, along-tract profiles, QC flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import File, SimpleInterface, Str, TraitedSpec, isdefined, traits
+
+from .base import VersionedInputSpec, write_json
+
+SCALARS = ("fa", "md", "rd", "ad")
+
+
+class _MetricsInputSpec(VersionedInputSpec):
+    subject = Str(mandatory=True)
+    session = Str()
+    in_left = File(exists=True, mandatory=True, desc="left CST .trk (RAS+ mm)")
+    in_right = File(exists=True, mandatory=True, desc="right CST .trk")
+    in_fa = File(exists=True, mandatory=True)
+    in_md = File(exists=True, mandatory=True)
+    in_rd = File(exists=True, mandatory=True)
+    in_ad = File(exists=True, mandatory=True)
+    in_registration_quality = File(exists=True, desc="JSON with the registration's quality numbers")
+    in_coverage = File(exists=True, desc="JSON from the ROI stage: which ROIs the image covers")
+    n_nodes = traits.Int(100, usedefault=True)
+    min_streamlines = traits.Int(10, usedefault=True, desc="fewer streamlines on a side raises a flag")
+    min_registration_dice = traits.Float(0.5, usedefault=True, desc="lower WM Dice after warping raises a flag")
+
+
+class _MetricsOutputSpec(TraitedSpec):
+    out_profiles = File(exists=True, desc="long TSV: subject, session, side, node, metric, value")
+    out_summary = File(exists=True, desc="one-row TSV: per-side metrics, laterality, flags")
+    out_json = File(exists=True, desc="the summary row as JSON")
+
+
+class CSTMetrics(SimpleInterface):
+    """Metrics of both CSTs (``science.profiles``)."""
+
+    input_spec = _MetricsInputSpec
+    output_spec = _MetricsOutputSpec
+
+    def _run_interface(self, runtime):
+        import pandas as pd
+
+        from ..science.profiles import bundle_metrics, profiles_table, summary_row, tract_profile
+        from ..science.tracking import load_trk
+
+        ref = nib.load(self.inputs.in_fa)
+        maps = {m: np.asarray(nib.load(getattr(self.inputs, f"in_{m}")).dataobj, np.float32) for m in SCALARS}
+        voxel_volume = float(np.prod(ref.header.get_zooms()[:3]))
+        metrics, profiles = {}, {}
+        for side in ("left", "right"):
+            bundle = load_trk(getattr(self.inputs, f"in_{side}"))
+            metrics[side] = bundle_metrics(bundle, maps, ref.affine, voxel_volume)
+            profiles[side] = {m: tract_profile(bundle, maps[m], ref.affine, self.inputs.n_nodes) for m in SCALARS}
+        flags = quality_flags(self._optional_json("in_registration_quality"), self._optional_json("in_coverage"),
+                              self.inputs.min_registration_dice)
+        session = self.inputs.session if isdefined(self.inputs.session) else ""
+        row = summary_row(self.inputs.subject, metrics["left"], metrics["right"], flags,
+                          min_streamlines=self.inputs.min_streamlines)
+        row = {"subject": row.pop("subject"), "session": session, **row}
+        table = profiles_table(self.inputs.subject, profiles)
+        table.insert(1, "session", session)
+        cwd = Path(runtime.cwd)
+        table.to_csv(cwd / "tractprofile.tsv", sep="\t", index=False, float_format="%.6g")
+        pd.DataFrame([row]).to_csv(cwd / "summary.tsv", sep="\t", index=False, float_format="%.6g")
+        self._results["out_profiles"] = str(cwd / "tractprofile.tsv")
+        self._results["out_summary"] = str(cwd / "summary.tsv")
+        self._results["out_json"] = write_json(row, cwd / "summary.json")
+        return runtime
+
+    def _optional_json(self, name):
+        value = getattr(self.inputs, name)
+        return json.loads(Path(value).read_text()) if isdefined(value) else None
+
+
+def quality_flags(registration: dict | None, coverage: dict | None, min_dice: float) -> dict[str, str]:
+    """Flags raised upstream of the metrics: poor registration, ROIs outside the image."""
+    flags = {}
+    if registration:
+        dice = registration.get("wm_dice")
+        if dice is not None and np.isfinite(dice) and dice < min_dice:
+            flags["poor_registration"] = f"white-matter Dice after registration {dice:.2f} < {min_dice:.2f}"
+    if coverage and not coverage.get("covered", True):
+        flags["cst_not_covered"] = coverage.get("reason", "the image does not cover the CST ROIs")
+    return flags

@@ -1,0 +1,67 @@
+"""Whole-brain tractography interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
+
+from .base import VersionedInputSpec
+
+
+class _TrackInputSpec(VersionedInputSpec):
+    in_fa = File(exists=True, mandatory=True, desc="FA map")
+    in_v1 = File(exists=True, mandatory=True, desc="principal eigenvector, voxel axes (X,Y,Z,3)")
+    in_mask = File(exists=True, mandatory=True, desc="brain mask")
+    in_dwi = File(exists=True, desc="DWI (probabilistic method only)")
+    in_bval = File(exists=True)
+    in_bvec = File(exists=True)
+    method = traits.Enum("deterministic", "probabilistic", usedefault=True)
+    seeds_per_voxel = traits.Int(1, usedefault=True)
+    step_size_mm = traits.Float(0.5, usedefault=True)
+    fa_threshold = traits.Float(0.2, usedefault=True)
+    max_angle_deg = traits.Float(45.0, usedefault=True)
+    min_length_mm = traits.Float(20.0, usedefault=True)
+    max_length_mm = traits.Float(250.0, usedefault=True)
+    seed = traits.Int(0, usedefault=True, desc="RNG seed (bit-identical reruns)")
+
+
+class _TrackOutputSpec(TraitedSpec):
+    out_trk = File(exists=True, desc="whole-brain tractogram, .trk, RAS+ mm")
+    n_streamlines = traits.Int()
+
+
+class Track(SimpleInterface):
+    """Whole-brain tractography (``science.tracking.track``)."""
+
+    input_spec = _TrackInputSpec
+    output_spec = _TrackOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..science.tracking import save_trk, track
+
+        fa_img = nib.load(self.inputs.in_fa)
+        fa = np.asarray(fa_img.dataobj, np.float32)
+        v1 = np.asarray(nib.load(self.inputs.in_v1).dataobj, np.float32)
+        mask = np.asarray(nib.load(self.inputs.in_mask).dataobj) > 0
+        extra = {}
+        if self.inputs.method == "probabilistic":
+            from ..science.dwi_io import load_dwi
+
+            if not all(isdefined(getattr(self.inputs, k)) for k in ("in_dwi", "in_bval", "in_bvec")):
+                raise ValueError("probabilistic tracking needs in_dwi, in_bval and in_bvec")
+            dwi = load_dwi(self.inputs.in_dwi, self.inputs.in_bval, self.inputs.in_bvec)
+            extra = {"data": dwi.data, "bvals": dwi.bvals, "bvecs_voxel": dwi.bvecs_voxel}
+        streamlines = track(
+            v1, fa, mask, fa_img.affine, seeds_per_voxel=self.inputs.seeds_per_voxel,
+            step_size_mm=self.inputs.step_size_mm, fa_threshold=self.inputs.fa_threshold,
+            max_angle_deg=self.inputs.max_angle_deg, min_length_mm=self.inputs.min_length_mm,
+            max_length_mm=self.inputs.max_length_mm, method=self.inputs.method, seed=self.inputs.seed, **extra,
+        )
+        out = save_trk(streamlines, fa_img, Path(runtime.cwd) / "tractogram.trk")
+        self._results["out_trk"] = str(out)
+        self._results["n_streamlines"] = len(streamlines)
+        return runtime
+
