@@ -1,0 +1,466 @@
+"""Rigid head-motion correction of a diffusion series, with b-vector rotation.
+
+Convention (used throughout this module and by the phantom)
+------------------------------------------------------------
+``transforms[n]`` is a 4x4 rigid matrix in world (scanner RAS+) millimetres that maps a
+point ``x`` of the *reference* head to the place ``transforms[n] @ x`` where the same
+anatomical point appears in volume ``n``: it is the head motion of volume ``n``
+relative to the reference. The corrected volume is ``corrected_n(x) = volume_n(T_n x)``
+on the reference grid (this is exactly the matrix dipy's affine registration returns for
+``static = reference``, ``moving = volume n``).
+
+When the head is rotated by ``R_n`` (rotation part of ``T_n``), a gradient applied
+along scanner direction ``g`` is seen by the head along ``R_n^T g``. After resampling
+into the reference head pose the gradient of volume ``n`` is therefore, in world axes::
+
+    g_ref = R_n^T g_scanner
+
+and the rotated b-vectors are returned in voxel axes of the (unchanged) image grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from csttool_nipype.science.gradients import voxel_to_world, world_to_voxel
+
+logger = logging.getLogger(__name__)
+
+#: Radius (mm) of the sphere on which rotations are turned into displacements for the
+#: framewise displacement (Power et al. 2012).
+FD_RADIUS_MM = 50.0
+
+# Same-contrast registration (b0 -> b0, DW -> mean DW of its shell): Gauss-Newton on the
+# least-squares difference after a linear intensity fit, coarse to fine. Each level is
+# (Gaussian smoothing FWHM-free sigma in mm, grid stride in voxels).
+_LS_LEVELS = ((6.0, 2), (3.0, 2), (1.5, 2))
+_LS_MAX_ITER = 20
+_LS_TOL_MM = 2e-3  # stop when the update moves no point of the 50 mm sphere more than this
+
+# Cross-contrast link (mean DW template -> b0 template): dipy Mattes mutual information.
+# dipy's finest level is always full resolution whatever the last factor.
+_MI_LEVEL_ITERS = (200, 100, 30)
+_MI_SIGMAS = (2.0, 1.0, 0.0)
+_MI_FACTORS = (4, 2, 1)
+_MI_NBINS = 32
+_MI_MARGIN = 4  # voxels around the head kept by the crop
+
+# DW volumes of a shell are registered to the shell's mean image this many times (the
+# first template is the mean of the uncorrected volumes, then of the corrected ones).
+_TEMPLATE_PASSES = 2
+# shells with fewer volumes are registered one by one to the b0 template (MI) instead
+_MIN_SHELL_FOR_TEMPLATE = 3
+# interpolation of the corrected output (templates use trilinear): cubic B-spline keeps
+# the anisotropy of thin tracts better than trilinear (measured on the phantom)
+_FINAL_ORDER = 3
+
+
+def _grid_centre(shape, affine: np.ndarray) -> np.ndarray:
+    return affine[:3, :3] @ ((np.asarray(shape[:3], float) - 1) / 2.0) + affine[:3, 3]
+
+
+def _rigid_matrix(rotvec: np.ndarray, trans: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Rotation by ``rotvec`` (rad) about ``centre`` (mm), then translation ``trans`` (mm)."""
+    m = np.eye(4)
+    r = Rotation.from_rotvec(rotvec).as_matrix()
+    m[:3, :3] = r
+    m[:3, 3] = centre - r @ centre + trans
+    return m
+
+
+def _foreground(image: np.ndarray, dilate: int = 2) -> np.ndarray:
+    """Voxels above half the Otsu threshold, dilated - where the registration looks."""
+    from scipy import ndimage
+    from dipy.segment.threshold import otsu
+
+    thr = 0.5 * float(otsu(np.asarray(image, np.float64)))
+    fg = image > thr
+    if dilate:
+        fg = ndimage.binary_dilation(fg, iterations=dilate)
+    return fg if fg.any() else np.ones(image.shape, bool)
+
+
+class _LSTemplate:
+    """A static image prepared for :func:`_register_ls`: per pyramid level, the sample
+    points (world mm), the smoothed static values there, the Jacobian of the static
+    image w.r.t. the 6 rigid increment parameters and its Gram matrix."""
+
+    def __init__(self, static: np.ndarray, affine: np.ndarray, region: np.ndarray | None = None):
+        from scipy import ndimage
+
+        self.affine = np.asarray(affine, float)
+        self.shape = tuple(static.shape[:3])
+        lin = self.affine[:3, :3]
+        self.lin_inv = np.linalg.inv(lin)
+        self.zooms = np.sqrt((lin**2).sum(0))
+        self.centre = _grid_centre(self.shape, self.affine)
+        static = np.asarray(static, np.float64)
+        if region is None:
+            region = np.ones(self.shape, bool)
+        self.levels = []
+        for sigma_mm, stride in _LS_LEVELS:
+            s_img = ndimage.gaussian_filter(static, sigma_mm / self.zooms, mode="nearest") if sigma_mm > 0 else static
+            sub = np.zeros(self.shape, bool)
+            sub[::stride, ::stride, ::stride] = True
+            pick = region & sub
+            # keep away from the border so that central differences exist
+            pick[[0, -1], :, :] = pick[:, [0, -1], :] = pick[:, :, [0, -1]] = False
+            idx = np.argwhere(pick)
+            if idx.shape[0] < 50:
+                continue
+            i, j, k = idx.T
+            grad_index = np.stack([
+                (s_img[i + 1, j, k] - s_img[i - 1, j, k]) / 2,
+                (s_img[i, j + 1, k] - s_img[i, j - 1, k]) / 2,
+                (s_img[i, j, k + 1] - s_img[i, j, k - 1]) / 2,
+            ], axis=1)
+            g_world = grad_index @ self.lin_inv  # d/d(world mm) = lin^-T grad_index, rows
+            x = idx @ lin.T + self.affine[:3, 3]
+            j0 = np.concatenate([np.cross(x - self.centre, g_world), g_world], axis=1)
+            s_val = s_img[pick]
+            self.levels.append({
+                "sigma_mm": sigma_mm, "x": x, "s": s_val, "j0": j0, "h0": j0.T @ j0,
+                "n": float(s_val.size), "sx": float(s_val.sum()), "sxx": float(s_val @ s_val),
+            })
+
+
+def _register_ls(
+    template: "_LSTemplate | np.ndarray",
+    moving: np.ndarray,
+    affine: np.ndarray,
+    region: np.ndarray | None = None,
+    starting: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rigid world transform ``A`` with ``moving(A x) ~ a * static(x) + b`` (same contrast).
+
+    Inverse-compositional Gauss-Newton (Baker & Matthews 2004) on
+    ``sum_x [moving(A x) - a static(x) - b]^2`` over the voxels of ``region`` (static
+    grid), the intensity scale ``a`` and offset ``b`` refitted by linear regression at
+    every iteration. The warp increment is a small rotation about the grid centre plus a
+    translation; the static image's Jacobian is computed once per level (pass an
+    :class:`_LSTemplate` to reuse it across volumes). Coarse-to-fine over
+    ``_LS_LEVELS`` (both images smoothed alike with an isotropic Gaussian in mm, so
+    smoothing does not bias the pose). Deterministic: no random sampling.
+    """
+    from scipy import ndimage
+
+    tpl = template if isinstance(template, _LSTemplate) else _LSTemplate(template, affine, region)
+    moving = np.asarray(moving, np.float64)
+    T = np.eye(4) if starting is None else np.array(starting, float)
+    upper = np.asarray(tpl.shape, float) - 1
+    origin = tpl.affine[:3, 3]
+    for level in tpl.levels:
+        sigma_mm = level["sigma_mm"]
+        m_img = ndimage.gaussian_filter(moving, sigma_mm / tpl.zooms, mode="nearest") if sigma_mm > 0 else moving
+        x, s_all, j0_all, h0_all = level["x"], level["s"], level["j0"], level["h0"]
+        for _ in range(_LS_MAX_ITER):
+            lin_t = tpl.lin_inv @ T[:3, :3]
+            vox = x @ lin_t.T + tpl.lin_inv @ (T[:3, 3] - origin)
+            valid = np.all((vox >= 0) & (vox <= upper), axis=1)
+            if valid.all():
+                s, j0, h0 = s_all, j0_all, h0_all
+                n, sx, sxx = level["n"], level["sx"], level["sxx"]
+                m_val = ndimage.map_coordinates(m_img, vox.T, order=1, mode="nearest")
+            else:
+                if valid.sum() < 50:
+                    break
+                s, j0 = s_all[valid], j0_all[valid]
+                h0 = j0.T @ j0
+                n, sx, sxx = float(s.size), float(s.sum()), float(s @ s)
+                m_val = ndimage.map_coordinates(m_img, vox[valid].T, order=1, mode="nearest")
+            sy, sxy = float(m_val.sum()), float(s @ m_val)
+            den = n * sxx - sx * sx
+            if den <= 0:
+                break
+            a = (n * sxy - sx * sy) / den
+            b = (sy - a * sx) / n
+            if not np.isfinite(a) or abs(a) < 1e-12:
+                break
+            r = m_val - a * s - b
+            try:
+                dp = np.linalg.solve(h0, j0.T @ r) / a
+            except np.linalg.LinAlgError:
+                break
+            T = T @ np.linalg.inv(_rigid_matrix(dp[:3], dp[3:], tpl.centre))
+            if np.linalg.norm(dp[:3]) * FD_RADIUS_MM + np.linalg.norm(dp[3:]) < _LS_TOL_MM:
+                break
+    return T
+
+
+def _register_mi(
+    static: np.ndarray,
+    moving: np.ndarray,
+    affine: np.ndarray,
+    static_mask: np.ndarray | None = None,
+    starting: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rigid world transform ``A`` with ``moving(A x) ~ static(x)`` (Mattes MI, dense).
+
+    For images of different contrast (mean DW vs b0). Registration is done in a world
+    frame shifted so that the grid centre is the origin, which decouples rotation from
+    translation for the optimiser; the result is converted back to the true world frame.
+    Dense sampling (``sampling_proportion=None``) keeps it deterministic.
+    """
+    from dipy.align.imaffine import AffineRegistration, MutualInformationMetric
+    from dipy.align.transforms import RigidTransform3D
+
+    # crop both images (same grid) to the bounding box of the region of interest plus a
+    # margin: the dense metric costs time per voxel and the background carries nothing
+    region = static_mask if static_mask is not None else _foreground(static)
+    idx = np.argwhere(region)
+    lo = np.maximum(idx.min(0) - _MI_MARGIN, 0)
+    hi = np.minimum(idx.max(0) + _MI_MARGIN + 1, static.shape[:3])
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    static, moving = static[box], moving[box]
+    static_mask = None if static_mask is None else static_mask[box]
+    affine = affine.copy()
+    affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+
+    shift = np.eye(4)
+    shift[:3, 3] = -_grid_centre(static.shape, affine)
+    g2w = shift @ affine
+    start = np.eye(4) if starting is None else shift @ starting @ np.linalg.inv(shift)
+
+    reg = AffineRegistration(
+        metric=MutualInformationMetric(nbins=_MI_NBINS, sampling_proportion=None),
+        level_iters=list(_MI_LEVEL_ITERS),
+        sigmas=list(_MI_SIGMAS),
+        factors=list(_MI_FACTORS),
+        verbosity=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        amap = reg.optimize(
+            np.asarray(static, np.float64),
+            np.asarray(moving, np.float64),
+            RigidTransform3D(),
+            None,
+            static_grid2world=g2w,
+            moving_grid2world=g2w,
+            starting_affine=start,
+            static_mask=None if static_mask is None else static_mask.astype(np.int32),
+        )
+    return np.linalg.inv(shift) @ amap.affine @ shift
+
+
+def _resample(volume: np.ndarray, transform: np.ndarray, affine: np.ndarray, order: int = 1) -> np.ndarray:
+    """``volume(transform @ x)`` on the same grid (spline of ``order``; 0 outside the FOV).
+
+    Orders > 1 can overshoot at edges; negative values are set to 0 (magnitude data).
+    """
+    from scipy import ndimage
+
+    affine = np.asarray(affine, float)
+    # voxel of the output -> world -> moved world -> voxel of the input
+    vox2vox = np.linalg.inv(affine) @ np.asarray(transform, float) @ affine
+    out = ndimage.affine_transform(
+        np.asarray(volume, np.float64), vox2vox[:3, :3], offset=vox2vox[:3, 3], order=order,
+        mode="constant", cval=0.0, prefilter=order > 1,
+    )
+    if order > 1:
+        np.clip(out, 0.0, None, out=out)
+    return out.astype(np.float32)
+
+
+def _rotation_of(transform: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(np.asarray(transform, float)[:3, :3])
+    r = u @ vt
+    if np.linalg.det(r) < 0:  # a rigid registration never reflects; guard anyway
+        u[:, -1] *= -1
+        r = u @ vt
+    return r
+
+
+def rotate_bvecs(bvecs_voxel: np.ndarray, transforms: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Rotate voxel-axis b-vectors into the reference head frame.
+
+    ``g_ref_world = R_n^T g_world`` for each volume ``n`` (see the module docstring), with
+    voxel<->world conversion through the rotation part of ``affine``. Zero vectors (b0)
+    stay zero.
+
+    Parameters
+    ----------
+    bvecs_voxel : ndarray, shape (N, 3)
+        As applied by the scanner, in voxel axes.
+    transforms : ndarray, shape (N, 4, 4)
+        Head motion of each volume (reference -> volume, world mm).
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine of the image.
+
+    Returns
+    -------
+    ndarray, shape (N, 3), voxel axes.
+    """
+    bvecs_voxel = np.asarray(bvecs_voxel, float)
+    world = voxel_to_world(bvecs_voxel, affine)
+    rotated = np.empty_like(world)
+    for n, t in enumerate(np.asarray(transforms, float)):
+        rotated[n] = _rotation_of(t).T @ world[n]
+    return world_to_voxel(rotated, affine)
+
+
+def motion_parameters(transforms: np.ndarray, centre_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Euler angles (deg) and translations (mm) of each rigid transform.
+
+    Rotation angles are extrinsic about the world x (R-L), y (A-P), z (S-I) axes, applied
+    in that order (``R = Rz @ Ry @ Rx``). The translation is the displacement of
+    ``centre_world`` (the reference grid centre): ``T @ c - c``, so it does not depend on
+    where the scanner puts its origin.
+    """
+    transforms = np.asarray(transforms, float)
+    rot = np.array([Rotation.from_matrix(_rotation_of(t)).as_euler("xyz", degrees=True) for t in transforms])
+    c = np.asarray(centre_world, float)
+    trans = np.array([t[:3, :3] @ c + t[:3, 3] - c for t in transforms])
+    return rot, trans
+
+
+def framewise_displacement(rotation_deg: np.ndarray, translation_mm: np.ndarray, radius_mm: float = FD_RADIUS_MM) -> np.ndarray:
+    """Power et al. (2012) framewise displacement between consecutive volumes (mm).
+
+    ``FD_n = sum_i |d t_i| + radius * sum_i |d theta_i|`` (theta in radians); ``FD_0 = 0``.
+    """
+    rot = np.deg2rad(np.asarray(rotation_deg, float))
+    trans = np.asarray(translation_mm, float)
+    fd = np.zeros(len(rot))
+    if len(rot) > 1:
+        fd[1:] = np.abs(np.diff(trans, axis=0)).sum(1) + radius_mm * np.abs(np.diff(rot, axis=0)).sum(1)
+    return fd
+
+
+def motion_correct(
+    data: np.ndarray,
+    affine: np.ndarray,
+    bvals: np.ndarray,
+    bvecs_voxel: np.ndarray,
+    b0_threshold: float = 50.0,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Rigid motion correction of every volume to the first b0, with b-vector rotation.
+
+    Procedure
+    ---------
+    1. Reference volume: the first b0 (``bval <= b0_threshold``; the lowest-b volume if
+       there is none). The other b0s are registered to it and the mean of the aligned
+       b0s is the b0 template (reference head pose = that of the reference volume).
+    2. Every diffusion-weighted volume is registered to the b0 template (Mattes mutual
+       information, rigid, 2-level pyramid).
+    3. Refinement: for each shell (b rounded to 100 s/mm^2) the mean of the step-2
+       corrected DW volumes is a template whose contrast matches the DW volumes much
+       better than the b0 does; every DW volume is registered again to the template of
+       its shell, starting from its step-2 transform.
+    4. Each volume is resampled (trilinear) on the reference grid; the reference volume
+       itself is copied untouched. b-vectors are rotated (see :func:`rotate_bvecs`).
+
+    Parameters
+    ----------
+    data : ndarray, shape (X, Y, Z, N)
+        Voxel order, any real dtype.
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world (RAS+ mm) affine shared by all volumes.
+    bvals : ndarray, shape (N,)
+        s/mm^2.
+    bvecs_voxel : ndarray, shape (N, 3)
+        Applied gradient directions in voxel axes (scanner frame).
+    b0_threshold : float
+        s/mm^2.
+    mask : ndarray of bool, shape (X, Y, Z), optional
+        Brain mask in the reference volume; restricts the similarity metric to it
+        (dilated by 2 voxels so that the brain edge drives the fit).
+
+    Returns
+    -------
+    corrected : ndarray, float32, shape (X, Y, Z, N)
+        Every volume on the reference grid in the reference head pose.
+    bvecs_rotated : ndarray, shape (N, 3)
+        b-vectors in voxel axes of the reference frame (``R_n^T g``).
+    transforms : ndarray, shape (N, 4, 4)
+        Head motion of each volume: reference point -> where it appears in volume n,
+        world mm (identity for the reference volume).
+    report : dict
+        ``reference_volume`` (int), ``rotation_deg`` (N lists of 3 extrinsic x, y, z
+        Euler angles), ``translation_mm`` (N lists of 3: displacement of the grid
+        centre), ``framewise_displacement_mm`` (N; Power FD, 50 mm sphere, 0 for the
+        first volume), ``mean_fd_mm`` (mean over volumes 1..N-1), ``max_fd_mm``.
+    """
+    from scipy import ndimage
+
+    arr = np.asarray(data)
+    if arr.ndim != 4:
+        raise ValueError(f"expected a 4D (X, Y, Z, N) array, got shape {arr.shape}")
+    n_vol = arr.shape[-1]
+    affine = np.asarray(affine, float)
+    bvals = np.asarray(bvals, float).ravel()
+    bvecs_voxel = np.asarray(bvecs_voxel, float)
+    if bvals.size != n_vol or bvecs_voxel.shape != (n_vol, 3):
+        raise ValueError(f"{bvals.size} b-values / {bvecs_voxel.shape} b-vectors for {n_vol} volumes")
+    reg_mask = None
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != arr.shape[:3]:
+            raise ValueError(f"mask shape {mask.shape} does not match image shape {arr.shape[:3]}")
+        reg_mask = ndimage.binary_dilation(mask, iterations=2)
+
+    b0_idx = np.flatnonzero(bvals <= b0_threshold)
+    ref = int(b0_idx[0]) if b0_idx.size else int(np.argmin(bvals))
+    if not b0_idx.size:
+        b0_idx = np.array([ref])
+    dw_idx = np.array([i for i in range(n_vol) if i not in set(b0_idx.tolist())], dtype=int)
+
+    transforms = np.tile(np.eye(4), (n_vol, 1, 1))
+    corrected = np.empty(arr.shape, np.float32)
+    ref_vol = np.asarray(arr[..., ref], np.float32)
+    corrected[..., ref] = ref_vol
+    region_ref = reg_mask if reg_mask is not None else _foreground(ref_vol)
+
+    # 1. b0s -> reference b0 (same contrast), then the b0 template
+    tpl_ref = _LSTemplate(ref_vol, affine, region_ref)
+    for i in b0_idx:
+        if i == ref:
+            continue
+        transforms[i] = _register_ls(tpl_ref, arr[..., i], affine)
+        corrected[..., i] = _resample(arr[..., i], transforms[i], affine)
+    template_b0 = corrected[..., b0_idx].astype(np.float64).mean(-1)
+
+    # 2. each shell: DW volumes -> their own mean (same contrast), twice; then one
+    #    cross-contrast link of the shell template to the b0 template
+    shells = np.round(bvals[dw_idx] / 100.0) if dw_idx.size else np.array([])
+    for shell in np.unique(shells):
+        members = dw_idx[shells == shell]
+        if members.size < _MIN_SHELL_FOR_TEMPLATE:
+            for i in members:
+                transforms[i] = _register_mi(template_b0, arr[..., i], affine, region_ref)
+            continue
+        template = arr[..., members].astype(np.float64).mean(-1)
+        to_template = np.tile(np.eye(4), (members.size, 1, 1))
+        for _ in range(_TEMPLATE_PASSES):
+            tpl = _LSTemplate(template, affine, _foreground(template) if reg_mask is None else reg_mask)
+            for j, i in enumerate(members):
+                to_template[j] = _register_ls(tpl, arr[..., i], affine, starting=to_template[j])
+            template = np.mean(
+                [_resample(arr[..., i], to_template[j], affine) for j, i in enumerate(members)], axis=0, dtype=np.float64
+            )
+        link = _register_mi(template_b0, template, affine, region_ref)
+        for j, i in enumerate(members):
+            transforms[i] = to_template[j] @ link
+    for i in range(n_vol):
+        if i != ref:
+            corrected[..., i] = _resample(arr[..., i], transforms[i], affine, order=_FINAL_ORDER)
+
+    bvecs_rot = rotate_bvecs(bvecs_voxel, transforms, affine)
+    centre = affine[:3, :3] @ ((np.asarray(arr.shape[:3]) - 1) / 2.0) + affine[:3, 3]
+    rot_deg, trans_mm = motion_parameters(transforms, centre)
+    fd = framewise_displacement(rot_deg, trans_mm)
+    report = {
+        "reference_volume": ref,
+        "rotation_deg": rot_deg.tolist(),
+        "translation_mm": trans_mm.tolist(),
+        "framewise_displacement_mm": fd.tolist(),
+        "mean_fd_mm": float(fd[1:].mean()) if n_vol > 1 else 0.0,
+        "max_fd_mm": float(fd.max()) if n_vol else 0.0,
+    }
+    logger.info("motion_correct: %d volumes, mean FD %.3f mm, max FD %.3f mm", n_vol, report["mean_fd_mm"], report["max_fd_mm"])
+    return corrected, bvecs_rot, transforms, report

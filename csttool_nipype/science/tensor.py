@@ -1,0 +1,249 @@
+"""Diffusion tensor fit and its quality-control figure.
+
+Units: diffusivities (MD, RD, AD, eigenvalues) in mm^2/s when b-values are in s/mm^2.
+Frames: eigenvectors are returned in the image's voxel axes (what dipy fits with voxel
+b-vectors); the colour-FA map is built from the principal eigenvector in world (RAS+)
+axes so that red = left-right, green = anterior-posterior, blue = superior-inferior
+whatever the storage orientation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from csttool_nipype.science.gradients import voxel_to_world
+
+logger = logging.getLogger(__name__)
+
+FIT_METHODS = ("WLS", "OLS", "NLLS", "RT")
+
+
+def fit_tensor(
+    data: np.ndarray,
+    bvals: np.ndarray,
+    bvecs_voxel: np.ndarray,
+    mask: np.ndarray | None,
+    fit_method: str = "WLS",
+    b0_threshold: float = 50.0,
+    affine: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Fit the diffusion tensor voxel-wise (dipy ``TensorModel``).
+
+    Parameters
+    ----------
+    data : ndarray, shape (X, Y, Z, N)
+        Diffusion series in voxel order.
+    bvals : ndarray, shape (N,)
+        s/mm^2.
+    bvecs_voxel : ndarray, shape (N, 3)
+        Unit gradient directions in voxel axes (after any motion rotation); rows of b0
+        volumes may be zero.
+    mask : ndarray of bool, shape (X, Y, Z) or None
+        Voxels to fit; None fits every voxel.
+    fit_method : str
+        dipy tensor fit method: "WLS" (weighted linear least squares, default), "OLS",
+        "NLLS" or "RT" (RESTORE; needs a sigma, not exposed here).
+    b0_threshold : float
+        s/mm^2.
+    affine : ndarray, shape (4, 4), optional
+        Voxel-to-world affine, used only to express v1 in world axes for ``color_fa``.
+        None: voxel axes are taken to be world axes (RAS+ storage).
+
+    Returns
+    -------
+    dict of ndarrays
+        ``fa`` (X, Y, Z) float32 in [0, 1]; ``md``, ``rd``, ``ad`` (X, Y, Z) float32 in
+        mm^2/s; ``evals`` (X, Y, Z, 3) float32 in mm^2/s, descending; ``evecs``
+        (X, Y, Z, 3, 3) float32, column ``[..., :, k]`` is the eigenvector of
+        ``evals[..., k]`` in voxel axes; ``v1`` (X, Y, Z, 3) principal eigenvector,
+        voxel axes; ``color_fa`` (X, Y, Z, 3) float32 in [0, 1] = FA * |v1_world|
+        (R, G, B = world x, y, z). All maps are 0 outside the mask and where the fit is
+        not finite.
+    """
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import TensorModel
+
+    arr = np.asarray(data)
+    if arr.ndim != 4:
+        raise ValueError(f"expected a 4D (X, Y, Z, N) array, got shape {arr.shape}")
+    n_vol = arr.shape[-1]
+    bvals = np.asarray(bvals, float).ravel()
+    bvecs = np.asarray(bvecs_voxel, float)
+    if bvals.size != n_vol or bvecs.shape != (n_vol, 3):
+        raise ValueError(f"{bvals.size} b-values / {bvecs.shape} b-vectors for {n_vol} volumes")
+    shape = arr.shape[:3]
+    if mask is None:
+        mask = np.ones(shape, bool)
+    mask = np.asarray(mask, bool)
+    if mask.shape != shape:
+        raise ValueError(f"mask shape {mask.shape} does not match image shape {shape}")
+    if str(fit_method).upper() not in FIT_METHODS:
+        raise ValueError(f"unknown tensor fit method {fit_method!r}; choose one of {', '.join(FIT_METHODS)}")
+    n_dw = int(np.count_nonzero(bvals > b0_threshold))
+    if n_dw < 6 or n_vol < 7:
+        raise ValueError(
+            f"a tensor fit needs at least 6 diffusion-weighted volumes (b > {b0_threshold:g}) and 7 volumes "
+            f"in all; got {n_dw} of {n_vol}"
+        )
+
+    # normalise b>0 directions (dipy checks unit length); b0 rows are zeroed
+    bvecs = bvecs.copy()
+    dw = bvals > b0_threshold
+    norms = np.linalg.norm(bvecs[dw], axis=1)
+    if np.any(norms < 1e-6):
+        raise ValueError("a diffusion-weighted volume has a zero b-vector")
+    bvecs[dw] /= norms[:, None]
+    bvecs[~dw] = 0.0
+    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
+
+    model = TensorModel(gtab, fit_method=str(fit_method).upper())
+    evals = np.zeros(shape + (3,), np.float64)
+    evecs = np.zeros(shape + (3, 3), np.float64)
+    if mask.any():
+        # non-finite samples would make the whole (vectorised) WLS solve fail: treat them
+        # as no signal, which dipy clips to its minimum signal
+        signal = np.nan_to_num(np.asarray(arr[mask], np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        fit = model.fit(signal)
+        evals[mask] = fit.evals
+        evecs[mask] = fit.evecs
+    bad = ~np.all(np.isfinite(evals), axis=-1) | ~np.all(np.isfinite(evecs), axis=(-2, -1))
+    evals[bad] = 0.0
+    evecs[bad] = 0.0
+
+    from dipy.reconst.dti import axial_diffusivity, fractional_anisotropy, mean_diffusivity, radial_diffusivity
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fa = np.nan_to_num(fractional_anisotropy(evals), nan=0.0, posinf=0.0, neginf=0.0)
+    fa = np.clip(fa, 0.0, 1.0)
+    md = mean_diffusivity(evals)
+    rd = radial_diffusivity(evals)
+    ad = axial_diffusivity(evals)
+    v1 = evecs[..., :, 0]
+    for m in (fa, md, rd, ad):
+        m[~mask] = 0.0
+
+    if affine is None:
+        v1_world = v1
+    else:
+        v1_world = voxel_to_world(v1.reshape(-1, 3), affine).reshape(v1.shape)
+    color_fa = np.clip(fa[..., None] * np.abs(v1_world), 0.0, 1.0)
+
+    logger.info("fit_tensor(%s): %d voxels, median FA %.3f", fit_method, int(mask.sum()),
+                float(np.median(fa[mask])) if mask.any() else float("nan"))
+    return {
+        "fa": fa.astype(np.float32),
+        "md": md.astype(np.float32),
+        "rd": rd.astype(np.float32),
+        "ad": ad.astype(np.float32),
+        "evals": evals.astype(np.float32),
+        "evecs": evecs.astype(np.float32),
+        "v1": v1.astype(np.float32),
+        "color_fa": color_fa.astype(np.float32),
+    }
+
+
+def _to_ras(arr: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
+    if affine is None:
+        return arr
+    from csttool_nipype.science.gradients import reorient_array
+
+    out, _ = reorient_array(arr, affine, "RAS")
+    return out
+
+
+def tensor_qc_png(
+    fa: np.ndarray,
+    color_fa: np.ndarray,
+    mask: np.ndarray | None,
+    out_png,
+    title: str = "",
+    affine: np.ndarray | None = None,
+) -> Path:
+    """Write a QC figure: FA and colour-FA on three orthogonal slices.
+
+    Slices pass through the centre of the mask's bounding box (array centre without a
+    mask). Display is **neurological**: the subject's left is on the left of the axial
+    and coronal panels; anterior is up in the axial panel, superior is up in the coronal
+    and sagittal panels, anterior is on the right of the sagittal panel. The figure says
+    so.
+
+    Parameters
+    ----------
+    fa : ndarray, shape (X, Y, Z)
+    color_fa : ndarray, shape (X, Y, Z, 3), values in [0, 1]
+    mask : ndarray of bool, shape (X, Y, Z), or None
+        Outlined in the FA panels when given.
+    out_png : path-like
+    title : str
+    affine : ndarray, shape (4, 4), optional
+        When given, the maps are first reoriented (permute/flip only) to RAS voxel order;
+        when None they are assumed to be stored RAS (the package's internal convention).
+
+    Returns
+    -------
+    Path of the PNG written.
+    """
+    # Figure + Agg canvas directly: no pyplot, so the global backend is left alone
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fa = _to_ras(np.asarray(fa, float), affine)
+    color_fa = _to_ras(np.asarray(color_fa, float), affine)
+    m = None if mask is None else _to_ras(np.asarray(mask, np.uint8), affine).astype(bool)
+    if color_fa.shape != fa.shape + (3,):
+        raise ValueError(f"color_fa shape {color_fa.shape} does not match FA shape {fa.shape} + (3,)")
+
+    if m is not None and m.any():
+        idx = np.argwhere(m)
+        centre = ((idx.min(0) + idx.max(0)) // 2).astype(int)
+    else:
+        centre = (np.asarray(fa.shape) // 2).astype(int)
+    cx, cy, cz = (int(c) for c in centre)
+
+    # In RAS voxel order: axis0 = R(+), axis1 = A(+), axis2 = S(+). imshow puts row 0 at
+    # the top, so each slice is transposed (rows = second axis) and shown origin="lower".
+    def views(vol):
+        return [
+            ("axial z=%d" % cz, np.swapaxes(vol[:, :, cz], 0, 1), ("L", "R", "P", "A")),
+            ("coronal y=%d" % cy, np.swapaxes(vol[:, cy, :], 0, 1), ("L", "R", "I", "S")),
+            ("sagittal x=%d" % cx, np.swapaxes(vol[cx, :, :], 0, 1), ("P", "A", "I", "S")),
+        ]
+
+    fig = Figure(figsize=(10, 7), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    for col, (name, sl, labels) in enumerate(views(fa)):
+        ax = axes[0, col]
+        ax.imshow(sl, cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest")
+        if m is not None:
+            msl = views(m.astype(float))[col][1]
+            if msl.any() and not msl.all():
+                ax.contour(msl, levels=[0.5], colors="y", linewidths=0.6, origin="lower")
+        ax.set_title(f"FA {name}", fontsize=9)
+    for col, (name, sl, labels) in enumerate(views(color_fa)):
+        ax = axes[1, col]
+        ax.imshow(np.clip(sl, 0, 1), origin="lower", interpolation="nearest")
+        ax.set_title(f"colour FA {name}", fontsize=9)
+    for row in range(2):
+        for col, (_, sl, (left, right, bottom, top)) in enumerate(views(fa)):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            kw = dict(transform=ax.transAxes, fontsize=8, color="w",
+                      bbox=dict(facecolor="k", alpha=0.5, pad=1, linewidth=0))
+            ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
+            ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
+            ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
+            ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
+    heading = (title + "\n" if title else "") + (
+        "neurological display (subject's left on the left); colour FA: red = L-R, green = A-P, blue = S-I"
+    )
+    fig.suptitle(heading, fontsize=10)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    logger.info("tensor_qc_png: wrote %s", out)
+    return out
