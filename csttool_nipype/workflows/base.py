@@ -11,8 +11,12 @@ from nipype.pipeline import engine as pe
 from ..config import PipelineConfig
 from ..interfaces.dwi_import import ImportDWI
 from .dwi_preproc import init_dwi_preproc_wf
-from .outputs import init_derivatives_wf
+from .outputs import DERIVATIVES, init_derivatives_wf
+from .registration import init_registration_wf
 from .tensor import TENSOR_OUTPUTS, init_tensor_wf
+from .tractography import init_cst_wf, init_tracking_wf
+
+PREPROC_FIELDS = ["dwi", "bval", "bvec", "mask", "b0"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,13 @@ class DWIInputs:
 
 def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: PipelineConfig | None = None,
                     session: str | None = None, name: str | None = None, container: str | None = None):
-    """Build the workflow that takes one subject's DWI to tensor maps.
+    """Build the workflow that takes one subject's DWI to CST metrics.
 
-    import → preprocessing (:func:`init_dwi_preproc_wf`) → tensor
-    (:func:`init_tensor_wf`) → BIDS-derivative outputs (:func:`init_derivatives_wf`).
+    import → preprocessing (:func:`init_dwi_preproc_wf`) → tensor (:func:`init_tensor_wf`)
+    → registration and ROIs (:func:`init_registration_wf`) and whole-brain tracking
+    (:func:`init_tracking_wf`) → CST extraction and metrics (:func:`init_cst_wf`) →
+    BIDS-derivative outputs (:func:`init_derivatives_wf`). ``config.stages`` selects
+    how far it goes.
 
     Parameters
     ----------
@@ -79,18 +86,47 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
     inputnode.inputs.source_file = inputs.source
 
     preproc_wf = init_dwi_preproc_wf(config, mem_gb=mem_gb)
-    tensor_wf = init_tensor_wf(config, mem_gb=mem_gb)
-    derivatives_wf = init_derivatives_wf(output_dir, sub, session=session, container=container)
-
     wf.connect([
         (dwi_import, preproc_wf, [("out_dwi", "inputnode.dwi"), ("out_bval", "inputnode.bval"),
                                   ("out_bvec", "inputnode.bvec"), ("slice_axis", "inputnode.slice_axis"),
                                   ("out_json", "inputnode.metadata")]),
-        (preproc_wf, tensor_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in ("dwi", "bval", "bvec", "mask")]),
-        (preproc_wf, derivatives_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in ("dwi", "bval", "bvec", "mask", "b0")]
-         + [("outputnode.report", "inputnode.preproc_record")]),
-        (tensor_wf, derivatives_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in TENSOR_OUTPUTS if f != "qc"]
-         + [("outputnode.qc", "inputnode.tensor_qc")]),
-        (inputnode, derivatives_wf, [("source_file", "inputnode.source_file")]),
     ])
+    # (source workflow, its output field, derivatives field)
+    outputs = [(preproc_wf, f, f) for f in PREPROC_FIELDS] + [(preproc_wf, "report", "preproc_record")]
+    if config.runs("tensor"):
+        tensor_wf = init_tensor_wf(config, mem_gb=mem_gb)
+        _link(wf, preproc_wf, tensor_wf, ["dwi", "bval", "bvec", "mask"])
+        outputs += [(tensor_wf, f, f) for f in TENSOR_OUTPUTS if f != "qc"] + [(tensor_wf, "qc", "tensor_qc")]
+    if config.runs("register"):
+        reg_wf = init_registration_wf(config)
+        _link(wf, tensor_wf, reg_wf, ["fa"])
+        _link(wf, preproc_wf, reg_wf, ["mask"])
+        outputs += [(reg_wf, "registration", "registration"), (reg_wf, "qc", "registration_qc"),
+                    (reg_wf, "template_wm", "template_wm"), (reg_wf, "roi_labels", "roi_labels"),
+                    (reg_wf, "coverage", "coverage")]
+    if config.runs("track"):
+        track_wf = init_tracking_wf(config, mem_gb=mem_gb)
+        _link(wf, tensor_wf, track_wf, ["fa", "v1"])
+        _link(wf, preproc_wf, track_wf, ["mask", "dwi", "bval", "bvec"])
+        outputs.append((track_wf, "tractogram", "tractogram"))
+    if config.runs("cst"):
+        cst_wf = init_cst_wf(config, sub, session, metrics=config.runs("metrics"))
+        _link(wf, track_wf, cst_wf, ["tractogram"])
+        _link(wf, reg_wf, cst_wf, ["rois", "quality", "coverage"])
+        _link(wf, tensor_wf, cst_wf, ["fa", "md", "rd", "ad"])
+        outputs += [(cst_wf, "left", "cst_left"), (cst_wf, "right", "cst_right"),
+                    (cst_wf, "left_density", "cst_left_density"), (cst_wf, "right_density", "cst_right_density")]
+        if config.runs("metrics"):
+            outputs += [(cst_wf, "profiles", "profiles"), (cst_wf, "summary", "summary")]
+
+    fields = [dst for _, _, dst in outputs if dst in DERIVATIVES]
+    derivatives_wf = init_derivatives_wf(output_dir, sub, session=session, fields=fields, container=container)
+    for src, field, dst in outputs:
+        wf.connect(src, f"outputnode.{field}", derivatives_wf, f"inputnode.{dst}")
+    wf.connect(inputnode, "source_file", derivatives_wf, "inputnode.source_file")
     return wf
+
+
+def _link(wf, src, dst, fields):
+    """Connect ``src.outputnode.f`` to ``dst.inputnode.f`` for each field."""
+    wf.connect([(src, dst, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields])])

@@ -34,6 +34,25 @@ DERIVATIVES = {
     "evals": ("dwi", [("space", "dwi"), ("model", "tensor"), ("param", "evals")], "dwimap",
               {"Description": "Tensor eigenvalues, largest first", "Units": "mm^2/s"}),
     "tensor_qc": ("figures", [("desc", "tensor")], "qc", {}),
+    # registration and ROIs
+    "registration": ("xfm", None, None, None),   # a folder of transforms, copied as it is
+    "registration_qc": ("figures", [("desc", "registration")], "qc", {}),
+    "template_wm": ("dwi", [("space", "dwi"), ("label", "WM"), ("desc", "template")], "probseg",
+                    {"Description": "MNI152 2009 white-matter probability warped to the subject"}),
+    "roi_labels": ("dwi", [("space", "dwi"), ("desc", "cstrois")], "dseg",
+                   {"Description": "Atlas ROIs in subject space: 1 brainstem, 2/3 precentral L/R, "
+                                   "4/5 internal capsule L/R, 6/7 cerebral peduncle L/R, 8 midline"}),
+    "coverage": ("dwi", [("desc", "roicoverage")], "qc", {}),
+    # tractography and CST
+    "tractogram": ("dwi", [("space", "dwi"), ("desc", "wholebrain")], "streamlines", {}),
+    "cst_left": ("dwi", [("space", "dwi"), ("bundle", "CSTleft")], "streamlines", {}),
+    "cst_right": ("dwi", [("space", "dwi"), ("bundle", "CSTright")], "streamlines", {}),
+    "cst_left_density": ("dwi", [("space", "dwi"), ("bundle", "CSTleft"), ("param", "density")], "dwimap",
+                         {"Description": "Streamlines of the left CST per voxel"}),
+    "cst_right_density": ("dwi", [("space", "dwi"), ("bundle", "CSTright"), ("param", "density")], "dwimap",
+                          {"Description": "Streamlines of the right CST per voxel"}),
+    "profiles": ("dwi", [("space", "dwi"), ("bundle", "CST")], "tractprofile", {}),
+    "summary": ("dwi", [("desc", "summary")], "metrics", {}),
 }
 
 
@@ -71,6 +90,9 @@ def init_derivatives_wf(output_dir: str, subject: str, session: str | None = Non
         sink.inputs.container = container
     for field in fields:
         folder, entities, suffix, sidecar = DERIVATIVES[field]
+        if suffix is None:
+            wf.connect(inputnode, field, sink, f"{folder}.@{field}")
+            continue
         rename = pe.Node(
             DerivativeName(subject=sub, entities=entities, suffix=suffix, sidecar=sidecar),
             name=f"name_{field}", run_without_submitting=True,
