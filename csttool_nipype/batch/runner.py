@@ -91,6 +91,22 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             continue
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when the orchestrator dies.
+
+    Without this a killed batch would leave its jobs running unsupervised, and a
+    rerun (whose lock the dead batch no longer holds) could process the same
+    subject twice at once.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the lock still prevents double work by live batches
+        pass
+
+
 def _format_minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f}m" if seconds >= 60 else f"{seconds:.0f}s"
 
@@ -189,7 +205,7 @@ class BatchRunner:
         proc = subprocess.Popen(
             [sys.executable, "-m", "csttool_nipype.batch.worker", str(paths.jobfile)],
             stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=str(paths.work), env=env, start_new_session=True,
+            cwd=str(paths.work), env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         LOGGER.debug("started %s (pid %d)", job.key, proc.pid)
         return _Running(job, index, paths, lock, proc, time.monotonic(), log_fh)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import DENOISE_METHODS, TENSOR_FIT_METHODS, ExecutionConfig, PipelineConfig
+from ..config import DENOISE_METHODS, STAGES, TENSOR_FIT_METHODS, TRACKING_METHODS, ExecutionConfig, PipelineConfig
 from ..errors import CsttoolError
 from .logging_setup import setup_logging
 
@@ -36,6 +36,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = 
     g.add_argument("--tensor-fit", dest="tensor_fit_method", choices=TENSOR_FIT_METHODS,
                    default=d.tensor_fit_method, help=f"tensor fit method (default: {PipelineConfig().tensor_fit_method})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {PipelineConfig().seed})")
+    g.add_argument("--stages", nargs="+", choices=STAGES, default=d.stages, metavar="STAGE",
+                   help=f"run these stages and what they need ({', '.join(STAGES)}; default: all)")
+    g.add_argument("--tracking-method", dest="tracking_method", choices=TRACKING_METHODS,
+                   default=d.tracking_method, help="tractography (default: deterministic)")
 
 
 class _Suppressed:
@@ -54,10 +58,7 @@ def explicit_options(args) -> dict:
 
 
 def pipeline_config_from_args(args) -> PipelineConfig:
-    return PipelineConfig(
-        denoise_method=args.denoise_method, gibbs=args.gibbs, motion_correction=args.motion_correction,
-        b0_threshold=args.b0_threshold, tensor_fit_method=args.tensor_fit_method, seed=args.seed,
-    )
+    return PipelineConfig(**explicit_options(args))
 
 
 def add_execution_options(parser: argparse.ArgumentParser) -> None:

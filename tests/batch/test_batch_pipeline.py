@@ -1,0 +1,115 @@
+"""`csttool batch` on phantom subjects with real faults: corrupt input, a killed worker,
+a killed orchestrator (resume from Nipype's cache), and the CSV it leaves behind."""
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from csttool_nipype.cli.main import main
+from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--stages", "tensor", "--no-gibbs", "--no-motion-correction"]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    """Three small phantom subjects; sub-03's NIfTI is cut short."""
+    root = tmp_path_factory.mktemp("raw")
+    write_bids_dataset(root, 3, spec=PhantomSpec(voxel_size=3.0, n_directions=12, snr=30.0), seed=5)
+    bad = root / "sub-03" / "dwi" / "sub-03_dwi.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:20000])
+    return root
+
+
+def _rows(out):
+    with open(out / "batch_metrics.csv", newline="") as fh:
+        return {r["subject"]: r for r in csv.DictReader(fh)}
+
+
+def _batch(raw, out, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "csttool_nipype.cli.main", "batch", "--bids-dir", str(raw), "--out", str(out),
+         *FAST, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, timeout=600, what="condition"):
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_corrupt_subject_fails_alone_and_csv_has_real_numbers(raw, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["batch", "--bids-dir", str(raw), "--out", str(out), "--nprocs", "2", "--denoise-method",
+                 "none", *FAST])
+    printed = capsys.readouterr().out
+    assert code == 1, "some subjects failed: exit code 1"
+    rows = _rows(out)
+    assert rows["sub-01"]["status"] == rows["sub-02"]["status"] == "SUCCESS"
+    assert rows["sub-03"]["status"] == "FAILED" and rows["sub-03"]["error_category"] == "invalid input"
+    assert "sub-03_dwi.nii.gz" in rows["sub-03"]["error_reason"]
+    assert re.search(r"^\d\. sub-03: Failed \(INVALID INPUT\) - .*sub-03_dwi\.nii\.gz", printed, re.M)
+    assert re.search(r"^\d\. sub-01: Success in \d", printed, re.M)
+    assert "Failed:  1 (sub-03)" in printed
+    for sub in ("sub-01", "sub-02"):
+        promoted = out / sub
+        assert (promoted / "dwi" / f"{sub}_space-dwi_model-tensor_param-fa_dwimap.nii.gz").exists()
+        assert not (promoted / "_work").exists()
+        assert float(rows[sub]["duration_s"]) > 0 and rows[sub]["config_hash"]
+    assert (out / "sub-03" / "logs" / "sub-03.log").exists()
+
+
+def test_killed_worker_fails_that_subject_only(raw, tmp_path):
+    out = tmp_path / "out"
+    proc = _batch(raw, out, "--nprocs", "1", "--participant-label", "01", "02")
+    log = out / "sub-01" / "logs" / "sub-01.log"
+    _wait_for(lambda: log.exists() and "attempt started (pid" in log.read_text(), what="sub-01 worker")
+    pid = int(re.search(r"attempt started \(pid (\d+)", log.read_text()).group(1))
+    os.kill(pid, signal.SIGKILL)
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 1, stdout
+    rows = _rows(out)
+    assert rows["sub-01"]["status"] == "FAILED" and rows["sub-01"]["error_category"] == "killed"
+    assert "SIGKILL" in rows["sub-01"]["error_reason"]
+    assert rows["sub-02"]["status"] == "SUCCESS"
+
+
+def _attempts(log: Path) -> list[str]:
+    return log.read_text().split("=== sub-02: attempt started")[1:]
+
+
+def test_killed_batch_resumes_from_cached_nodes(raw, tmp_path):
+    out = tmp_path / "out"
+    args = ("--nprocs", "1", "--participant-label", "01", "02", "--denoise-method", "patch2self")
+    proc = _batch(raw, out, *args)
+    log = out / "sub-02" / "logs" / "sub-02.log"
+    _wait_for(lambda: log.exists() and 'Finished "denoise"' in log.read_text(), what="sub-02 denoised")
+    proc.kill()                      # the orchestrator dies; its worker must die with it
+    proc.communicate(timeout=60)
+    worker = int(re.search(r"sub-02: attempt started \(pid (\d+)", log.read_text()).group(1))
+    _wait_for(lambda: not Path(f"/proc/{worker}").exists() or
+              Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z", timeout=30, what="worker to die")
+    assert (out / "sub-01" / "_done.json").exists() and not (out / "sub-02" / "_done.json").exists()
+
+    proc = _batch(raw, out, *args)
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout
+    assert re.search(r"sub-01: Skipped", stdout) and re.search(r"sub-02: Success", stdout)
+    first, second = _attempts(log)[-2:]
+    assert 'Executing "denoise"' in first
+    assert 'Executing "denoise"' not in second and 'Cached "single_subject_02_wf.dwi_preproc_wf.denoise"' in second
+    assert 'Executing "fit_tensor"' in second
+    promoted = out / "sub-02"
+    assert not (promoted / "_work").exists()
+    assert not any("_work" in str(p) for p in promoted.rglob("*"))
