@@ -252,8 +252,9 @@ class BatchRunner:
             return Outcome(run.job.key, FAILED, run.index, "crashed",
                            f"worker exited with code {code} without a result", elapsed, log)
         if result.get("status") == SUCCESS and code == 0:
-            return Outcome(run.job.key, SUCCESS, run.index, duration_s=elapsed, log=log,
-                           result=result.get("result") or {})
+            value = dict(result.get("result") or {})
+            value.setdefault("peak_rss_mb", result.get("peak_rss_mb"))
+            return Outcome(run.job.key, SUCCESS, run.index, duration_s=elapsed, log=log, result=value)
         return Outcome(run.job.key, FAILED, run.index, result.get("category", "pipeline error"),
                        result.get("reason", f"exit code {code}"), elapsed, log)
 
