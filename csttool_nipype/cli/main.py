@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_options(batch, explicit_only=True)
     batch.set_defaults(func=_cmd_batch)
 
+    report = sub.add_parser("report", help="rebuild batch_metrics.csv of an existing output folder")
+    report.add_argument("out", type=Path, help="a batch output folder")
+    report.set_defaults(func=_cmd_report)
+
     demo = sub.add_parser("demo", help="make a small phantom cohort and run the batch on it")
     demo.add_argument("out", type=Path, nargs="?", default=Path("csttool_demo"),
                       help="output folder (phantoms in OUT/rawdata, results in OUT/derivatives; default: csttool_demo)")
@@ -207,6 +211,16 @@ def _cmd_batch(args) -> int:
     return run_cohort(specs, global_options, args.out, CohortOptions(
         nprocs=args.nprocs, timeout_minutes=args.timeout_minutes, force=args.force, strict=args.strict,
         dry_run=args.dry_run, keep_work=args.keep_work))
+
+
+def _cmd_report(args) -> int:
+    from ..errors import InputError
+    from ..reports.aggregate import write_batch_metrics
+
+    if not args.out.is_dir():
+        raise InputError(args.out, "output folder not found")
+    LOGGER.info("cohort table: %s", write_batch_metrics(args.out))
+    return 0
 
 
 def _phantom_spec(args):
