@@ -36,10 +36,11 @@ FD_RADIUS_MM = 50.0
 
 # Same-contrast registration (b0 -> b0, DW -> mean DW of its shell): Gauss-Newton on the
 # least-squares difference after a linear intensity fit, coarse to fine. Each level is
-# (Gaussian smoothing FWHM-free sigma in mm, grid stride in voxels).
+# (Gaussian smoothing sigma in mm, grid stride in voxels).
 _LS_LEVELS = ((6.0, 2), (3.0, 2), (1.5, 2))
 _LS_MAX_ITER = 20
 _LS_TOL_MM = 2e-3  # stop when the update moves no point of the 50 mm sphere more than this
+_LS_MARGIN = 6  # voxels of the moving image kept around the region (cropped before smoothing)
 
 # Cross-contrast link (mean DW template -> b0 template): dipy Mattes mutual information.
 # dipy's finest level is always full resolution whatever the last factor.
@@ -101,6 +102,17 @@ class _LSTemplate:
         static = np.asarray(static, np.float64)
         if region is None:
             region = np.ones(self.shape, bool)
+        # the moving image is only needed around the region: crop it to this box before
+        # smoothing (motion larger than the margin maps points outside -> ignored)
+        idx_all = np.argwhere(region)
+        if idx_all.size:
+            lo = np.maximum(idx_all.min(0) - _LS_MARGIN, 0)
+            hi = np.minimum(idx_all.max(0) + _LS_MARGIN + 1, self.shape)
+        else:
+            lo, hi = np.zeros(3, int), np.asarray(self.shape)
+        self.box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        self.box_lo = lo.astype(float)
+        self.box_upper = (hi - lo).astype(float) - 1
         self.levels = []
         for sigma_mm, stride in _LS_LEVELS:
             s_img = ndimage.gaussian_filter(static, sigma_mm / self.zooms, mode="nearest") if sigma_mm > 0 else static
@@ -149,9 +161,9 @@ def _register_ls(
     from scipy import ndimage
 
     tpl = template if isinstance(template, _LSTemplate) else _LSTemplate(template, affine, region)
-    moving = np.asarray(moving, np.float64)
+    moving = np.asarray(moving, np.float64)[tpl.box]
     T = np.eye(4) if starting is None else np.array(starting, float)
-    upper = np.asarray(tpl.shape, float) - 1
+    upper = tpl.box_upper
     origin = tpl.affine[:3, 3]
     for level in tpl.levels:
         sigma_mm = level["sigma_mm"]
@@ -159,7 +171,7 @@ def _register_ls(
         x, s_all, j0_all, h0_all = level["x"], level["s"], level["j0"], level["h0"]
         for _ in range(_LS_MAX_ITER):
             lin_t = tpl.lin_inv @ T[:3, :3]
-            vox = x @ lin_t.T + tpl.lin_inv @ (T[:3, 3] - origin)
+            vox = x @ lin_t.T + (tpl.lin_inv @ (T[:3, 3] - origin) - tpl.box_lo)
             valid = np.all((vox >= 0) & (vox <= upper), axis=1)
             if valid.all():
                 s, j0, h0 = s_all, j0_all, h0_all
@@ -266,6 +278,40 @@ def _resample(volume: np.ndarray, transform: np.ndarray, affine: np.ndarray, ord
     return out.astype(np.float32)
 
 
+def apply_motion(data: np.ndarray, affine: np.ndarray, transforms: np.ndarray, order: int = 3) -> np.ndarray:
+    """Resample every volume onto the reference grid: ``out_n(x) = data_n(transforms[n] @ x)``.
+
+    Parameters
+    ----------
+    data : ndarray, shape (X, Y, Z, N)
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine (the same grid for input and output).
+    transforms : ndarray, shape (N, 4, 4)
+        Head motion of each volume in world mm (convention of this module, as returned
+        by :func:`motion_correct`).
+    order : int
+        Spline order (1 trilinear, 3 cubic B-spline). Voxels mapped from outside the field
+        of view are 0; negative overshoot of orders > 1 is set to 0. Volumes whose
+        transform is exactly the identity are copied.
+
+    Returns
+    -------
+    ndarray, float32, shape (X, Y, Z, N)
+    """
+    arr = np.asarray(data)
+    transforms = np.asarray(transforms, float)
+    if arr.ndim != 4 or transforms.shape != (arr.shape[-1], 4, 4):
+        raise ValueError(f"data {arr.shape} and transforms {transforms.shape} do not match")
+    out = np.empty(arr.shape, np.float32)
+    eye = np.eye(4)
+    for n in range(arr.shape[-1]):
+        if np.array_equal(transforms[n], eye):
+            out[..., n] = arr[..., n]
+        else:
+            out[..., n] = _resample(arr[..., n], transforms[n], affine, order=order)
+    return out
+
+
 def _rotation_of(transform: np.ndarray) -> np.ndarray:
     u, _, vt = np.linalg.svd(np.asarray(transform, float)[:3, :3])
     r = u @ vt
@@ -343,17 +389,23 @@ def motion_correct(
 
     Procedure
     ---------
-    1. Reference volume: the first b0 (``bval <= b0_threshold``; the lowest-b volume if
-       there is none). The other b0s are registered to it and the mean of the aligned
-       b0s is the b0 template (reference head pose = that of the reference volume).
-    2. Every diffusion-weighted volume is registered to the b0 template (Mattes mutual
-       information, rigid, 2-level pyramid).
-    3. Refinement: for each shell (b rounded to 100 s/mm^2) the mean of the step-2
-       corrected DW volumes is a template whose contrast matches the DW volumes much
-       better than the b0 does; every DW volume is registered again to the template of
-       its shell, starting from its step-2 transform.
-    4. Each volume is resampled (trilinear) on the reference grid; the reference volume
-       itself is copied untouched. b-vectors are rotated (see :func:`rotate_bvecs`).
+    1. Reference: the first b0 (``bval <= b0_threshold``; the lowest-b volume if there is
+       none). The other b0s are registered to it (same contrast: least squares after a
+       linear intensity fit, Gauss-Newton, see :func:`_register_ls`); the mean of the
+       aligned b0s is the b0 template (its head pose is the reference volume's).
+    2. Per shell (b rounded to 100 s/mm^2) with >= 3 volumes: every DW volume is
+       registered (same least-squares method) to the shell's mean image - first the mean
+       of the uncorrected volumes, then, in a second pass, of the corrected ones. This
+       avoids the b0/DW contrast difference for each of the many volumes.
+    3. The shell template is linked to the b0 template once, by rigid Mattes mutual
+       information (dipy ``AffineRegistration``, dense sampling, i.e. deterministic);
+       ``transforms[n] = to_template[n] @ link``. Shells with fewer than 3 volumes are
+       registered volume by volume to the b0 template with mutual information.
+    4. Every volume except the reference is resampled once, cubic B-spline
+       (:func:`apply_motion`); the reference volume is copied untouched. b-vectors are
+       rotated (:func:`rotate_bvecs`).
+
+    Timing: about 0.5 s per volume for a 64 x 75 x 64 grid at 3 mm on one core.
 
     Parameters
     ----------
@@ -368,8 +420,9 @@ def motion_correct(
     b0_threshold : float
         s/mm^2.
     mask : ndarray of bool, shape (X, Y, Z), optional
-        Brain mask in the reference volume; restricts the similarity metric to it
-        (dilated by 2 voxels so that the brain edge drives the fit).
+        Brain mask in the reference volume; the similarity metrics are evaluated inside
+        it, dilated by 2 voxels so that the brain edge takes part. Without a mask, an
+        automatic foreground (half the Otsu threshold, dilated) of each template is used.
 
     Returns
     -------
@@ -446,9 +499,8 @@ def motion_correct(
         link = _register_mi(template_b0, template, affine, region_ref)
         for j, i in enumerate(members):
             transforms[i] = to_template[j] @ link
-    for i in range(n_vol):
-        if i != ref:
-            corrected[..., i] = _resample(arr[..., i], transforms[i], affine, order=_FINAL_ORDER)
+    transforms[ref] = np.eye(4)
+    corrected = apply_motion(arr, affine, transforms, order=_FINAL_ORDER)
 
     bvecs_rot = rotate_bvecs(bvecs_voxel, transforms, affine)
     centre = affine[:3, :3] @ ((np.asarray(arr.shape[:3]) - 1) / 2.0) + affine[:3, 3]

@@ -62,40 +62,73 @@ def _b0_indices(bvals: np.ndarray, b0_threshold: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- denoising
-def _estimate_sigma_background(data: np.ndarray, mask: np.ndarray | None, n_coils: int) -> tuple[float, str]:
+def _foreground(arr: np.ndarray) -> np.ndarray:
+    """Voxels of the mean image above its Otsu threshold (the head, roughly)."""
+    from dipy.segment.threshold import otsu
+
+    mean_img = np.asarray(arr, np.float64).mean(axis=-1)
+    return mean_img > otsu(mean_img)
+
+
+def _estimate_sigma(
+    data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray | None, mask: np.ndarray | None,
+    n_coils: int, b0_threshold: float,
+) -> tuple[float, str]:
     """Noise standard deviation of the underlying Gaussian noise (signal units).
 
-    PIESNO (Koay 2009) on the noise-only background, which is what a magnitude image with
-    an unmasked background offers. When PIESNO finds too few pure-noise voxels (e.g. the
-    scanner zeroed the background), fall back to dipy's local-variance estimator
-    ``estimate_sigma`` restricted to ``mask`` when given.
+    1. PIESNO (Koay 2009) on the noise-only background, the natural source for magnitude
+       images with an unmasked background. Accepted only if it found enough noise voxels
+       (>= 100 and >= 1 % of the grid), their mean intensity is that of pure noise of
+       the estimated sigma (the mean of a ``n_coils`` chi distribution, within 25 %), they
+       show no diffusion contrast (mean over b0s / mean over DW volumes in [0.8, 1.25])
+       and, when a ``mask`` is given, at most 5 % of them lie in it: on a cropped or
+       background-zeroed image PIESNO happily calls tissue "noise" (on a phantom block
+       without background it returned 9x the true sigma).
+    2. Otherwise dipy's local-PCA estimate (``pca_noise_estimate``, Manjon 2013, Rician
+       bias corrected), median over the head.
     """
-    from dipy.denoise.noise_estimate import estimate_sigma, piesno
+    from dipy.core.gradients import gradient_table
+    from dipy.denoise.noise_estimate import piesno
+    from dipy.denoise.pca_noise_estimate import pca_noise_estimate
+
+    from scipy.special import gammaln
 
     n_vox = int(np.prod(data.shape[:3]))
+    # mean of a chi distribution with 2N degrees of freedom and scale sigma, per sigma
+    chi_mean = float(np.sqrt(2.0) * np.exp(gammaln(n_coils + 0.5) - gammaln(n_coils)))
     try:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sigma, noise_mask = piesno(data, N=n_coils, return_mask=True)
         sigma = float(np.asarray(sigma).ravel()[0])
-        n_noise = int(np.count_nonzero(noise_mask))
-    except Exception as exc:  # piesno raises on degenerate input (all-zero slices)
+        noise_mask = np.asarray(noise_mask, bool)
+        n_noise = int(noise_mask.sum())
+        in_mask = float((noise_mask & mask).sum()) / max(n_noise, 1) if mask is not None else 0.0
+        noise_vals = data[noise_mask]
+        mean_ratio = float(np.mean(noise_vals)) / (chi_mean * sigma) if n_noise else np.inf
+        is_b0 = np.asarray(bvals) <= b0_threshold
+        contrast = 1.0  # pure noise has no diffusion contrast: b0 mean == DW mean
+        if n_noise and is_b0.any() and (~is_b0).any():
+            contrast = float(np.mean(noise_vals[:, is_b0])) / max(float(np.mean(noise_vals[:, ~is_b0])), 1e-12)
+    except Exception as exc:  # piesno raises on degenerate input (e.g. all-zero slices)
         logger.debug("piesno failed: %s", exc)
-        sigma, n_noise = float("nan"), 0
-    if np.isfinite(sigma) and sigma > 0 and n_noise >= max(100, 0.01 * n_vox):
+        sigma, n_noise, in_mask, mean_ratio, contrast = float("nan"), 0, 1.0, np.inf, np.inf
+    if (np.isfinite(sigma) and sigma > 0 and n_noise >= max(100, 0.01 * n_vox)
+            and in_mask <= 0.05 and 0.75 <= mean_ratio <= 1.25 and 0.8 <= contrast <= 1.25):
         return sigma, "piesno"
-    logger.info("piesno found %d noise voxels; using estimate_sigma instead", n_noise)
-    per_volume = estimate_sigma(data, N=0)
-    if mask is not None:
-        # same local-difference estimator, but averaged over the mask only
-        k = np.zeros((3, 3, 3))
-        k[0, 1, 1] = k[2, 1, 1] = k[1, 0, 1] = k[1, 2, 1] = k[1, 1, 0] = k[1, 1, 2] = 1
-        per_volume = np.empty(data.shape[-1])
-        for i in range(data.shape[-1]):
-            vol = data[..., i].astype(np.float64)
-            resid = np.sqrt(6 / 7) * (vol - ndimage.convolve(vol, k, mode="nearest") / 6)
-            per_volume[i] = np.sqrt(np.mean(resid[mask] ** 2))
-    return float(np.median(per_volume)), "estimate_sigma"
+    logger.info("piesno unusable (%d noise voxels, %.0f %% in the mask, mean/expected %.2f, "
+                "b0/DW %.2f); local PCA estimate instead", n_noise, 100 * in_mask, mean_ratio, contrast)
+    head = mask if mask is not None else _foreground(data)
+    if bvecs is None:  # directions do not enter the estimate; the gradient table needs some
+        bvecs = np.tile([1.0, 0.0, 0.0], (len(bvals), 1))
+    bvecs = np.where((np.asarray(bvals) > b0_threshold)[:, None], bvecs, 0.0)
+    gtab = gradient_table(np.asarray(bvals, float), bvecs=bvecs, b0_threshold=b0_threshold)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sigma_map = pca_noise_estimate(np.asarray(data, np.float64), gtab, correct_bias=True, smooth=2)
+    vals = np.asarray(sigma_map)[head]
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    return (float(np.median(vals)) if vals.size else float("nan")), "local_pca"
 
 
 def _mppca_patch_radius(n_volumes: int) -> int:
@@ -144,15 +177,16 @@ def denoise(
           default ``"blockwise"`` method was not used: on the phantom it flattened the b0
           tissue contrast (RMSE against the noise-free image 4x that of the noisy input,
           whatever sigma). sigma: PIESNO (``n_coils``) on the noise-only background, or
-          dipy ``estimate_sigma`` when there is no usable background.
+          dipy's local-PCA estimate when there is no usable background (see
+          :func:`_estimate_sigma`).
         * ``"mppca"`` - dipy Marchenko-Pastur PCA (Veraart et al. 2016); the patch radius
           is the smallest >= 2 (dipy's default) whose cubic patch has more voxels than
           there are volumes.
         * ``"none"`` - a float32 copy.
     mask : ndarray of bool, shape (X, Y, Z), optional
         If given, voxels outside the mask are returned unchanged (input values) for every
-        method; nlmeans and mppca only compute inside it, and sigma estimates are taken
-        inside it.
+        method; Patch2Self fits its regressions on the mask's voxels, nlmeans and mppca
+        only compute inside it, and sigma estimates are taken inside it.
     b0_threshold : float
         b-values at or below this (s/mm^2) count as b0.
     n_coils : int
@@ -166,12 +200,12 @@ def denoise(
     denoised : ndarray, float32, shape (X, Y, Z, N)
     info : dict
         ``{"method": str, "sigma_estimate": float or None, "parameters": dict}``.
-        ``sigma_estimate`` is the noise standard deviation in signal units: for nlmeans
-        the sigma handed to nlmeans; for mppca the median of its local sigma map (inside
-        the mask when given, else inside the Otsu foreground of the mean image); for patch2self the standard deviation of the removed part
-        (input - output) of the diffusion-weighted volumes inside the mask when given,
-        else inside voxels brighter than the b0 median (a residual-based estimate that
-        includes any signal the regression could not explain); None for ``"none"``.
+        ``sigma_estimate`` is the noise standard deviation in signal units, taken inside
+        the mask when given, else inside the Otsu foreground of the mean image: for
+        nlmeans the sigma handed to nlmeans; for mppca the median of its local sigma
+        map; for patch2self the standard deviation of the removed part (input - output)
+        of the diffusion-weighted volumes (residual-based: it also contains whatever
+        signal the regression could not explain); None for ``"none"``.
 
     Raises
     ------
@@ -191,7 +225,7 @@ def denoise(
     if method_key == "patch2self":
         out, info = _denoise_patch2self(arr, bvals, bvecs_voxel, mask, b0_threshold, p2s_tensor_constraint)
     elif method_key == "nlmeans":
-        out, info = _denoise_nlmeans(arr, mask, n_coils)
+        out, info = _denoise_nlmeans(arr, bvals, bvecs_voxel, mask, n_coils, b0_threshold)
     else:
         out, info = _denoise_mppca(arr, mask)
 
@@ -243,7 +277,7 @@ def _self_supervised_ols(
     if constraints is not None:
         rank = np.linalg.matrix_rank(np.asarray(constraints, float))
         use_constraints = n_cols - 1 >= rank + 6
-    out = np.empty_like(x)
+    weights = np.zeros((n_cols, n_cols))  # column k: weights predicting volume k
     k_all = np.arange(n_cols)
     for k in k_all:
         others = k_all != k
@@ -260,9 +294,8 @@ def _self_supervised_ols(
             coef_n = a_inv_rhs - a_inv_c @ lam
         else:
             coef_n = a_inv_rhs
-        coef = coef_n * scale[k] / scale[others]
-        out[:, k] = xc[:, others] @ coef + mean[k]
-    return out, use_constraints
+        weights[others, k] = coef_n * scale[k] / scale[others]
+    return xc @ weights + mean, use_constraints
 
 
 def _denoise_patch2self(arr, bvals, bvecs_voxel, mask, b0_threshold, tensor_constraint=True):
@@ -285,6 +318,12 @@ def _denoise_patch2self(arr, bvals, bvecs_voxel, mask, b0_threshold, tensor_cons
     the volume (measured on the phantom: CST FA 0.71 -> 0.62). The constraint removes
     that population dependence; the remaining free weights are still fitted by OLS to
     the data (J-invariance intact: the constraint does not depend on the data).
+
+    Measured on the 3 mm phantom (30 directions, b=1000, SNR 30; core voxels, FA of the
+    noise-free fit as reference): signal RMSE 33 -> 18, CST FA bias +0.002 (plain
+    variant: -0.09), but FA standard deviation 0.031 vs 0.025 without denoising - being
+    voxel-wise it adds no information a tensor fit does not already use. MP-PCA (0.023)
+    and NLMeans (0.021) pool neighbouring voxels and do improve FA precision.
     """
     b0_idx = _b0_indices(bvals, b0_threshold)
     dw_idx = np.flatnonzero(bvals > b0_threshold)
@@ -300,8 +339,11 @@ def _denoise_patch2self(arr, bvals, bvecs_voxel, mask, b0_threshold, tensor_cons
 
     shape3 = arr.shape[:3]
     flat = arr.reshape(-1, arr.shape[-1])
-    train = np.ones(flat.shape[0], bool) if mask is None else mask.reshape(-1)
     out_flat = flat.copy()
+    # with a mask, fit and predict on its voxels only (the rest is returned unchanged)
+    rows = np.ones(flat.shape[0], bool) if mask is None else mask.reshape(-1)
+    flat = flat[rows]
+    train = np.ones(flat.shape[0], bool)
 
     dw = flat[:, dw_idx].astype(np.float64)
     constrained = False
@@ -317,10 +359,10 @@ def _denoise_patch2self(arr, bvals, bvecs_voxel, mask, b0_threshold, tensor_cons
             pred, _ = _self_supervised_ols(dw, train)
     else:
         pred, _ = _self_supervised_ols(dw, train)
-    out_flat[:, dw_idx] = np.clip(pred, 0.0, None).astype(np.float32)
+    out_flat[np.ix_(rows, dw_idx)] = np.clip(pred, 0.0, None).astype(np.float32)
     if denoise_b0:
         pred_b0, _ = _self_supervised_ols(flat[:, b0_idx], train)
-        out_flat[:, b0_idx] = np.clip(pred_b0, 0.0, None).astype(np.float32)
+        out_flat[np.ix_(rows, b0_idx)] = np.clip(pred_b0, 0.0, None).astype(np.float32)
     out = out_flat.reshape(shape3 + (arr.shape[-1],))
 
     params = {
@@ -333,20 +375,17 @@ def _denoise_patch2self(arr, bvals, bvecs_voxel, mask, b0_threshold, tensor_cons
         "domain": "log" if constrained else "linear",
         "clip_negative_vals": True,
     }
-    region = mask
-    if region is None:
-        b0_mean = arr[..., b0_idx].mean(-1) if b0_idx.size else arr.mean(-1)
-        region = b0_mean > np.median(b0_mean)
+    region = mask if mask is not None else _foreground(arr)
     resid = (arr[..., dw_idx] - out[..., dw_idx])[region]
     sigma = float(np.std(resid.astype(np.float64))) if resid.size else None
     return out, {"method": "patch2self", "sigma_estimate": sigma, "parameters": params}
 
 
-def _denoise_nlmeans(arr, mask, n_coils):
+def _denoise_nlmeans(arr, bvals, bvecs, mask, n_coils, b0_threshold):
     """dipy non-local means, ``method="classic"`` (see :func:`denoise` for why not blockwise)."""
     from dipy.denoise.nlmeans import nlmeans
 
-    sigma, source = _estimate_sigma_background(arr, mask, n_coils)
+    sigma, source = _estimate_sigma(arr, bvals, bvecs, mask, n_coils, b0_threshold)
     params = {
         "patch_radius": 1,
         "block_radius": 2,
@@ -382,10 +421,7 @@ def _denoise_mppca(arr, mask):
         region = mask
     else:
         # the head, not the background (where magnitude noise is Rayleigh, std ~0.66 sigma)
-        from dipy.segment.threshold import otsu
-
-        mean_img = arr.mean(axis=-1)
-        region = mean_img > otsu(mean_img)
+        region = _foreground(arr)
     vals = sigma_map[region]
     vals = vals[np.isfinite(vals) & (vals > 0)]
     sigma = float(np.median(vals)) if vals.size else None
@@ -412,6 +448,8 @@ def gibbs_unring(
         Worker processes. Default 1. **Values > 1 make dipy switch the global
         multiprocessing start method to "spawn"**, which affects the rest of the calling
         process (e.g. Nipype's MultiProc plugin); use them only in a process of their own.
+        dipy's implementation loops in Python: about 4 s per 64 x 75 x 64 volume on one
+        core (2 min for a 31-volume 3 mm series).
 
     Returns
     -------
@@ -444,13 +482,20 @@ def brain_mask(
     b0_threshold: float = 50.0,
     median_radius: int = 2,
     numpass: int = 1,
+    edge_band: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Brain mask from the mean b0 (dipy ``median_otsu``), cleaned up.
 
     Steps: mean of the b0 volumes -> ``median_otsu`` (median filter of radius
     ``median_radius`` voxels applied ``numpass`` times, then Otsu threshold) -> largest
-    connected component (6-connectivity) -> fill holes (3D, then slice by slice in
-    each axis for holes open to one side of a slice-stack).
+    connected component (6-connectivity), holes filled -> edge refinement: voxels within
+    ``edge_band`` voxels of that boundary are re-classified by the Otsu threshold of the
+    unfiltered mean b0 (the median filter rounds off convex edges: on the 3 mm phantom
+    Dice vs the true brain 0.986 -> 0.994; on small objects the gain is larger) ->
+    largest component -> fill holes (3D, then slice by slice along each axis).
+
+    Made for b0 images without skull or with the skull dark (CSF bright is fine: it is
+    part of the mask); a bright scalp would need skull stripping first.
 
     Parameters
     ----------
@@ -461,6 +506,8 @@ def brain_mask(
         b-values at or below this count as b0 (s/mm^2).
     median_radius, numpass : int
         ``median_otsu`` parameters.
+    edge_band : int
+        Width (voxels) of the edge refinement band; 0 switches refinement off.
 
     Returns
     -------
@@ -486,7 +533,17 @@ def brain_mask(
     mean_b0 = arr[..., b0_idx].astype(np.float64).mean(axis=-1).astype(np.float32)
 
     _, mask = median_otsu(mean_b0, median_radius=median_radius, numpass=numpass)
-    mask = _largest_component(np.asarray(mask, dtype=bool))
+    mask = ndimage.binary_fill_holes(_largest_component(np.asarray(mask, dtype=bool)))
+    # edge refinement: the median filter rounds off convex edges and corners; within
+    # _MASK_EDGE_BAND voxels of its boundary, re-classify voxels by the Otsu threshold of
+    # the unfiltered mean b0
+    if mask.any() and edge_band > 0:
+        from dipy.segment.threshold import otsu
+
+        threshold = float(otsu(mean_b0.astype(np.float64)))
+        band = ndimage.binary_dilation(mask, iterations=edge_band) & ~ndimage.binary_erosion(mask, iterations=edge_band)
+        mask[band] = mean_b0[band] > threshold
+        mask = _largest_component(mask)
     mask = ndimage.binary_fill_holes(mask)
     for axis in range(3):
         for i in range(mask.shape[axis]):

@@ -18,7 +18,7 @@ from csttool_nipype.science.gradients import voxel_to_world
 
 logger = logging.getLogger(__name__)
 
-FIT_METHODS = ("WLS", "OLS", "NLLS", "RT")
+FIT_METHODS = ("WLS", "OLS", "NLLS")
 
 
 def fit_tensor(
@@ -43,9 +43,10 @@ def fit_tensor(
         volumes may be zero.
     mask : ndarray of bool, shape (X, Y, Z) or None
         Voxels to fit; None fits every voxel.
-    fit_method : str
-        dipy tensor fit method: "WLS" (weighted linear least squares, default), "OLS",
-        "NLLS" or "RT" (RESTORE; needs a sigma, not exposed here).
+    fit_method : {"WLS", "OLS", "NLLS"}
+        dipy tensor fit method: weighted linear least squares (default), ordinary linear
+        least squares, or non-linear least squares. (RESTORE needs a noise sigma and is
+        not offered.)
     b0_threshold : float
         s/mm^2.
     affine : ndarray, shape (4, 4), optional
