@@ -158,7 +158,8 @@ def bench(name: str, shape, dipy_volumes: int | None) -> dict:
         "dipy_t": dipy_t * nv / k, "dipy_cpu": dipy_cpu * nv / k,
         "dipy_note": "all vols" if k == nv else f"{k}/{nv} vols, scaled",
         "fast_t": fast_t, "fast_cpu": fast_cpu, "dipy_mb": dipy_mb, "fast_mb": fast_mb,
-        "diff": diff, "rel": diff / float(np.max(np.abs(dipy_out))), "identical": bool(np.array_equal(fast_out[..., :k], dipy_out)),
+        "diff": diff, "rel": diff / float(np.max(np.abs(dipy_out))),
+        "identical": bool(np.array_equal(fast_out[..., :k], dipy_out)),
     }
 
 
@@ -178,7 +179,8 @@ def table(rows: list[dict], header: str, command: str) -> str:
             f"{r['name']:<14} {r['shape']:<14} {r['mb_in']:>5.0f}MB | {r['dipy_note']:<19} {r['dipy_t']:>7.1f} "
             f"{r['fast_t']:>7.1f} {r['dipy_t'] / r['fast_t']:>7.1f}x | {r['dipy_cpu']:>8.1f} {r['fast_cpu']:>8.1f} "
             f"{r['dipy_cpu'] / r['fast_cpu']:>7.1f}x | {r['dipy_mb']:>7.0f}MB {r['fast_mb']:>7.0f}MB "
-            f"{r['dipy_mb'] / r['fast_mb']:>6.2f} | {r['diff']:>9.2e} {r['rel']:>8.1e} {'yes' if r['identical'] else 'no'}"
+            f"{r['dipy_mb'] / r['fast_mb']:>6.2f} | {r['diff']:>9.2e} {r['rel']:>8.1e} "
+            f"{'yes' if r['identical'] else 'no'}"
         )
     lines += [
         "",
@@ -195,8 +197,12 @@ def table(rows: list[dict], header: str, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dipy-volumes", type=int, default=2, help="volumes dipy runs on at the clinical size (default 2)")
-    parser.add_argument("--phantom-dipy-volumes", type=int, default=None, help="volumes dipy runs on at the phantom size (default all)")
+    parser.add_argument(
+        "--dipy-volumes", type=int, default=2, help="volumes dipy runs on at the clinical size (default 2)"
+    )
+    parser.add_argument(
+        "--phantom-dipy-volumes", type=int, default=None, help="volumes dipy runs on at the phantom size (default all)"
+    )
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS}")
     args = parser.parse_args(argv)

@@ -104,19 +104,19 @@ def test_bit_identical_to_dipy(ours, dipy_ref):
 
 
 def test_reduces_ringing_like_dipy(phantom, dipy_ref, ours):
-    """Ringing energy vs the ground truth, >= 2 voxels from any edge (edge voxels themselves
-    are blurred by the truncation, which no unringing method undoes)."""
+    """Ringing energy: mean squared error vs the ground truth over the voxels not next to an
+    edge (voxels on either side of an edge are blurred by the truncation, which no
+    unringing method undoes); it includes the added noise (~1/4 of the input's)."""
     data, truth = phantom
-    edge = ndi.maximum_filter(truth, size=(3, 3, 1, 1)) != ndi.minimum_filter(truth, size=(3, 3, 1, 1))
-    away = ~ndi.binary_dilation(edge, structure=np.ones((3, 3, 1, 1), bool))
-    assert away.mean() > 0.3
+    away = ndi.maximum_filter(truth, size=(3, 3, 1, 1)) == ndi.minimum_filter(truth, size=(3, 3, 1, 1))
+    assert away.mean() > 0.5
 
     def energy(img):
         return float(np.mean((img.astype(float) - truth)[away] ** 2))
 
     before = energy(data)
     ratio_ours, ratio_dipy = energy(ours) / before, energy(dipy_ref) / before
-    assert ratio_ours < 0.75                      # achieved ~0.63 (noise included)
+    assert ratio_ours < 0.7                       # achieved 0.53 (0.48 without the noise)
     assert abs(ratio_ours - ratio_dipy) <= 1e-6 * ratio_dipy
 
 
