@@ -85,7 +85,7 @@ class PipelineConfig:
         Seed for every random step (bit-identical reruns).
     """
 
-    denoise_method: str = "patch2self"
+    denoise_method: str = "mppca"
     gibbs: bool = True
     gibbs_slice_axis: int = -1
     motion_correction: bool = True

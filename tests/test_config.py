@@ -10,7 +10,7 @@ def test_hash_is_stable_and_tracks_every_option():
     base = PipelineConfig()
     assert base.config_hash() == PipelineConfig().config_hash()
     changed = {
-        "denoise_method": "mppca", "gibbs": False, "motion_correction": False, "b0_threshold": 100.0,
+        "denoise_method": "nlmeans", "gibbs": False, "motion_correction": False, "b0_threshold": 100.0,
         "tensor_fit_method": "OLS", "seed": 7, "mask_median_radius": 3,
     }
     hashes = {base.replace(**{k: v}).config_hash() for k, v in changed.items()}
