@@ -241,36 +241,32 @@ def test_extraction_is_repeatable(tracked):
 
 def _phantom_api():
     try:
-        from csttool_nipype.science.phantom import PhantomSpec, make_phantom
+        from csttool_nipype.science.phantom import LesionSpec, PhantomSpec, make_phantom
     except ImportError:
         return None
-    return PhantomSpec, make_phantom
+    return PhantomSpec, make_phantom, LesionSpec
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(_phantom_api() is None, reason="csttool_nipype.science.phantom not available yet")
-def test_extraction_on_the_phantom_truth_field():
-    """Track on the 3 mm phantom's true FA / principal direction and extract both CSTs.
+BOTTOM_MM = 12.0  # height of the brainstem ROI at the bottom of the true tracts
 
-    ROIs come from the true CST masks: ``precentral_<side>`` = the top sixth of each tract,
-    ``brainstem`` = a sixth-high slab of both tracts starting at 30 % of their height
-    (pons level). Two properties of the phantom cap what any ROI-based extraction on its
-    truth field can reach, so the bounds below are lower than the first plan's Dice 0.6:
 
-    * its medullary CST (a 4.5 mm-radius cylinder, under two voxels across at 3 mm, mixed
-      with anterior-posterior white matter into truth FA 0.18-0.4) stops tensor tracking
-      even on the truth field: with the slab at the very bottom the right side keeps
-      about 5 streamlines;
-    * its direction field is one tangent per axial slice (no fanning), so streamlines
-      that pass the narrow brainstem/capsule part cannot spread over the wide corona
-      radiata part of the true mask: Dice about 0.57 (left) and 0.45 (right) with
-      precision about 0.85.
+def _track_phantom_truth(lesion=None):
+    """Track the 3 mm phantom's true FA / principal direction field and place the CST ROIs.
+
+    ROIs come from the truth, as the acceptance test defines them: ``brainstem`` = both
+    true CSTs in their lowest ``BOTTOM_MM`` (medulla); ``precentral_<side>`` = the true
+    CST of that side inside the Harvard-Oxford precentral gyrus (>= 25 %, the pipeline's
+    cortical target), i.e. the tract's cortical end: its fibres reach the gyrus from the
+    hand-knob region at the vertex down to the face area on the lateral convexity.
+    Deterministic tensor tracking with the default FA threshold 0.2 and 45 degree angle.
     """
-    from csttool_nipype.science.gradients import world_to_voxel
-    from csttool_nipype.science.profiles import bundle_metrics
+    import nibabel as nib
 
-    PhantomSpec, make_phantom = _phantom_api()
-    ph = make_phantom(PhantomSpec(voxel_size=3.0, n_directions=6, snr=None))  # only the truth is used
+    from csttool_nipype import data
+    from csttool_nipype.science.gradients import world_to_voxel
+
+    PhantomSpec, make_phantom, _ = _phantom_api()
+    ph = make_phantom(PhantomSpec(voxel_size=3.0, n_directions=6, snr=None, lesion=lesion))  # truth only
     truth = ph.truth
     affine = np.asarray(ph.affine, float)
     fa = np.asarray(truth["fa"], float)
@@ -279,25 +275,92 @@ def test_extraction_on_the_phantom_truth_field():
     mask = np.asarray(truth["brain_mask"], bool)
     cst = {side: np.asarray(truth[f"cst_{side}"], bool) for side in ("left", "right")}
     both = cst["left"] | cst["right"]
-    k = np.nonzero(both.any(axis=(0, 1)))[0]  # RAS storage: axis 2 is z
-    span = k.max() - k.min() + 1
-    slab = max(2, span // 6)
-    low = k.min() + int(0.3 * span)
+    k = np.nonzero(both.any(axis=(0, 1)))[0]  # RAS storage, MNI-aligned pose: axis 2 is z
     bottom = np.zeros(shape, bool)
-    bottom[..., low:low + slab] = True
-    top = np.zeros(shape, bool)
-    top[..., k.max() - slab + 1:k.max() + 1] = True
-    rois = {"brainstem": both & bottom, "precentral_left": cst["left"] & top,
-            "precentral_right": cst["right"] & top}
-
+    bottom[..., k.min():k.min() + int(round(BOTTOM_MM / 3.0))] = True
+    (pre_l, pre_r), mni_affine = data.load_atlas_maps(
+        "harvard_oxford", ["Left_Precentral_Gyrus", "Right_Precentral_Gyrus"])
+    to_atlas = np.linalg.inv(mni_affine) @ np.linalg.inv(ph.pose) @ affine
+    ijk = np.rint(nib.affines.apply_affine(to_atlas, np.argwhere(np.ones(shape, bool)))).astype(int)
+    inside = np.all((ijk >= 0) & (ijk < pre_l.shape), axis=1)
+    rois = {"brainstem": both & bottom}
+    for side, prob in (("left", pre_l), ("right", pre_r)):
+        values = np.zeros(len(ijk))
+        values[inside] = prob[tuple(ijk[inside].T)]
+        rois[f"precentral_{side}"] = cst[side] & (values.reshape(shape) >= 0.25)
     streamlines = track(v1, fa, mask, affine)
+    return dict(phantom=ph, fa=fa, cst=cst, rois=rois, affine=affine, streamlines=streamlines)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_phantom_api() is None, reason="csttool_nipype.science.phantom not available yet")
+def test_extraction_on_the_phantom_truth_field():
+    """Acceptance test of CST extraction on the 3 mm phantom's truth field.
+
+    Both extracted CSTs overlap their true masks with Dice >= 0.6, never touch the other
+    side, and their mean FA is within 0.05 of the true mean. Measured (left / right):
+    Dice 0.81 / 0.82, precision 0.88 / 0.87, mean FA 0.022 / 0.027 below the truth with
+    the bundle cut at its last point in the gyrus (the edge voxels the streamlines graze
+    pull it down); cut at the first point: Dice 0.77 / 0.80, mean FA within 0.01.
+    """
+    from csttool_nipype.science.profiles import bundle_metrics
+
+    run = _track_phantom_truth()
+    fa, cst, rois, affine = run["fa"], run["cst"], run["rois"], run["affine"]
+    shape = fa.shape
+    world_x = (affine[:3, :3] @ np.indices(shape).reshape(3, -1) + affine[:3, 3:])[0].reshape(shape)
     voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
-    for side, other in (("left", "right"), ("right", "left")):
-        bundle = extract_cst(streamlines, rois, affine, side=side)
-        assert len(bundle) >= 50, side
+    for side, other, sign in (("left", "right", -1.0), ("right", "left", 1.0)):
+        bundle = extract_cst(run["streamlines"], rois, affine, side=side)
+        assert len(bundle) >= 100, side
         found = bundle_mask(bundle, shape, affine)
-        assert (found & cst[side]).sum() / found.sum() >= 0.75, side  # precision
+        assert dice(found, cst[side]) >= 0.6, (side, dice(found, cst[side]))
         assert not (found & cst[other]).any(), side
-        assert dice(found, cst[side]) >= 0.4, side
+        assert (sign * world_x[found] > 0).all(), side  # MNI-aligned head: midline at x = 0
         metrics = bundle_metrics(bundle, {"fa": fa}, affine, voxel_volume)
-        assert abs(metrics["fa_mean"] - fa[cst[side]].mean()) <= 0.05, side
+        assert abs(metrics["fa_mean"] - fa[cst[side]].mean()) <= 0.05, (side, metrics["fa_mean"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_phantom_api() is None, reason="csttool_nipype.science.phantom not available yet")
+def test_phantom_lesion_shows_as_a_dip_in_the_left_profile():
+    """A 30 % FA lesion over 10 mm of the left CST (posterior limb of the internal capsule,
+    MNI z = 10 mm) is the lowest point of the left FA profile, at the lesion's node, and
+    makes the FA laterality index (L - R)/(L + R) of the profiles' mean FA negative.
+
+    The lesion's node is the one whose median height over the bundle is closest to the
+    lesion's z. The first and last 10 nodes are left out of the minimum: the ends of the
+    clipped tract lie in the narrow medulla at the bottom of the template and, when the
+    bundle is cut at its last point in the gyrus, in the cortex ribbon, where partial
+    volume lowers FA (measured: node 0 0.49, node 99 0.36; the lesion dip 0.54 at the
+    lesion's node, 59; the healthy right side 0.66 there).
+
+    The laterality index uses the along-tract (profile) mean: the mean over the bundle's
+    voxels moves by up to about 0.007 with which edge voxels of the tract a bundle
+    happens to visit, as much as the 10 mm lesion moves it (measured on this phantom:
+    profile-mean LI -0.009, voxel-mean LI -0.003; without a lesion the phantom is left-right
+    symmetric and the profile-mean LI is +0.001).
+    """
+    from csttool_nipype.science.bundles import resample_streamlines
+    from csttool_nipype.science.profiles import N_NODES, laterality_index, orient_inferior_superior, tract_profile
+
+    _, _, LesionSpec = _phantom_api()
+    lesion = LesionSpec(side="left", fa_reduction=0.3, length_mm=10.0, z_mni=10.0)
+    run = _track_phantom_truth(lesion)
+    fa, rois, affine = run["fa"], run["rois"], run["affine"]
+    profiles = {}
+    for side in ("left", "right"):
+        bundle = extract_cst(run["streamlines"], rois, affine, side=side)
+        assert len(bundle) >= 100, side
+        profiles[side] = tract_profile(bundle, fa, affine)
+        assert np.isfinite(profiles[side]).all(), side
+        if side == "left":
+            nodes = resample_streamlines(orient_inferior_superior(bundle), N_NODES)
+            node_z = np.median(nodes[..., 2], axis=0)  # MNI-aligned head: world z = MNI z
+    lesion_node = int(np.argmin(np.abs(node_z - lesion.z_mni)))
+    interior = slice(10, N_NODES - 10)
+    dip = interior.start + int(np.argmin(profiles["left"][interior]))
+    assert abs(dip - lesion_node) <= 5, (dip, lesion_node)
+    # a real dip: well below the healthy side at the same place
+    assert profiles["left"][dip] < profiles["right"][dip] - 0.1
+    assert laterality_index(profiles["left"].mean(), profiles["right"].mean()) < 0

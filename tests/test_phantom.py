@@ -97,6 +97,65 @@ def test_cst_runs_from_brainstem_to_precentral_gyrus():
     assert np.mean(pre_l[tuple(vox[top].T)] >= 0.25) > 0.4
 
 
+def _neighbour_angles(vectors, mask):
+    """Angles (degrees, axial) between the vectors of face-neighbouring voxels of ``mask``."""
+    out = []
+    for axis in range(3):
+        v, m = np.moveaxis(vectors, axis, 0), np.moveaxis(mask, axis, 0)
+        both = m[:-1] & m[1:]
+        cos = np.abs(np.sum(v[:-1][both] * v[1:][both], axis=-1))
+        out.append(np.degrees(np.arccos(np.clip(cos, 0.0, 1.0))))
+    return np.concatenate(out)
+
+
+def test_cst_is_separate_wide_and_anisotropic_from_the_medulla_up():
+    ph = phantom(snr=None, orientation="PSR", **POSED, **FEW)
+    left, right = ph.truth["cst_left"], ph.truth["cst_right"]
+    # a gap at the midline: no voxel of one tract touches the other, not even diagonally
+    assert not (ndi.binary_dilation(left, np.ones((3, 3, 3), bool)) & right).any()
+    for side, mask in (("left", left), ("right", right)):
+        fa = ph.truth["fa"][mask]
+        assert np.mean(fa > 0.3) > 0.97, side     # trackable (FA threshold 0.2) nearly everywhere
+        mni = _mni_mm(ph, mask)
+        # brainstem (medulla, pons) and midbrain: in every 6 mm of height the tract is at
+        # least two 3 mm voxels across, in both directions, and strongly anisotropic
+        for lo in np.arange(mni[:, 2].min(), -20.0, 6.0):
+            band = (mni[:, 2] >= lo) & (mni[:, 2] < lo + 6.0)
+            assert band.sum() >= 5, (side, lo)
+            assert np.ptp(mni[band, 0]) >= 2.5 and np.ptp(mni[band, 1]) >= 2.5, (side, lo)
+            assert np.median(fa[band]) > 0.6, (side, lo)
+
+
+def test_cst_direction_is_smooth_and_fans_out():
+    ph = phantom(snr=None, orientation="PSR", **POSED, **FEW)
+    v1 = ph.truth["v1_world"]
+    for side in ("left", "right"):
+        mask = ph.truth[f"cst_{side}"]
+        # where the tract fills the voxel, neighbouring directions differ by well under 30 degrees
+        core = mask & (ph.truth[f"f_cst_{side}"] >= 0.9)
+        angles = _neighbour_angles(v1, core)
+        assert len(angles) > 500 and np.percentile(angles, 99) < 25 and angles.max() < 35, side
+        # one direction per voxel, not per slice: across the corona radiata the fibres
+        # spread out, the lateral ones heading laterally and the medial ones medially
+        mni = _mni_mm(ph, mask)
+        up = v1[mask] @ ph.pose[:3, :3]            # MNI axes
+        up *= np.sign(up[:, 2:3])                  # pointing upward
+        band = (mni[:, 2] > 35) & (mni[:, 2] < 65)
+        assert np.corrcoef(mni[band, 0], up[band, 0])[0, 1] > 0.5, side
+        assert np.subtract(*np.percentile(up[band, 0], [95, 5])) > 0.6, side
+
+
+def test_unlesioned_head_is_left_right_symmetric():
+    ph = phantom(snr=None, **FEW)        # MNI-aligned, RAS: axis 0 is x, centred on x = 0
+    x = ph.affine[0, 0] * np.arange(ph.truth["fa"].shape[0]) + ph.affine[0, 3]
+    np.testing.assert_allclose(x, -x[::-1], atol=1e-9)
+    np.testing.assert_array_equal(ph.truth["cst_left"], ph.truth["cst_right"][::-1])
+    np.testing.assert_allclose(ph.truth["fa"], ph.truth["fa"][::-1], atol=0.01)
+    mirrored = ph.truth["v1_world"][::-1] * np.array([-1.0, 1.0, 1.0])
+    cos = np.abs(np.sum(ph.truth["v1_world"] * mirrored, axis=-1))[ph.truth["cst_left"]]
+    assert cos.min() > 0.999
+
+
 def test_storage_orientation_does_not_change_world_content():
     spec = dict(snr=30.0, **POSED, **FEW)
     ras = phantom(orientation="RAS", **spec)
@@ -143,7 +202,11 @@ def test_lesion_lowers_fa_in_its_slab_on_its_side_only():
     in_slab = np.zeros_like(changed)
     in_slab[tuple(np.argwhere(changed).T)] = np.abs(_mni_mm(ph, changed)[:, 2] - 10.0) <= 5.0 + 1.5  # + 1/2 voxel
     assert changed.any() and np.all(in_slab[changed]) and np.all(ph.truth["f_cst_left"][changed] > 0)
-    assert np.all(ph.truth["fa"][changed] < base.truth["fa"][changed])
+    # FA falls wherever the lesioned tract dominates the voxel; where it is a small partial
+    # volume beside crossing fibres, less anisotropy in it can even raise the voxel's FA a bit
+    dominant = changed & (ph.truth["f_cst_left"] >= 0.5)
+    assert dominant.sum() > 10 and np.all(ph.truth["fa"][dominant] < base.truth["fa"][dominant])
+    assert np.mean(ph.truth["fa"][changed] - base.truth["fa"][changed]) < -0.05
     np.testing.assert_array_equal(ph.truth["fa"][ph.truth["cst_right"]], base.truth["fa"][ph.truth["cst_right"]])
 
 

@@ -9,31 +9,55 @@ Model (all in MNI space, 1 mm)
 Six compartments, each one axially symmetric tensor ``D = l_perp I + (l_par - l_perp) u u^T``
 (diffusivities in mm^2/s, see :data:`COMPARTMENTS`):
 
-* ``cst_left`` / ``cst_right``: the corticospinal tracts. Corridor = Juelich
-  ``WM_Corticospinal_tract_L/R`` >= 25 % on its own side of the midline (cerebral
-  peduncle -> internal capsule -> corona radiata -> under the precentral gyrus),
-  extended below the Juelich map down the ventral brainstem (Harvard-Oxford
-  ``Brain-Stem``) as a 4.5 mm-radius cylinder reaching x = +-4 mm at the medulla.
-  Direction ``u`` = the smoothed tangent of the corridor's centroid path: per side and
-  per axial MNI slice z the centroid ``(x(z), y(z))`` is computed, smoothed along z
-  (Gaussian, sigma 4 mm) and ``u ~ (dx/dz, dy/dz, 1)``.
+* ``cst_left`` / ``cst_right``: the corticospinal tracts, from the bottom of the
+  brainstem (medulla) to the precentral gyrus. Corridor = Juelich
+  ``WM_Corticospinal_tract_L/R`` >= 25 % with ``|x| >= MIDLINE_GAP_MM`` on its own side
+  (cerebral peduncle -> internal capsule -> corona radiata, fanning out to the
+  precentral cortex from the vertex down to the lateral convexity), joined below z = 0
+  with an elliptic tube (:func:`_low_cst`): in the medulla and pons, where the atlas map
+  has no tract, a 7 x 9 mm (bottom) to 10 x 11 mm (midbrain) ellipse per side in the
+  anterior brainstem, from ``x = +-5 mm`` beside the midline diverging to the peduncle;
+  in the peduncle the same 10 x 11 mm ellipse around the atlas corridor's centroid, so
+  that the tract is about two 3 mm voxels across or more everywhere. Of that corridor
+  the tract holds the white-matter-dominated voxels (after the relabelling below) that
+  keep ``CSF_MARGIN_MM`` from CSF below z = 0 (cisterns around the brainstem and the
+  peduncles) and connect to the bottom slice; the two tracts keep a 5 mm gap at the
+  midline.
+  Direction ``u`` = the tract's own flow field (:func:`_cst_field`): per side the
+  potential of a flow through the corridor that enters at its lowest slice and is
+  absorbed mostly near the precentral cortex (``laplacian(phi) = -a``, ``phi = 0`` on
+  the lowest slice, no flux through the walls; :func:`_flow_potential`). Its normalised
+  gradient, smoothed within the corridor (Gaussian, ``CST_FIELD_SIGMA_MM``), is tangent
+  to the corridor's walls and reaches every part of it: the field lines run up from the
+  medulla through the capsule, fan out through the corona radiata and end in the
+  precentral cortex. Deterministic tracking from the brainstem on this field covers the
+  corridor, which is what the truth masks contain.
 * ``callosum``: Juelich ``WM_Callosal_body`` >= 25 %, direction left-right (MNI x).
-* ``wm_other``: remaining white matter, direction anterior-posterior (MNI y).
+* ``wm_other``: remaining white matter, direction anterior-posterior (MNI y); inside the
+  brainstem (Harvard-Oxford ``Brain-Stem`` >= 50 %, blended by its trilinear indicator)
+  the long tracts run along the brainstem's axis (smoothed centroid tangent), so that
+  the narrow brainstem CST mixing with its neighbours keeps its anisotropy and direction.
 * ``gm``: near-isotropic, axis MNI z. ``csf``: isotropic.
+
+The head is left-right symmetric: the tissue maps (ICBM 2009a *symmetric*) are, and each
+atlas map used is averaged with the mirror image of its other side's map (or its own),
+so without a lesion both tracts are mirror images and any left-right difference in a
+result comes from the processing (or the lesion). The brainstem is Harvard-Oxford
+``Brain-Stem`` >= 50 %, continued down to the bottom of the template's medulla.
 
 Tissue fractions come from :func:`csttool_nipype.data.load_mni_tissue`; grey matter in
 the brainstem and in the CST corridor below MNI z = 0 (labelled GM in the template) is
 counted as white matter, and a 1 mm voxel where one tissue holds >= 90 % of the tissue
 is made pure (so tract cores are single-compartment). White matter is shared between
-tract compartments: with
-corridor indicators ``c_L, c_R, c_cc`` in [0, 1] at a voxel of WM fraction ``wm``::
+tract compartments, the CST dominating where it crosses the callosum: with corridor
+indicators ``c_L, c_R, c_cc`` in [0, 1] at a voxel of WM fraction ``wm``::
 
-    f_cst_left = wm * c_L * (1 - c_cc / 2)
-    f_callosum = wm * c_cc * (1 - (c_L + c_R) / 2)
+    f_cst_left = wm * c_L * (1 - c_cc / 4)
+    f_callosum = wm * c_cc * (1 - 3 (c_L + c_R) / 4)
     f_wm_other = wm - f_cst_left - f_cst_right - f_callosum
 
-so a CST/callosum crossing holds both compartments (half each where both corridors are
-full). GM and CSF fractions are used as they are.
+so inside the corridor the CST holds all the white matter (3/4 where the callosum's
+corridor overlaps it). GM and CSF fractions are used as they are.
 
 Acquisition
 -----------
@@ -133,7 +157,9 @@ COMPARTMENTS = (
     Compartment("csf", S0_CSF, 3.00e-3, 3.00e-3),       # isotropic
 )
 
-#: Fixed axis (MNI frame) of the compartments whose direction does not vary.
+#: Fixed axis (MNI frame) of the compartments whose direction does not vary. ``wm_other``
+#: runs anterior-posterior except in the brainstem, where its long tracts run along the
+#: brainstem's axis (the tangent of its centroid path; blended by the brainstem indicator).
 FIXED_AXES_MNI = {
     "callosum": (1.0, 0.0, 0.0),   # left-right
     "wm_other": (0.0, 1.0, 0.0),   # anterior-posterior
@@ -143,14 +169,29 @@ FIXED_AXES_MNI = {
 
 ATLAS_THRESHOLD = 0.25          # Juelich probability defining the tract corridors
 BRAINSTEM_THRESHOLD = 0.5       # Harvard-Oxford brainstem probability
-BRAINSTEM_CST_RADIUS_MM = 4.5   # CST cylinder radius below the Juelich map
-MEDULLA_CST_X_MM = 4.0          # |x| of the CST at the bottom of the brainstem
-CST_PATH_SIGMA_MM = 4.0         # smoothing of the centroid path along z
+#: (x, y) semi-axes (mm) of the CST's elliptic cross-section below the Juelich map, at the
+#: bottom of the brainstem and at the join with the Juelich corridor (linear in between).
+BRAINSTEM_CST_SEMIAXES_MM = ((3.5, 4.5), (5.0, 5.5))
+MEDULLA_CST_X_MM = 5.0          # |x| of the CST centre at the bottom of the brainstem
+LOW_CST_TOP_Z_MM = 0.0          # the elliptic tube reaches up to this MNI z (top of the peduncle)
+#: Below MNI z = CSF_MARGIN_BELOW_Z_MM (brainstem and cerebral peduncles, where the
+#: narrow tract borders the cisterns) the CST keeps CSF_MARGIN_MM away from CSF.
+CSF_MARGIN_MM = 1.0
+CSF_MARGIN_BELOW_Z_MM = 0.0
+MIDLINE_GAP_MM = 2.5            # CST voxels keep |x| >= this (a gap between the two tracts)
+CST_FIELD_SIGMA_MM = 1.5        # smoothing of the CST direction field within the corridor
+#: The CST flow is absorbed (the fibres end) mostly within TERMINAL_MM of the cortex of the
+#: precentral gyrus (Harvard-Oxford >= PRECENTRAL_THRESHOLD), TERMINAL_BACKGROUND as much
+#: per voxel elsewhere in the tract.
+PRECENTRAL_THRESHOLD = 0.25
+TERMINAL_MM = 2.0
+TERMINAL_BACKGROUND = 0.1
 PURE_TISSUE_SHARE = 0.9         # template voxels this dominated by one tissue are made pure
 _JOIN_MIN_AREA = 30             # mm^2: lowest Juelich slice considered part of the corridor
+_FIELD_MARGIN = 3               # voxels: the direction field is extended this far beyond the corridor
 
 # channels of the sampled MNI model, stored as uint8 (value / 255)
-_CHANNELS = ("wm", "gm", "csf", "corridor_left", "corridor_right", "corridor_callosum")
+_CHANNELS = ("wm", "gm", "csf", "corridor_left", "corridor_right", "corridor_callosum", "brainstem")
 
 
 # --------------------------------------------------------------------------- specs
@@ -316,12 +357,21 @@ def _tensor_fa_md_v1(tensors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 @dataclass(frozen=True)
+class _CstField:
+    """Unit CST direction field of one side on a sub-box of the model grid."""
+
+    origin: np.ndarray     # (3,) int: model voxel index of the box's first voxel
+    field: np.ndarray      # (x, y, z, 3) float32 unit vectors (MNI axes), zero far from the corridor
+
+
+@dataclass(frozen=True)
 class _MniModel:
-    channels: np.ndarray   # (X, Y, Z, 6) uint8, value/255, see _CHANNELS
+    channels: np.ndarray   # (X, Y, Z, 7) uint8, value/255, see _CHANNELS
     support: np.ndarray    # (X, Y, Z) uint8: 1 within one voxel (3x3x3) of any tissue
     affine: np.ndarray     # voxel -> MNI mm of ``channels`` (axis-aligned, diagonal)
-    path_z: np.ndarray     # (K,) MNI z, mm
-    path_dir: np.ndarray   # (2, K, 3) unit CST direction (left, right), MNI axes
+    cst_fields: tuple      # (_CstField left, _CstField right)
+    stem_z: np.ndarray     # (K,) MNI z of the model's axial slices, mm
+    stem_axis: np.ndarray  # (K, 3) unit axis of the brainstem per slice (MNI axes)
     centre: np.ndarray     # (3,) centre of the brain's bounding box, MNI mm
 
 
@@ -332,55 +382,180 @@ def _axis_coords(shape: tuple[int, ...], affine: np.ndarray) -> list[np.ndarray]
     return [affine[a, a] * np.arange(shape[a]) + affine[a, 3] for a in range(3)]
 
 
-def _brainstem_cylinder(corridor: np.ndarray, brainstem: np.ndarray, side: float,
-                        coords: list[np.ndarray]) -> np.ndarray:
-    """Extend a CST corridor below its lowest well-populated slice down the ventral brainstem.
+def _low_cst(corridor: np.ndarray, brainstem: np.ndarray, side: float, coords: list[np.ndarray]) -> np.ndarray:
+    """The CST below the capsule: an elliptic tube from the bottom of the brainstem up to
+    MNI z = ``LOW_CST_TOP_Z_MM``, to be joined with the Juelich corridor.
 
-    The cylinder axis runs from the corridor's centroid at the join slice to
-    ``x = side * MEDULLA_CST_X_MM`` at the lowest brainstem slice, at a constant depth
-    behind the anterior surface of the brainstem (measured within 6 mm of the midline).
+    Below the join slice (the lowest Juelich slice of area >= ``_JOIN_MIN_AREA``, in the
+    midbrain) the Juelich map has no tract. There the tube's semi-axes grow linearly from
+    ``BRAINSTEM_CST_SEMIAXES_MM[0]`` at the lowest brainstem slice to ``[1]`` at the join,
+    and its centre runs from ``x = side * MEDULLA_CST_X_MM``, a third of the way from the
+    anterior to the posterior surface of the medulla (measured within 6 mm of the
+    midline, lowest 6 mm), to the corridor's centroid at the join: straight in y, kept at
+    least one semi-axis + 1 mm behind the anterior surface (the pons bulges in front of
+    the tract), and quadratic in x (the tracts stay near the midline in the medulla and
+    diverge in the pons); it is clipped to the brainstem. From the join up (cerebral
+    peduncle) the tube follows the Juelich corridor's centroid with semi-axes ``[1]``, so
+    that the corridor is nowhere thinner than the tube where the atlas map is thin. The
+    centre path is smoothed along z (Gaussian, 3 mm); everything keeps
+    ``side * x >= MIDLINE_GAP_MM``.
     """
     x, y, z = coords
+    dz = abs(z[1] - z[0])
     area = corridor.sum(axis=(0, 1))
     k_join = int(np.flatnonzero(area >= _JOIN_MIN_AREA)[0])
-    stem_slices = np.flatnonzero(brainstem.any(axis=(0, 1)))
-    k_bottom = int(stem_slices[0])
-    if k_bottom >= k_join:
-        return corridor
-    ii, jj = np.nonzero(corridor[:, :, k_join])
-    x_join, y_join = x[ii].mean(), y[jj].mean()
-    ks = np.arange(k_bottom, k_join + 1)
+    k_bottom = int(np.flatnonzero(brainstem.any(axis=(0, 1)))[0])
+    k_top = int(np.searchsorted(z, LOW_CST_TOP_Z_MM, side="right")) - 1     # MNI grid: z ascending
+    out = np.zeros_like(corridor)
+    if k_bottom >= k_join or k_top <= k_join:
+        return out
+    # above the join: the corridor's own centroid
+    up = np.arange(k_join, k_top + 1)
+    n_up = np.maximum(area[up], 1)
+    x_up = np.einsum("ijk,i->k", corridor[:, :, up], x, dtype=float) / n_up
+    y_up = np.einsum("ijk,j->k", corridor[:, :, up], y, dtype=float) / n_up
+    x_join, y_join = x_up[0], y_up[0]
+    # below: a straight line from the medulla to the centroid at the join
+    ks = np.arange(k_bottom, k_join)
+    t = (ks - k_bottom) / (k_join - k_bottom)
+    (ax0, ay0), (ax1, ay1) = BRAINSTEM_CST_SEMIAXES_MM
     medial = np.abs(x) <= 6.0
-    stem = brainstem[:, :, ks] & medial[:, None, None]
-    has = stem.any(axis=0)                                # (Y, K)
-    y_front = np.where(has.any(axis=0), (np.where(has, y[:, None], -np.inf)).max(axis=0), np.nan)
-    y_front = np.interp(ks, ks[np.isfinite(y_front)], y_front[np.isfinite(y_front)])
-    depth = np.clip(y_front[-1] - y_join, 3.0, 10.0)
-    y_c = ndi.gaussian_filter1d(y_front - depth, 2.0, mode="nearest")
-    t = (ks - k_bottom) / max(k_join - k_bottom, 1)
-    x_c = side * MEDULLA_CST_X_MM + t * (x_join - side * MEDULLA_CST_X_MM)
-    disk = (x[:, None, None] - x_c) ** 2 + (y[None, :, None] - y_c) ** 2 <= BRAINSTEM_CST_RADIUS_MM**2
-    out = corridor.copy()
-    out[:, :, ks] |= disk & brainstem[:, :, ks] & (side * x[:, None, None] > 0)
+    has = (brainstem[:, :, ks] & medial[:, None, None]).any(axis=0)      # (Y, K)
+    found = has.any(axis=0)
+    y_front = np.interp(ks, ks[found], np.where(has, y[:, None], -np.inf).max(axis=0)[found])
+    y_back = np.interp(ks, ks[found], np.where(has, y[:, None], np.inf).min(axis=0)[found])
+    n_low = max(1, int(round(6.0 / dz)))
+    y_low = float(np.mean((y_front - (y_front - y_back) / 3)[:n_low]))
+    a_y_low = ay0 + t * (ay1 - ay0)
+    y_low_path = np.minimum(y_low + t * (y_join - y_low), y_front - a_y_low - 1.0)
+    x_low_path = side * (MEDULLA_CST_X_MM + t**2 * (abs(x_join) - MEDULLA_CST_X_MM))   # diverge in the pons
+    x_c = ndi.gaussian_filter1d(np.r_[x_low_path, x_up], 3.0 / dz, mode="nearest")
+    y_c = ndi.gaussian_filter1d(np.r_[y_low_path, y_up], 3.0 / dz, mode="nearest")
+    t_all = np.minimum((np.arange(k_bottom, k_top + 1) - k_bottom) / (k_join - k_bottom), 1.0)
+    a_x, a_y = ax0 + t_all * (ax1 - ax0), ay0 + t_all * (ay1 - ay0)
+    ellipse = ((x[:, None, None] - x_c) / a_x) ** 2 + ((y[None, :, None] - y_c) / a_y) ** 2 <= 1.0
+    ellipse &= side * x[:, None, None] >= MIDLINE_GAP_MM
+    ellipse[:, :, :len(ks)] &= brainstem[:, :, ks]
+    out[:, :, k_bottom:k_top + 1] = ellipse
     return out
 
 
-def _cst_path(corridor: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
-    """Unit tangent ``(dx/dz, dy/dz, 1)/norm`` of the smoothed centroid path, per z index."""
+def _centroid_tangent(mask: np.ndarray, coords: list[np.ndarray], sigma_mm: float = 4.0) -> np.ndarray:
+    """Per axial slice, the unit tangent ``(dx/dz, dy/dz, 1)/norm`` of the mask's centroid
+    path, smoothed along z (Gaussian, ``sigma_mm``); slices without the mask interpolate."""
     x, y, z = coords
-    area = corridor.sum(axis=(0, 1)).astype(float)
-    cx = np.einsum("ijk,i->k", corridor, x, dtype=float)
-    cy = np.einsum("ijk,j->k", corridor, y, dtype=float)
+    area = mask.sum(axis=(0, 1)).astype(float)
+    cx = np.einsum("ijk,i->k", mask, x, dtype=float)
+    cy = np.einsum("ijk,j->k", mask, y, dtype=float)
     ok = area > 0
     ks = np.arange(len(z))
     cx = np.interp(ks, ks[ok], cx[ok] / area[ok])
     cy = np.interp(ks, ks[ok], cy[ok] / area[ok])
     dz = abs(z[1] - z[0])
-    sigma = CST_PATH_SIGMA_MM / dz
-    dx = np.gradient(ndi.gaussian_filter1d(cx, sigma, mode="nearest"), dz)
-    dy = np.gradient(ndi.gaussian_filter1d(cy, sigma, mode="nearest"), dz)
+    dx = np.gradient(ndi.gaussian_filter1d(cx, sigma_mm / dz, mode="nearest"), dz)
+    dy = np.gradient(ndi.gaussian_filter1d(cy, sigma_mm / dz, mode="nearest"), dz)
     d = np.stack([dx, dy, np.ones_like(dx)], axis=1)
     return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def _flow_potential(domain: np.ndarray, source: np.ndarray, absorption: np.ndarray) -> np.ndarray:
+    """Potential of a flow through ``domain``: ``laplacian(phi) = -absorption`` inside,
+    ``phi = 0`` on ``source``, no flux through the rest of the boundary (6-neighbour grid,
+    unit spacing).
+
+    The flow ``grad(phi)`` enters at the source and is absorbed by every voxel (in
+    proportion to ``absorption`` > 0), so its field lines start at the source, stay inside
+    the domain (tangent to its walls) and reach every part of it, however far from the
+    source or tortuous the way; they end where the flow is absorbed, in maxima of
+    ``phi``. A plain Laplace potential between two ends would instead leave side
+    branches and regions past an outlet with next to no flow (and a numerically
+    meaningless direction). Returns ``phi`` (0 outside the domain and on the source).
+    """
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    unknown = domain & ~source
+    n = int(unknown.sum())
+    index = np.full(domain.shape, -1, np.int64)
+    index[unknown] = np.arange(n)
+    ijk = np.argwhere(unknown)
+    degree = np.zeros(n)
+    rows, cols = [], []
+    for axis in range(3):
+        for step in (-1, 1):
+            nb = ijk.copy()
+            nb[:, axis] += step
+            inside = (nb[:, axis] >= 0) & (nb[:, axis] < domain.shape[axis])
+            at = np.flatnonzero(inside)
+            nb_index = index[tuple(nb[inside].T)]
+            linked = domain[tuple(nb[inside].T)]
+            degree[at[linked]] += 1
+            rows.append(at[nb_index >= 0])
+            cols.append(nb_index[nb_index >= 0])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    matrix = sparse.csc_matrix(
+        (np.concatenate([-np.ones(len(rows)), degree]), (np.concatenate([rows, np.arange(n)]),
+                                                         np.concatenate([cols, np.arange(n)]))), shape=(n, n))
+    phi = np.zeros(domain.shape)
+    phi[unknown] = spsolve(matrix, absorption[unknown])
+    return phi
+
+
+def _shift(a: np.ndarray, axis: int, step: int) -> np.ndarray:
+    """``out[i] = a[i + step]`` along ``axis``, zero (False) where ``i + step`` is off the array."""
+    out = np.zeros_like(a)
+    src, dst = [slice(None)] * a.ndim, [slice(None)] * a.ndim
+    src[axis] = slice(max(step, 0), a.shape[axis] + min(step, 0))
+    dst[axis] = slice(max(-step, 0), a.shape[axis] + min(-step, 0))
+    out[tuple(dst)] = a[tuple(src)]
+    return out
+
+
+def _cst_field(corridor: np.ndarray, cortex: np.ndarray, voxel_mm: float) -> tuple[np.ndarray, _CstField]:
+    """The corridor voxels connected to its lowest slice, and the unit direction field of the flow through them.
+
+    Direction = normalised gradient of :func:`_flow_potential` with the lowest slice as
+    source and the flow absorbed mostly within ``TERMINAL_MM`` of the target ``cortex``
+    (weight 1 there, ``TERMINAL_BACKGROUND`` elsewhere, so that the fibres fan out to
+    end in the cortex, yet every part of the corridor carries some flow); central
+    differences inside, one-sided at the walls; smoothed within the corridor (Gaussian,
+    ``CST_FIELD_SIGMA_MM``, normalised convolution) and extended ``_FIELD_MARGIN`` voxels
+    beyond it by nearest-neighbour so that interpolation at the tract's edge sees the
+    tract's direction. Computed on the corridor's bounding box (isotropic voxels of
+    ``voxel_mm``).
+    """
+    labels, _ = ndi.label(corridor)
+    k_bottom = int(np.flatnonzero(corridor.any(axis=(0, 1)))[0])
+    keep = np.unique(labels[:, :, k_bottom])
+    domain = np.isin(labels, keep[keep > 0])
+    if domain.sum() < 0.9 * corridor.sum():
+        logger.warning("phantom: only %d of %d CST corridor voxels connect to the brainstem",
+                       domain.sum(), corridor.sum())
+    box = ndi.find_objects(domain.astype(np.uint8))[0]
+    box = tuple(slice(max(b.start - _FIELD_MARGIN, 0), min(b.stop + _FIELD_MARGIN, n))
+                for b, n in zip(box, domain.shape))
+    sub = domain[box]
+    source = np.zeros_like(sub)
+    k0 = k_bottom - box[2].start
+    source[:, :, k0] = sub[:, :, k0]
+    terminal = ndi.distance_transform_edt(~cortex[box]) * voxel_mm <= TERMINAL_MM
+    phi = _flow_potential(sub, source, np.where(terminal, 1.0, TERMINAL_BACKGROUND))
+    grad = np.zeros((*sub.shape, 3))
+    for axis in range(3):
+        fp, fm = _shift(phi, axis, 1), _shift(phi, axis, -1)
+        kp, km = _shift(sub, axis, 1), _shift(sub, axis, -1)
+        g = np.where(kp & km, (fp - fm) / 2, np.where(kp, fp - phi, np.where(km, phi - fm, 0.0)))
+        grad[..., axis] = np.where(sub, g, 0.0)
+    sigma = CST_FIELD_SIGMA_MM / voxel_mm
+    weight = ndi.gaussian_filter(sub.astype(float), sigma)
+    for axis in range(3):
+        grad[..., axis] = ndi.gaussian_filter(grad[..., axis], sigma) / np.maximum(weight, 1e-6)
+    norm = np.linalg.norm(grad, axis=-1, keepdims=True)
+    field = np.where(sub[..., None] & (norm > 0), grad / np.where(norm > 0, norm, 1.0), 0.0)
+    distance, nearest = ndi.distance_transform_edt(~sub, return_indices=True)
+    field = field[tuple(nearest)] * (distance <= _FIELD_MARGIN)[..., None]
+    origin = np.array([b.start for b in box])
+    return domain, _CstField(origin, field.astype(np.float32))
 
 
 def _snap_tissue(wm: np.ndarray, gm: np.ndarray, csf: np.ndarray) -> np.ndarray:
@@ -394,6 +569,61 @@ def _snap_tissue(wm: np.ndarray, gm: np.ndarray, csf: np.ndarray) -> np.ndarray:
     return np.where(snap, pure, tissue)
 
 
+def _clear_of_fluid(tissue: np.ndarray, corridors: np.ndarray, coords: list[np.ndarray],
+                    spacing: np.ndarray) -> np.ndarray:
+    """Voxels farther than ``CSF_MARGIN_MM`` from CSF-dominated or empty voxels, or at or
+    above MNI z = ``CSF_MARGIN_BELOW_Z_MM`` (computed on the corridors' box only)."""
+    z = coords[2]
+    clear = np.ones(corridors.shape, bool)
+    low = corridors & (z[None, None, :] < CSF_MARGIN_BELOW_Z_MM)
+    if not low.any():
+        return clear
+    pad = int(np.ceil(CSF_MARGIN_MM / spacing.min())) + 1
+    box = tuple(slice(max(b.start - pad, 0), min(b.stop + pad, n))
+                for b, n in zip(ndi.find_objects(low.astype(np.uint8))[0], low.shape))
+    wm, gm, csf = (t[box] for t in tissue)
+    total = wm + gm + csf
+    fluid = (csf > 0.5 * total) | (total < 0.5)
+    near = ndi.distance_transform_edt(~fluid, sampling=spacing) <= CSF_MARGIN_MM
+    clear[box] = ~(near & (z[box[2]] < CSF_MARGIN_BELOW_Z_MM)[None, None, :])
+    return clear
+
+
+def _symmetric_pair(left: np.ndarray, right: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right maps made mirror images of each other across MNI x = 0: the left one
+    becomes the mean of ``left`` and the mirrored ``right`` (for one bilateral map, pass it
+    twice and take either). Needs a grid symmetric about x = 0 with x along axis 0."""
+    n = left.shape[0]
+    if not (np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3])))
+            and np.isclose(affine[0, 0] * (n - 1) / 2 + affine[0, 3], 0.0)):
+        raise ValueError("expected an axis-aligned grid symmetric about MNI x = 0")
+    mean = (left + right[::-1]) / 2
+    return mean, np.ascontiguousarray(mean[::-1])
+
+
+def _brainstem(probability: np.ndarray, tissue: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
+    """Harvard-Oxford ``Brain-Stem`` >= ``BRAINSTEM_THRESHOLD``, continued downwards to the
+    bottom of the template: the medulla runs on (as the cord) below the atlas's 50 % level
+    for the last few millimetres of the MNI field of view. Below the atlas mask's lowest
+    slice, voxels with tissue >= 0.5 within 2 mm of that slice's footprint count too, so
+    that the tract does not end abruptly (FA dropping into template grey matter) one voxel
+    below the brainstem ROI of an atlas-based pipeline."""
+    stem = probability >= BRAINSTEM_THRESHOLD
+    slices = np.flatnonzero(stem.any(axis=(0, 1)))
+    if len(slices) == 0:
+        return stem
+    x, y = coords[0], coords[1]
+    k = int(slices[0])
+    spacing = (abs(x[1] - x[0]), abs(y[1] - y[0]))
+    footprint = ndi.distance_transform_edt(~stem[:, :, k], sampling=spacing) <= 2.0
+    below = (tissue[:, :, :k] >= 0.5) & footprint[:, :, None]
+    # keep only what connects, slice by slice, to the atlas mask above
+    for j in range(k - 1, -1, -1):
+        below[:, :, j] &= ndi.binary_dilation(below[:, :, j + 1] if j + 1 < k else stem[:, :, k])
+    stem[:, :, :k] = below
+    return stem
+
+
 @lru_cache(maxsize=1)
 def _mni_model() -> _MniModel:
     """Build (once per process) the phantom's compartment maps on the 1 mm MNI grid."""
@@ -401,7 +631,13 @@ def _mni_model() -> _MniModel:
     wm, gm, csf, affine = data.load_mni_tissue()
     (cst_l, cst_r, callosum), _ = data.load_atlas_maps(
         "juelich", ["WM_Corticospinal_tract_L", "WM_Corticospinal_tract_R", "WM_Callosal_body"])
-    (brainstem,), _ = data.load_atlas_maps("harvard_oxford", ["Brain-Stem"])
+    (brainstem, pre_l, pre_r), _ = data.load_atlas_maps(
+        "harvard_oxford", ["Brain-Stem", "Left_Precentral_Gyrus", "Right_Precentral_Gyrus"])
+    # a left-right symmetric head: the tissue template is symmetric, the atlases are not
+    cst_l, cst_r = _symmetric_pair(cst_l, cst_r, affine)
+    pre_l, pre_r = _symmetric_pair(pre_l, pre_r, affine)
+    brainstem = _symmetric_pair(brainstem, brainstem, affine)[0]
+    callosum = _symmetric_pair(callosum, callosum, affine)[0]
 
     # work on the bounding box of all tissue (+2 voxels of background)
     box = ndi.find_objects(((wm + gm + csf) > 0).astype(np.uint8))[0]
@@ -409,32 +645,45 @@ def _mni_model() -> _MniModel:
     box = tuple(slice(max(b.start - 2, 0), min(b.stop + 2, n)) for b, n in zip(box, wm.shape))
     affine = affine.copy()
     affine[:3, 3] = nib.affines.apply_affine(affine, [b.start for b in box])
-    wm, gm, csf, cst_l, cst_r, callosum, brainstem = (a[box] for a in (wm, gm, csf, cst_l, cst_r, callosum, brainstem))
+    wm, gm, csf, cst_l, cst_r, callosum, brainstem, pre_l, pre_r = (
+        a[box] for a in (wm, gm, csf, cst_l, cst_r, callosum, brainstem, pre_l, pre_r))
 
     coords = _axis_coords(wm.shape, affine)
     x, z = coords[0], coords[2]
-    stem = brainstem >= BRAINSTEM_THRESHOLD
+    stem = _brainstem(brainstem, wm + gm + csf, coords)
     corridors = []
+    solid = stem | (wm >= gm + csf)          # the tube may add brainstem or white matter only
     for prob, side in ((cst_l, -1.0), (cst_r, 1.0)):
-        juelich = (prob >= ATLAS_THRESHOLD) & (side * x[:, None, None] > 0)
-        corridors.append(_brainstem_cylinder(juelich, stem, side, coords))
+        juelich = (prob >= ATLAS_THRESHOLD) & (side * x[:, None, None] >= MIDLINE_GAP_MM)
+        corridors.append(juelich | (_low_cst(juelich, stem, side, coords) & solid))
     # GM labels in the brainstem and along the low CST (cerebral peduncles) -> WM
     relabel = stem | ((corridors[0] | corridors[1]) & (z[None, None, :] < 0))
-    path = np.stack([_cst_path(c, coords) for c in corridors])
+    tissue = _snap_tissue(wm + gm * relabel, gm * ~relabel, csf)
+    # the tract occupies the corridor's white matter, from the bottom of the brainstem up,
+    # clear of the cisterns around the brainstem and the peduncles
+    clear = _clear_of_fluid(tissue, corridors[0] | corridors[1], coords, np.abs(np.diag(affine)[:3]))
+    # the fibres end in the precentral cortex
+    fields = []
+    for c, (corridor, pre) in enumerate(zip(corridors, (pre_l, pre_r))):
+        white = corridor & (tissue[0] >= tissue[1] + tissue[2]) & clear
+        cortex = (tissue[1] > tissue[0] + tissue[2]) & (pre >= PRECENTRAL_THRESHOLD)
+        corridors[c], field = _cst_field(white, cortex, float(affine[0, 0]))
+        fields.append(field)
 
     channels = np.empty((*wm.shape, len(_CHANNELS)), np.uint8)
-    tissue = _snap_tissue(wm + gm * relabel, gm * ~relabel, csf)
     for c in range(3):
         channels[..., c] = np.round(np.clip(tissue[c], 0, 1) * 255)
     channels[..., 3] = corridors[0] * np.uint8(255)
     channels[..., 4] = corridors[1] * np.uint8(255)
     channels[..., 5] = (callosum >= ATLAS_THRESHOLD) * np.uint8(255)
+    channels[..., 6] = stem * np.uint8(255)
     support = ndi.binary_dilation(channels[..., :3].any(axis=-1), ndi.generate_binary_structure(3, 3))
     support = support.astype(np.uint8)
     logger.debug("phantom MNI model built in %.2f s", time.perf_counter() - t0)
-    for array in (channels, support, affine, path, centre):
+    stem_axis = _centroid_tangent(stem, coords)
+    for array in (channels, support, affine, centre, stem_axis, *(a for f in fields for a in (f.field, f.origin))):
         array.flags.writeable = False
-    return _MniModel(channels, support, affine, z.copy(), path, centre)
+    return _MniModel(channels, support, affine, tuple(fields), z.copy(), stem_axis, centre)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -517,8 +766,9 @@ class _Samples:
     """Model values at the voxels of a grid that contain tissue."""
 
     index: np.ndarray      # (P,) flat indices into the grid
-    channels: np.ndarray   # (6, P) float32 in [0, 1], see _CHANNELS
+    channels: np.ndarray   # (7, P) float32 in [0, 1], see _CHANNELS
     z_mni: np.ndarray      # (P,) MNI z of the voxel centres, mm
+    model_ijk: np.ndarray  # (3, P) voxel coordinates of the voxel centres on the model grid
 
 
 def _trilinear(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -559,15 +809,15 @@ def _sample(model: _MniModel, mni_to_world: np.ndarray, shape: tuple[int, ...], 
     values = _trilinear(model.channels, model_ijk) / np.float32(255.0)
     keep = values[:3].sum(axis=0) > 0
     z_mni = model.affine[2, 2] * model_ijk[2, keep] + model.affine[2, 3]
-    return _Samples(index[keep], values[:, keep], z_mni)
+    return _Samples(index[keep], values[:, keep], z_mni, model_ijk[:, keep])
 
 
 def _fractions(channels: np.ndarray) -> np.ndarray:
     """Compartment fractions ``(6, P)`` in :data:`COMPARTMENTS` order from sampled channels."""
-    wm, gm, csf, c_l, c_r, c_cc = channels
-    f_l = wm * c_l * (1 - c_cc / 2)
-    f_r = wm * c_r * (1 - c_cc / 2)
-    f_cc = wm * c_cc * (1 - (c_l + c_r) / 2)
+    wm, gm, csf, c_l, c_r, c_cc = channels[:6]
+    f_l = wm * c_l * (1 - c_cc / 4)
+    f_r = wm * c_r * (1 - c_cc / 4)
+    f_cc = wm * c_cc * (1 - 3 * (c_l + c_r) / 4)
     f_other = np.clip(wm - f_l - f_r - f_cc, 0, None)
     return np.stack([f_l, f_r, f_cc, f_other, gm, csf])
 
@@ -590,13 +840,27 @@ def _lesion_slab(samples: _Samples, lesion: LesionSpec | None) -> np.ndarray:
     return np.abs(samples.z_mni - lesion.z_mni) <= lesion.length_mm / 2
 
 
-def _cst_axis(model: _MniModel, side: int, z: np.ndarray) -> np.ndarray:
-    """CST direction (MNI frame) at MNI heights ``z``: linear interpolation of the path table."""
-    step = model.path_z[1] - model.path_z[0]
-    q = np.clip((z - model.path_z[0]) / step, 0, len(model.path_z) - 1)
-    k = np.minimum(np.floor(q).astype(int), len(model.path_z) - 2)
+def _cst_axis(model: _MniModel, side: int, model_ijk: np.ndarray) -> np.ndarray:
+    """CST direction (MNI frame) at model voxel coordinates ``(3, Q)``: trilinear
+    interpolation of the side's direction field, renormalised (head-foot where it is 0)."""
+    field = model.cst_fields[side]
+    coords = model_ijk - field.origin[:, None]
+    inside = np.all((coords >= 0) & (coords <= np.array(field.field.shape[:3])[:, None] - 1), axis=0)
+    axis = np.zeros((model_ijk.shape[1], 3))
+    axis[inside] = _trilinear(field.field, coords[:, inside]).T
+    norm = np.linalg.norm(axis, axis=1, keepdims=True)
+    return np.where(norm > 1e-3, axis / np.where(norm > 1e-3, norm, 1.0), np.array([0.0, 0.0, 1.0]))
+
+
+def _wm_other_axis(model: _MniModel, stem: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Axis of ``wm_other``: anterior-posterior, blended by the brainstem indicator ``stem``
+    into the brainstem's axis at MNI heights ``z`` (linear interpolation of the table)."""
+    step = model.stem_z[1] - model.stem_z[0]
+    q = np.clip((z - model.stem_z[0]) / step, 0, len(model.stem_z) - 1)
+    k = np.minimum(np.floor(q).astype(int), len(model.stem_z) - 2)
     w = (q - k)[:, None]
-    axis = (1 - w) * model.path_dir[side, k] + w * model.path_dir[side, k + 1]
+    stem_axis = (1 - w) * model.stem_axis[k] + w * model.stem_axis[k + 1]
+    axis = (1 - stem)[:, None] * np.asarray(FIXED_AXES_MNI["wm_other"]) + stem[:, None] * stem_axis
     return axis / np.linalg.norm(axis, axis=1, keepdims=True)
 
 
@@ -607,9 +871,10 @@ def _parts(samples: _Samples, model: _MniModel, lesion: LesionSpec | None) -> li
     parts = []
     for k, comp in enumerate(COMPARTMENTS):
         points = np.flatnonzero(fractions[k] > 0)
-        z = samples.z_mni[points]
         if comp.name in ("cst_left", "cst_right"):
-            axis = _cst_axis(model, 0 if comp.name == "cst_left" else 1, z)
+            axis = _cst_axis(model, 0 if comp.name == "cst_left" else 1, samples.model_ijk[:, points])
+        elif comp.name == "wm_other":
+            axis = _wm_other_axis(model, samples.channels[6, points], samples.z_mni[points])
         else:
             axis = np.broadcast_to(np.asarray(FIXED_AXES_MNI[comp.name], float), (len(points), 3))
         l_par = np.full(len(points), comp.lambda_par)
@@ -656,7 +921,7 @@ def _truth(samples: _Samples, model: _MniModel, lesion: LesionSpec | None, pose:
     tensor /= np.where(total > 0, total, 1.0)[:, None, None]
     fa, md, v1 = _tensor_fa_md_v1(tensor)
     fractions = _fractions(samples.channels)
-    wm, gm, csf, c_l, c_r, c_cc = samples.channels
+    wm, gm, csf, c_l, c_r, c_cc = samples.channels[:6]
     values = {
         "brain_mask": (wm + gm + csf) >= 0.5,
         "wm": wm, "gm": gm, "csf": csf,
@@ -898,6 +1163,10 @@ def _truth_record(phantom: Phantom) -> dict:
         "s0": {"wm": S0_WM, "gm": S0_GM, "csf": S0_CSF},
         "compartments": [dataclasses.asdict(c) | {"fa": c.fa, "md": c.md} for c in COMPARTMENTS],
         "fixed_axes_mni": FIXED_AXES_MNI,
+        "axes_description": "cst_left/right follow the normalised gradient of a flow potential through their "
+                            "corridor, from the medulla to the precentral cortex (MNI frame, see v1world); "
+                            "wm_other turns from anterior-posterior to the brainstem's axis inside the brainstem",
+        "symmetric": "left-right symmetric head (atlas maps averaged with their mirror images)",
         "units": {"diffusivity": "mm^2/s", "bval": "s/mm^2", "length": "mm"},
         "fa_md_definition": "FA/MD/v1 of the fraction-weighted mean tensor sum_k f_k D_k / sum_k f_k",
     }
