@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +13,8 @@ from nipype.interfaces.base import File, SimpleInterface, Str, TraitedSpec, isde
 from .base import VersionedInputSpec, write_json
 
 SCALARS = ("fa", "md", "rd", "ad")
+
+LOGGER = logging.getLogger(__name__)
 
 
 class _MetricsInputSpec(VersionedInputSpec):
@@ -28,6 +31,9 @@ class _MetricsInputSpec(VersionedInputSpec):
     n_nodes = traits.Int(100, usedefault=True)
     min_streamlines = traits.Int(10, usedefault=True, desc="fewer streamlines on a side raises a flag")
     min_registration_dice = traits.Float(0.5, usedefault=True, desc="lower WM Dice after warping raises a flag")
+    weighting = traits.Enum("streamlines", "voxel", usedefault=True,
+                            desc="bundle means over voxels weighted by their streamline count ('streamlines', "
+                                 "the mean along the tract) or each visited voxel once ('voxel')")
 
 
 class _MetricsOutputSpec(TraitedSpec):
@@ -37,7 +43,14 @@ class _MetricsOutputSpec(TraitedSpec):
 
 
 class CSTMetrics(SimpleInterface):
-    """Metrics of both CSTs (``science.profiles``)."""
+    """Metrics of both CSTs (``science.profiles``).
+
+    Bundle means (FA, MD, RD, AD) are streamline-weighted by default (each voxel counted
+    once per streamline through it, the mean along the tract); a side without streamlines
+    keeps its summary columns (count 0, volume 0, means NaN) and NaN profile rows, and a
+    field of view that misses the CST ROIs raises the ``cst_not_covered`` flag with a
+    warning that starts "CST not covered".
+    """
 
     input_spec = _MetricsInputSpec
     output_spec = _MetricsOutputSpec
@@ -52,12 +65,24 @@ class CSTMetrics(SimpleInterface):
         maps = {m: np.asarray(nib.load(getattr(self.inputs, f"in_{m}")).dataobj, np.float32) for m in SCALARS}
         voxel_volume = float(np.prod(ref.header.get_zooms()[:3]))
         metrics, profiles = {}, {}
+        n_nodes = int(self.inputs.n_nodes)
         for side in ("left", "right"):
             bundle = load_trk(getattr(self.inputs, f"in_{side}"))
-            metrics[side] = bundle_metrics(bundle, maps, ref.affine, voxel_volume)
-            profiles[side] = {m: tract_profile(bundle, maps[m], ref.affine, self.inputs.n_nodes) for m in SCALARS}
-        flags = quality_flags(self._optional_json("in_registration_quality"), self._optional_json("in_coverage"),
+            metrics[side] = bundle_metrics(bundle, maps, ref.affine, voxel_volume, weighting=self.inputs.weighting)
+            if len(bundle):
+                profiles[side] = {m: tract_profile(bundle, maps[m], ref.affine, n_nodes) for m in SCALARS}
+            else:  # an empty side keeps its rows (all NaN), so every table has the same shape
+                profiles[side] = {m: np.full(n_nodes, np.nan) for m in SCALARS}
+        coverage = self._optional_json("in_coverage")
+        flags = quality_flags(self._optional_json("in_registration_quality"), coverage,
                               self.inputs.min_registration_dice)
+        if "cst_not_covered" in flags:
+            LOGGER.warning("CST not covered: %s; the summary row is written with %d/%d streamlines "
+                           "(left/right) and flag cst_not_covered", flags["cst_not_covered"],
+                           metrics["left"]["streamline_count"], metrics["right"]["streamline_count"])
+        for side in ("left", "right"):
+            if not metrics[side]["streamline_count"]:
+                LOGGER.warning("no %s CST streamlines: its metrics and profiles are empty (NaN)", side)
         session = self.inputs.session if isdefined(self.inputs.session) else ""
         row = summary_row(self.inputs.subject, metrics["left"], metrics["right"], flags,
                           min_streamlines=self.inputs.min_streamlines)

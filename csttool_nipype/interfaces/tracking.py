@@ -19,7 +19,7 @@ class _TrackInputSpec(VersionedInputSpec):
     in_bval = File(exists=True)
     in_bvec = File(exists=True)
     method = traits.Enum("deterministic", "probabilistic", usedefault=True)
-    seeds_per_voxel = traits.Int(1, usedefault=True)
+    seeds_per_voxel = traits.Int(3, usedefault=True, desc="seeds per seed voxel (PipelineConfig.seeds_per_voxel)")
     step_size_mm = traits.Float(0.5, usedefault=True)
     fa_threshold = traits.Float(0.2, usedefault=True)
     max_angle_deg = traits.Float(45.0, usedefault=True)

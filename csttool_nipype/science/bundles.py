@@ -9,8 +9,11 @@
    mid-sagittal plane, which is placed from the ROIs (see :func:`midline_plane`),
 
 then orients every streamline inferior to superior (first point at the brainstem end),
-cuts it to the stretch between the brainstem and precentral ROIs (:func:`clip_to_rois`)
-and removes outliers the way AFQ does (:func:`clean_bundle`).
+cuts it to the stretch between the brainstem and precentral ROIs (:func:`clip_to_rois`;
+the pipeline cuts where the streamline first reaches the gyrus, ``clip_end="first"``)
+and removes outliers the way AFQ does (:func:`clean_bundle`). The pipeline's ``midline``
+ROI is a one-voxel layer on the right of the mid-sagittal plane; ``midline_layer="right"``
+applies the same crossing rule to both sides with it (see :func:`extract_cst`).
 
 A streamline "touches" an ROI when one of its points falls in an ROI voxel (points are
 assigned to the voxel whose centre is nearest); tracking output, sampled every
@@ -225,6 +228,7 @@ def select_cst(
     side: str,
     min_length_mm: float = 40.0,
     midline_tolerance_mm: float = 0.0,
+    midline_layer: str = "centre",
 ) -> np.ndarray:
     """Indices of the streamlines that pass the ROI, length and midline rules of one side.
 
@@ -249,12 +253,35 @@ def select_cst(
     keep = lengths >= min_length_mm
 
     point, normal = midline_plane(rois, affine)
+    exclusion = None if rois.get("midline") is None else np.asarray(rois["midline"], bool)
+    if midline_layer not in ("centre", "right"):
+        raise InputError(None, f"midline_layer must be 'centre' or 'right', got {midline_layer!r}")
+    if midline_layer == "right" and exclusion is not None and exclusion.any():
+        # The ROI is the voxel layer just right of the mid-sagittal plane: the plane lies
+        # half a layer to the left of its centroid, and a right-side streamline has crossed
+        # only when it reaches the mirror layer (the ROI's face neighbours on the left).
+        step = float(np.max(np.abs(normal @ np.asarray(affine, float)[:3, :3])))
+        if side == "right":
+            from scipy import ndimage
+
+            ring = ndimage.binary_dilation(exclusion) & ~exclusion
+            ijk = np.argwhere(ring)
+            left = (ijk @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3] - point) @ normal < 0
+            exclusion = np.zeros_like(exclusion)
+            exclusion[tuple(ijk[left].T)] = True
+        point = point - 0.5 * step * normal
     own = _centroid(rois[f"precentral_{side}"], affine)
     if np.all(np.isfinite(own)) and sign * float((own - point) @ normal) <= 0:
         raise InputError(None, f"precentral_{side} ROI lies on the wrong side of the midline "
                                f"(centroid x={own[0]:.1f} mm, midline x={point[0]:.1f} mm): left and right swapped?")
-    # A streamline crosses when any of its points is on the other side by more than the tolerance.
+    # A streamline crosses when any of its points is on the other side by more than the tolerance
+    # (with a midline ROI: any point not below the ROI's lowest voxel, in world z; the ROI
+    # starts above the pyramidal decussation, where the tracts really do cross).
     wrong = sign * ((points - point) @ normal) < -float(midline_tolerance_mm)
+    if exclusion is not None and np.asarray(rois["midline"]).any():
+        aff = np.asarray(affine, float)
+        lowest = float((np.argwhere(np.asarray(rois["midline"], bool)) @ aff[:3, :3].T + aff[:3, 3])[:, 2].min())
+        wrong &= points[:, 2] >= lowest
     crosses = np.bincount(ids[wrong], minlength=n) > 0
     keep &= ~crosses
 
@@ -266,8 +293,8 @@ def select_cst(
     ok = np.ones(len(candidates), dtype=bool)
     for key in required:
         ok &= roi_hits(subset, rois[key], affine)
-    if rois.get("midline") is not None:
-        ok &= ~roi_hits(subset, rois["midline"], affine)
+    if exclusion is not None:
+        ok &= ~roi_hits(subset, exclusion, affine)
     LOGGER.info(
         "CST %s: %d streamlines, %d long enough, %d on their side of the midline (x=%.1f mm, normal %s), "
         "%d through %s",
@@ -277,15 +304,39 @@ def select_cst(
     return candidates[ok]
 
 
-def clip_to_rois(bundle, rois: Mapping[str, np.ndarray], affine: np.ndarray, *, side: str) -> ArraySequence:
-    """Cut each (oriented) streamline to run from its first brainstem point to its last precentral point.
+def clip_to_rois(bundle, rois: Mapping[str, np.ndarray], affine: np.ndarray, *, side: str,
+                 end: str = "last") -> ArraySequence:
+    """Cut each (oriented) streamline to the stretch between the brainstem and precentral ROIs.
 
-    Parts below the brainstem ROI and beyond the ``precentral_<side>`` ROI are dropped,
-    so every streamline starts in the brainstem and ends in the precentral gyrus and
-    the profile nodes of different streamlines cover the same stretch of the tract.
-    A streamline that does not reach both ROIs in that order is left whole.
+    The cut starts at the streamline's first point in the brainstem ROI and ends, with
+    ``end="last"``, at its last point in the ``precentral_<side>`` ROI (parts beyond the
+    gyrus dropped) or, with ``end="first"``, at its first point in that ROI after the
+    brainstem (the point where the tract reaches the gyrus; what runs on inside the
+    cortex ribbon is dropped too). Either way every streamline starts in the brainstem and
+    ends in the precentral gyrus, and the profile nodes of different streamlines cover the
+    same stretch of the tract. A streamline that does not reach both ROIs in that order is
+    left whole.
+
+    Parameters
+    ----------
+    bundle : ArraySequence or sequence of (n_i, 3) arrays
+        Streamlines oriented inferior to superior (see :func:`orient_bundle`), world mm.
+    rois : mapping of str to ndarray of bool
+        Needs ``brainstem`` and ``precentral_<side>``.
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine of the ROIs.
+    side : {"left", "right"}
+    end : {"last", "first"}
+        Where in the precentral ROI the streamline is cut.
+
+    Returns
+    -------
+    clipped : ArraySequence
+        float64 points, same number and order of streamlines as ``bundle``.
     """
     _side_sign(side)
+    if end not in ("last", "first"):
+        raise InputError(None, f"end must be 'last' or 'first', got {end!r}")
     points, ids, counts = _flatten(bundle)
     n = len(counts)
     if n == 0:
@@ -296,13 +347,19 @@ def clip_to_rois(bundle, rois: Mapping[str, np.ndarray], affine: np.ndarray, *, 
     in_pc = _in_roi(points, rois[f"precentral_{side}"], affine)
     first = counts.copy()
     np.minimum.at(first, ids[in_bs], local[in_bs])
-    last = np.full(n, -1, dtype=counts.dtype)
-    np.maximum.at(last, ids[in_pc], local[in_pc])
+    if end == "last":
+        stop = np.full(n, -1, dtype=counts.dtype)
+        np.maximum.at(stop, ids[in_pc], local[in_pc])
+    else:
+        after = in_pc & (local > first[ids])
+        stop = np.full(n, np.iinfo(counts.dtype).max, dtype=counts.dtype)
+        np.minimum.at(stop, ids[after], local[after])
+        stop[stop == np.iinfo(counts.dtype).max] = -1
     out = []
     for i in range(n):
         s = points[starts[i]:starts[i] + counts[i]]
-        if first[i] < last[i]:
-            s = s[first[i]:last[i] + 1]
+        if first[i] < stop[i]:
+            s = s[first[i]:stop[i] + 1]
         out.append(np.array(s, dtype=np.float64))
     return ArraySequence(out)
 
@@ -428,7 +485,9 @@ def extract_cst(
     side: str,
     min_length_mm: float = 40.0,
     midline_tolerance_mm: float = 0.0,
+    midline_layer: str = "centre",
     clip: bool = True,
+    clip_end: str = "last",
     clean: bool = True,
     n_points: int = 100,
     distance_threshold: float = 4.0,
@@ -454,13 +513,35 @@ def extract_cst(
     min_length_mm : float
         Shorter streamlines are dropped first.
     midline_tolerance_mm : float
-        How far (mm) a streamline may stray past the mid-sagittal plane.
+        How far (mm) a streamline may stray past the mid-sagittal plane. With a
+        ``midline`` ROI only the points not below its lowest voxel (world z) are held to
+        the plane: the ROI starts above the pyramidal decussation, and below it (in the
+        medulla, which a sagittal or large field of view images in full) the tracts cross
+        or run within a voxel of the midline.
+    midline_layer : {"centre", "right"}
+        Where the ``midline`` ROI lies. ``"centre"`` (default): on the mid-sagittal plane;
+        the plane runs through its centroid and a streamline of either side touching it is
+        dropped. ``"right"``: it is the layer of voxels just right of the plane, as
+        :func:`csttool_nipype.science.rois.cst_rois` builds it (so that no path between
+        the hemispheres can avoid it); the plane then lies half a voxel left of its
+        centroid, a left streamline touching it is dropped and a right one is dropped when
+        it touches the mirror layer just left of the plane. With ``"centre"`` on such an
+        ROI the right CST, but not the left, would lose every streamline running in the
+        voxels next to the midline (at the vertex, the paracentral lobule).
     clip : bool
         Cut every streamline to the stretch from its first point in the brainstem ROI
         to its last point in the precentral ROI (:func:`clip_to_rois`), as AFQ clips
         at its waypoints: tracking overshoots the tract ends by a voxel or so into
         low-FA tissue, and uncut ends would mix that partial volume into the first and
         last profile nodes and the bundle's mean values.
+    clip_end : {"last", "first"}
+        Where the cut ends in the precentral ROI (see :func:`clip_to_rois`): at the
+        streamline's last point in it (default) or where it first reaches the gyrus
+        (what the pipeline uses, see :class:`csttool_nipype.interfaces.bundles.ExtractCST`).
+        At 2-3 mm the gyrus ROI is a ribbon of cortex mixed with its white matter;
+        deterministic tracking runs on along it until FA falls to the threshold, so
+        keeping that part puts cortex-level FA (0.2-0.4) into the last profile nodes,
+        where it outweighs a real FA dip along the tract, and into the bundle's mean FA.
     clean : bool
         Remove outliers with :func:`clean_bundle` (after clipping).
     n_points, distance_threshold, length_threshold, clean_rounds, min_streamlines
@@ -474,10 +555,10 @@ def extract_cst(
         (with ``clip``, in the brainstem ROI).
     """
     selected = select_cst(streamlines, rois, affine, side=side, min_length_mm=min_length_mm,
-                          midline_tolerance_mm=midline_tolerance_mm)
+                          midline_tolerance_mm=midline_tolerance_mm, midline_layer=midline_layer)
     bundle = orient_bundle(_subset(streamlines, selected), rois, affine, side=side)
     if clip and len(bundle):
-        bundle = clip_to_rois(bundle, rois, affine, side=side)
+        bundle = clip_to_rois(bundle, rois, affine, side=side, end=clip_end)
     if clean and len(bundle):
         kept = clean_bundle(bundle, n_points=n_points, distance_threshold=distance_threshold,
                             length_threshold=length_threshold, rounds=clean_rounds,

@@ -10,7 +10,10 @@ unbounded for the most central streamline), so streamlines near the core count m
 Node 0 is the inferior (brainstem) end.
 
 Summary metrics (:func:`bundle_metrics`) are taken over the voxels of the bundle's
-binary density mask, each voxel counted once (unweighted), not over streamline points.
+density map: by default each visited voxel counts once (``weighting="voxel"``); with
+``weighting="streamlines"`` each voxel counts once per streamline through it, i.e. the
+mean along the streamlines (the convention of most tractography tools), which the
+pipeline reports. The bundle's volume is the number of visited voxels either way.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .bundles import POSITION_FLOOR_MM, resample_streamlines, bundle_mask, node_mahalanobis
+from .bundles import POSITION_FLOOR_MM, density_map, node_mahalanobis, resample_streamlines
 from .tracking import streamline_lengths
 
 __all__ = [
@@ -135,6 +138,8 @@ def bundle_metrics(
     maps: Mapping[str, np.ndarray],
     affine: np.ndarray,
     voxel_volume_mm3: float,
+    *,
+    weighting: str = "voxel",
 ) -> dict:
     """Summary numbers of one bundle.
 
@@ -149,31 +154,48 @@ def bundle_metrics(
         Voxel-to-world affine of the maps.
     voxel_volume_mm3 : float
         Volume of one voxel in mm^3.
+    weighting : {"voxel", "streamlines"}
+        ``"voxel"``: every visited voxel counts once. ``"streamlines"``: a voxel counts
+        once per streamline passing through it (:func:`~.bundles.density_map`), so a voxel
+        at the bundle's edge that one stray streamline touches weighs 1/1000 of a core
+        voxel that every streamline crosses. On the 3 mm phantom (3 seeds per voxel) the
+        voxel mean of FA fell 0.03-0.05 below the true CST mean, the streamline-weighted
+        mean 0.01-0.02 above it.
 
     Returns
     -------
     metrics : dict
         ``streamline_count`` (int), ``mean_length_mm``, ``volume_mm3`` (voxels visited
         by at least one streamline x voxel volume) and, per map, ``<name>_mean`` and
-        ``<name>_std`` (population SD) over the voxels visited, NaN voxels left out.
-        Means are NaN for an empty bundle.
+        ``<name>_std`` (population SD, same weights) over the voxels visited, NaN voxels
+        left out. Means are NaN for an empty bundle.
     """
     if not maps:
         raise InputError(None, "bundle_metrics needs at least one map (for the grid shape)")
+    if weighting not in ("voxel", "streamlines"):
+        raise InputError(None, f"weighting must be 'voxel' or 'streamlines', got {weighting!r}")
     shape = next(iter(maps.values())).shape[:3]
     n = len(bundle)
     out: dict = {"streamline_count": int(n)}
     out["mean_length_mm"] = float(streamline_lengths(bundle).mean()) if n else float("nan")
-    mask = bundle_mask(bundle, shape, affine) if n else np.zeros(shape, bool)
+    counts = density_map(bundle, shape, affine) if n else np.zeros(shape, np.int64)
+    mask = counts > 0
     out["volume_mm3"] = float(mask.sum() * float(voxel_volume_mm3))
     for name, arr in maps.items():
         arr = np.asarray(arr, dtype=np.float64)
         if arr.shape[:3] != tuple(shape):
             raise InputError(None, f"map {name!r} has shape {arr.shape}, expected {tuple(shape)}")
         vals = arr[mask]
-        vals = vals[np.isfinite(vals)]
-        out[f"{name}_mean"] = float(vals.mean()) if vals.size else float("nan")
-        out[f"{name}_std"] = float(vals.std()) if vals.size else float("nan")
+        weights = counts[mask].astype(np.float64) if weighting == "streamlines" else np.ones(vals.size)
+        ok = np.isfinite(vals)
+        vals, weights = vals[ok], weights[ok]
+        if vals.size:
+            mean = float(np.average(vals, weights=weights))
+            out[f"{name}_mean"] = mean
+            out[f"{name}_std"] = float(np.sqrt(np.average((vals - mean) ** 2, weights=weights)))
+        else:
+            out[f"{name}_mean"] = float("nan")
+            out[f"{name}_std"] = float("nan")
     return out
 
 

@@ -1,0 +1,231 @@
+"""Both CSTs on real human scans from ``../shared/data`` (skipped when the folder is absent).
+
+Four acquisitions go through ``csttool run`` with the default options: a Philips Achieva
+axial NIfTI (15 directions, b = 2000) and three Canon Galan scans of one person (12
+directions, b = 1500): axial PA (NIfTI), sagittal with 20 degrees angulation (NIfTI, PSR
+storage), and axial AP read straight from gzipped classic DICOM. Per scan and side:
+
+* the CST is found (>= 50 streamlines) and every streamline runs from the brainstem ROI
+  (label 1 of ``desc-cstrois_dseg``) to the precentral gyrus of its side (label 2 left,
+  3 right), checked at its two end points;
+* the mean CST FA lies in 0.4-0.7.
+
+Across the three Canon scans (the same head): per side, mean FA within 0.015 of each
+other, volume within 10 % and streamline count within 15 % of their mean. These three are
+marked as expected failures for now (:data:`CANON_AGREEMENT_PENDING` has the numbers).
+
+Each run takes a few minutes; the runs are module fixtures shared by the tests. Set
+``CSTTOOL_QC_DIR`` to a folder to also write a QC picture per scan (both tracts over FA in
+three planes, see :func:`qc_png`); nothing is written into the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from csttool_nipype.cli.main import main
+from csttool_nipype.science.tracking import load_trk
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if not SHARED.is_dir():
+    pytest.skip(f"real-data tests need ../shared/data next to the project ({SHARED} not found)",
+                allow_module_level=True)
+
+CANON = SHARED / "canon_galan_dti12_b1500"
+SCANS = {
+    "philips": ["--dwi", SHARED / "philips_achieva_vanderbilt_dti15_b2000" / "nifti" / "601_WIP_dti_ax.nii.gz"],
+    "canon_ax": ["--dwi", CANON / "nifti" / "3000_DTI_PA-ortho_cl.nii.gz"],
+    "canon_sag": ["--dwi", CANON / "nifti" / "10000_SAG_DTI_PA-COR_20d_cl.nii.gz"],
+    "canon_dicom": ["--dicom", CANON / "dicom_classic_gz" / "4000_DTI_AP-ortho"],
+}
+CANON_SCANS = ("canon_ax", "canon_sag", "canon_dicom")
+SUB = "sub-01"
+LABEL = {"brainstem": 1, "left": 2, "right": 3}
+
+
+class RealRun:
+    def __init__(self, name: str, out: Path):
+        self.name = name
+        self.dwi = out / SUB / "dwi"
+
+    def file(self, suffix: str) -> Path:
+        return self.dwi / f"{SUB}_{suffix}"
+
+    def summary(self) -> pd.Series:
+        return pd.read_csv(self.file("desc-summary_metrics.tsv"), sep="\t").iloc[0]
+
+    def bundle(self, side: str):
+        return load_trk(self.file(f"space-dwi_bundle-CST{side}_streamlines.trk"))
+
+
+_RUNS: dict[str, RealRun] = {}
+
+
+@pytest.fixture(scope="module")
+def run_scan(tmp_path_factory):
+    """``run_scan(name)``: run (once per module) and return that scan's outputs."""
+
+    def get(name: str) -> RealRun:
+        if name not in _RUNS:
+            kind, path = SCANS[name]
+            if not Path(path).exists():
+                pytest.skip(f"{path} is absent")
+            out = tmp_path_factory.mktemp(name)
+            code = main(["run", kind, str(path), "--out", str(out), "--subject-id", SUB])
+            assert code == 0, f"{name}: csttool run exited {code}"
+            _RUNS[name] = RealRun(name, out)
+            qc_dir = os.environ.get("CSTTOOL_QC_DIR")
+            if qc_dir:
+                qc_png(_RUNS[name], Path(qc_dir) / f"{name}_cst_qc.png", title=name)
+        return _RUNS[name]
+
+    return get
+
+
+def _end_labels(run: RealRun, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """ROI label (0 = none) at the first and last point of each streamline of a side."""
+    img = nib.load(run.file("space-dwi_desc-cstrois_dseg.nii.gz"))
+    labels = np.asarray(img.dataobj)
+    inv = np.linalg.inv(img.affine)
+    bundle = run.bundle(side)
+    ends = np.array([[s[0], s[-1]] for s in bundle], float)  # (n, 2, 3)
+    ijk = np.rint(ends @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+    inside = np.all((ijk >= 0) & (ijk < np.array(labels.shape)), axis=-1)
+    out = np.zeros(ijk.shape[:2], labels.dtype)
+    out[inside] = labels[tuple(ijk[inside].T)]
+    return out[:, 0], out[:, 1]
+
+
+@pytest.mark.parametrize("name", list(SCANS))
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_cst_runs_from_brainstem_to_precentral_gyrus(name, side, run_scan):
+    run = run_scan(name)
+    row = run.summary()
+    count = int(row[f"streamline_count_{side}"])
+    assert count >= 50, f"{name} {side}: {count} CST streamlines"
+    first, last = _end_labels(run, side)
+    assert len(first) == count
+    assert (first == LABEL["brainstem"]).all(), f"{name} {side}: {(first != 1).sum()} start outside the brainstem"
+    assert (last == LABEL[side]).all(), f"{name} {side}: {(last != LABEL[side]).sum()} end outside precentral_{side}"
+
+
+@pytest.mark.parametrize("name", list(SCANS))
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_cst_mean_fa_is_plausible(name, side, run_scan):
+    fa = float(run_scan(name).summary()[f"fa_mean_{side}"])
+    assert 0.4 <= fa <= 0.7, f"{name} {side}: mean CST FA {fa:.3f}"
+
+
+def _canon(side: str, run_scan) -> tuple[dict[str, np.ndarray], str]:
+    """FA, volume and count of one side on the three Canon scans, and a table for messages."""
+    rows = {name: run_scan(name).summary() for name in CANON_SCANS}
+    values = {key: np.array([rows[n][f"{key}_{side}"] for n in CANON_SCANS], float)
+              for key in ("fa_mean", "volume_mm3", "streamline_count")}
+    table = ", ".join(f"{n}: FA {f:.3f}, {v:.0f} mm3, {c:.0f} streamlines" for n, f, v, c in
+                      zip(CANON_SCANS, values["fa_mean"], values["volume_mm3"], values["streamline_count"]))
+    return values, f"{side}: {table}"
+
+
+#: The cross-scan agreement targets are not met yet (measured with the defaults of this
+#: commit; left / right, axial PA, sagittal, axial AP DICOM): mean FA 0.513 / 0.520 / 0.497
+#: and 0.517 / 0.513 / 0.519, volume 13527 / 11340 / 12663 and 11016 / 11826 / 15390 mm3,
+#: streamlines 698 / 384 / 508 and 446 / 219 / 604. What differs between the scans is
+#: upstream of the extraction: opposite phase encoding (PA vs AP) distorts the brainstem in
+#: opposite directions, the sagittal scan images the whole medulla where right-side
+#: streamlines turn across the pons, and the MNI registration of these 12-direction scans
+#: reaches a white-matter Dice of only 0.58-0.62. Kept as expected failures (not strict)
+#: so that the numbers stay visible in every run and an improvement shows as XPASS.
+CANON_AGREEMENT_PENDING = pytest.mark.xfail(
+    strict=False, reason="cross-scan CST agreement of the three Canon scans not reached yet (see comment)")
+
+
+@CANON_AGREEMENT_PENDING
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_canon_scans_of_one_head_agree_on_mean_fa(side, run_scan):
+    values, table = _canon(side, run_scan)
+    fa = values["fa_mean"]
+    assert fa.max() - fa.min() <= 0.015, f"FA spread {fa.max() - fa.min():.3f} ({table})"
+
+
+@CANON_AGREEMENT_PENDING
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_canon_scans_of_one_head_agree_on_volume(side, run_scan):
+    values, table = _canon(side, run_scan)
+    volume = values["volume_mm3"]
+    assert np.abs(volume / volume.mean() - 1).max() <= 0.10, f"volumes ({table})"
+
+
+@CANON_AGREEMENT_PENDING
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_canon_scans_of_one_head_agree_on_streamline_count(side, run_scan):
+    values, table = _canon(side, run_scan)
+    count = values["streamline_count"]
+    assert np.abs(count / count.mean() - 1).max() <= 0.15, f"counts ({table})"
+
+
+# --------------------------------------------------------------------------- QC picture
+
+
+def qc_png(run: RealRun, out_png: Path, title: str = "", step_mm: float = 1.5) -> Path:
+    """Both CSTs over FA in axial, coronal and sagittal world planes through the tracts.
+
+    FA is resampled (trilinear) to an axis-aligned world grid, so oblique acquisitions
+    show upright; each panel is a 7.5 mm maximum-intensity slab of FA through the
+    streamlines' median point, with the brainstem/precentral ROIs tinted. Left CST red,
+    right blue; x grows to the subject's right (neurological view).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.ndimage import map_coordinates
+
+    def world_grid(img, order):
+        data = np.asarray(img.dataobj, float)
+        corners = np.array([[i, j, k] for i in (0, data.shape[0] - 1) for j in (0, data.shape[1] - 1)
+                            for k in (0, data.shape[2] - 1)])
+        world = nib.affines.apply_affine(img.affine, corners)
+        axes = [np.arange(lo, hi + step_mm, step_mm) for lo, hi in zip(world.min(0), world.max(0))]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        ijk = nib.affines.apply_affine(np.linalg.inv(img.affine), grid)
+        return map_coordinates(data, ijk.T, order=order, cval=0.0).reshape([len(a) for a in axes]), axes
+
+    fa, axes = world_grid(nib.load(run.file("space-dwi_model-tensor_param-fa_dwimap.nii.gz")), 1)
+    labels, _ = world_grid(nib.load(run.file("space-dwi_desc-cstrois_dseg.nii.gz")), 0)
+    bundles = {side: run.bundle(side) for side in ("left", "right")}
+    points = [np.asarray(b.get_data()) for b in bundles.values() if len(b)]
+    centre = np.median(np.concatenate(points), axis=0) if points else np.array([a.mean() for a in axes])
+    fig, panels = plt.subplots(1, 3, figsize=(20, 8), facecolor="k")
+    colours = {"left": "#ff4040", "right": "#40b0ff"}
+    for ax, (plane, axis, (a, b)) in zip(panels, [("axial", 2, (0, 1)), ("coronal", 1, (0, 2)),
+                                                  ("sagittal", 0, (1, 2))]):
+        c = int(np.argmin(np.abs(axes[axis] - centre[axis])))
+        slab = [slice(None)] * 3
+        slab[axis] = slice(max(c - 2, 0), c + 3)
+        extent = [axes[a][0], axes[a][-1], axes[b][0], axes[b][-1]]
+        ax.imshow(fa[tuple(slab)].max(axis=axis).T, origin="lower", cmap="gray", vmin=0, vmax=0.8, extent=extent)
+        rois = labels[tuple(slab)].max(axis=axis)
+        rois = np.where(np.isin(rois, (1, 2, 3)), rois, np.nan)
+        ax.imshow(rois.T, origin="lower", cmap="tab10", alpha=0.3, extent=extent, vmin=0, vmax=9)
+        for side, bundle in bundles.items():
+            for s in bundle[:: max(1, len(bundle) // 250)]:
+                ax.plot(s[:, a], s[:, b], color=colours[side], lw=0.5, alpha=0.6)
+        ax.set_title(f"{plane} ({'xyz'[axis]} = {centre[axis]:.0f} mm)", color="w")
+        ax.set_aspect("equal")
+        ax.tick_params(colors="w")
+    fig.suptitle(f"{title}: left CST red (n={len(bundles['left'])}), right CST blue (n={len(bundles['right'])})",
+                 color="w")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=60, facecolor="k")
+    plt.close(fig)
+    return out_png
