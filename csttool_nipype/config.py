@@ -80,6 +80,12 @@ class PipelineConfig:
         tracking time (tens of seconds at 3 mm).
     cst_min_length_mm : float
         Shortest streamline kept in a CST.
+    cst_clip_end : {"first", "last"}
+        Each CST streamline is cut where it first reaches the precentral ROI (``first``)
+        or at its last point in it (``last``); see ``science.bundles.clip_to_rois``.
+    metrics_weighting : {"streamlines", "voxel"}
+        Bundle means over voxels weighted by their streamline count (the mean along the
+        tract) or each visited voxel once; see ``science.profiles.bundle_metrics``.
     min_streamlines : int
         A side with fewer CST streamlines is flagged.
     min_registration_dice : float
@@ -107,6 +113,8 @@ class PipelineConfig:
     min_length_mm: float = 20.0
     max_length_mm: float = 250.0
     cst_min_length_mm: float = 40.0
+    cst_clip_end: str = "first"
+    metrics_weighting: str = "streamlines"
     min_streamlines: int = 10
     min_registration_dice: float = 0.5
     stages: tuple = STAGES
@@ -126,6 +134,17 @@ class PipelineConfig:
             raise ValueError("b0_threshold must be ≥ 0")
         if self.tracking_method not in TRACKING_METHODS:
             raise ValueError(f"tracking_method must be one of {', '.join(TRACKING_METHODS)}")
+        if self.cst_clip_end not in ("first", "last"):
+            raise ValueError("cst_clip_end must be 'first' or 'last'")
+        if self.metrics_weighting not in ("streamlines", "voxel"):
+            raise ValueError("metrics_weighting must be 'streamlines' or 'voxel'")
+        for name in ("seeds_per_voxel", "step_size_mm", "max_angle_deg", "max_length_mm", "template_resolution_mm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if not 0 <= self.fa_threshold < 1:
+            raise ValueError("fa_threshold must be in [0, 1)")
+        if self.min_length_mm > self.max_length_mm:
+            raise ValueError("min_length_mm must not exceed max_length_mm")
         object.__setattr__(self, "stages", resolve_stages(tuple(self.stages)))
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,6 +40,26 @@ def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = 
                    help=f"run these stages and what they need ({', '.join(STAGES)}; default: all)")
     g.add_argument("--tracking-method", dest="tracking_method", choices=TRACKING_METHODS,
                    default=d.tracking_method, help="tractography (default: deterministic)")
+    D = PipelineConfig()
+    for flag, name, kind, text in (
+        ("--seeds-per-voxel", "seeds_per_voxel", int, "seeds per brain voxel with FA above the threshold"),
+        ("--step-size", "step_size_mm", float, "tracking step, mm"),
+        ("--fa-threshold", "fa_threshold", float, "tracking stops (and seeding needs) FA above this"),
+        ("--max-angle", "max_angle_deg", float, "largest turn per step, degrees"),
+        ("--min-length", "min_length_mm", float, "shortest whole-brain streamline kept, mm"),
+        ("--max-length", "max_length_mm", float, "longest whole-brain streamline kept, mm"),
+        ("--cst-min-length", "cst_min_length_mm", float, "shortest CST streamline, mm"),
+        ("--min-streamlines", "min_streamlines", int, "fewer CST streamlines on a side raise a flag"),
+        ("--template-resolution", "template_resolution_mm", float, "MNI template grid for registration, mm"),
+    ):
+        g.add_argument(flag, dest=name, type=kind, default=getattr(d, name), metavar="X",
+                       help=f"{text} (default: {getattr(D, name):g})")
+    g.add_argument("--cst-clip-end", dest="cst_clip_end", choices=("first", "last"), default=d.cst_clip_end,
+                   help="cut CST streamlines where they first reach the precentral gyrus or at their last point "
+                        f"in it (default: {D.cst_clip_end})")
+    g.add_argument("--metrics-weighting", dest="metrics_weighting", choices=("streamlines", "voxel"),
+                   default=d.metrics_weighting,
+                   help=f"bundle means weighted by streamlines per voxel or per voxel (default: {D.metrics_weighting})")
 
 
 class _Suppressed:
@@ -255,6 +275,10 @@ def _str(value) -> str | None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # option values the config object rejects are bad arguments (exit 2), not crashes
+        pipeline_config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     setup_logging(args.verbose)
     try:
         return args.func(args)

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
+from ..config import PipelineConfig
 from .base import VersionedInputSpec
 
 
@@ -18,13 +19,16 @@ def load_rois(rois_json: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(nib.load(path).dataobj) > 0 for name, path in index.items()}
 
 
+_D = PipelineConfig()  # defaults: one source of truth
+
+
 class _ExtractInputSpec(VersionedInputSpec):
     in_trk = File(exists=True, mandatory=True, desc="whole-brain tractogram (.trk)")
     in_rois = File(exists=True, mandatory=True, desc="rois.json: {name: mask path} on the DWI grid")
     in_reference = File(exists=True, mandatory=True, desc="image on the DWI grid (e.g. FA)")
-    min_length_mm = traits.Float(40.0, usedefault=True)
+    min_length_mm = traits.Float(_D.cst_min_length_mm, usedefault=True, desc="shortest CST streamline, mm")
     min_streamlines = traits.Int(20, usedefault=True, desc="cleaning never goes below this count")
-    clip_end = traits.Enum("first", "last", usedefault=True,
+    clip_end = traits.Enum(_D.cst_clip_end, *sorted({"first", "last"} - {_D.cst_clip_end}), usedefault=True,
                            desc="cut each streamline where it first reaches the precentral ROI ('first') "
                                 "or at its last point in it ('last')")
 

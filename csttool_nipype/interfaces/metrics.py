@@ -10,11 +10,15 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, Str, TraitedSpec, isdefined, traits
 
+from ..config import PipelineConfig
 from .base import VersionedInputSpec, write_json
 
 SCALARS = ("fa", "md", "rd", "ad")
 
 LOGGER = logging.getLogger(__name__)
+
+
+_D = PipelineConfig()  # defaults: one source of truth
 
 
 class _MetricsInputSpec(VersionedInputSpec):
@@ -29,9 +33,10 @@ class _MetricsInputSpec(VersionedInputSpec):
     in_registration_quality = File(exists=True, desc="JSON with the registration's quality numbers")
     in_coverage = File(exists=True, desc="JSON from the ROI stage: which ROIs the image covers")
     n_nodes = traits.Int(100, usedefault=True)
-    min_streamlines = traits.Int(10, usedefault=True, desc="fewer streamlines on a side raises a flag")
-    min_registration_dice = traits.Float(0.5, usedefault=True, desc="lower WM Dice after warping raises a flag")
-    weighting = traits.Enum("streamlines", "voxel", usedefault=True,
+    min_streamlines = traits.Int(_D.min_streamlines, usedefault=True, desc="fewer streamlines on a side raises a flag")
+    min_registration_dice = traits.Float(_D.min_registration_dice, usedefault=True, desc="lower WM Dice after warping raises a flag")
+    weighting = traits.Enum(_D.metrics_weighting, *sorted({"streamlines", "voxel"} - {_D.metrics_weighting}),
+                            usedefault=True,
                             desc="bundle means over voxels weighted by their streamline count ('streamlines', "
                                  "the mean along the tract) or each visited voxel once ('voxel')")
 

@@ -8,7 +8,11 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
 
+from ..config import TRACKING_METHODS, PipelineConfig
 from .base import VersionedInputSpec
+
+
+_D = PipelineConfig()  # defaults: one source of truth
 
 
 class _TrackInputSpec(VersionedInputSpec):
@@ -18,14 +22,14 @@ class _TrackInputSpec(VersionedInputSpec):
     in_dwi = File(exists=True, desc="DWI (probabilistic method only)")
     in_bval = File(exists=True)
     in_bvec = File(exists=True)
-    method = traits.Enum("deterministic", "probabilistic", usedefault=True)
-    seeds_per_voxel = traits.Int(3, usedefault=True, desc="seeds per seed voxel (PipelineConfig.seeds_per_voxel)")
-    step_size_mm = traits.Float(0.5, usedefault=True)
-    fa_threshold = traits.Float(0.2, usedefault=True)
-    max_angle_deg = traits.Float(45.0, usedefault=True)
-    min_length_mm = traits.Float(20.0, usedefault=True)
-    max_length_mm = traits.Float(250.0, usedefault=True)
-    seed = traits.Int(0, usedefault=True, desc="RNG seed (bit-identical reruns)")
+    method = traits.Enum(*TRACKING_METHODS, usedefault=True)  # first one is the default
+    seeds_per_voxel = traits.Int(_D.seeds_per_voxel, usedefault=True, desc="seeds per seed voxel")
+    step_size_mm = traits.Float(_D.step_size_mm, usedefault=True, desc="step length, mm")
+    fa_threshold = traits.Float(_D.fa_threshold, usedefault=True, desc="stop (and seed) where FA is at or below this")
+    max_angle_deg = traits.Float(_D.max_angle_deg, usedefault=True, desc="largest turn per step, degrees")
+    min_length_mm = traits.Float(_D.min_length_mm, usedefault=True)
+    max_length_mm = traits.Float(_D.max_length_mm, usedefault=True)
+    seed = traits.Int(_D.seed, usedefault=True, desc="RNG seed (bit-identical reruns)")
 
 
 class _TrackOutputSpec(TraitedSpec):

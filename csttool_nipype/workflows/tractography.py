@@ -67,14 +67,16 @@ def init_cst_wf(config: PipelineConfig, subject: str, session: str | None = None
     fields = ["tractogram", "rois", "fa", "md", "rd", "ad", "quality", "coverage"]
     inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=CST_OUTPUTS + METRICS_OUTPUTS), name="outputnode")
-    extract = pe.Node(ExtractCST(min_length_mm=config.cst_min_length_mm), name="extract_cst", mem_gb=2.0)
+    extract = pe.Node(ExtractCST(min_length_mm=config.cst_min_length_mm, clip_end=config.cst_clip_end),
+                      name="extract_cst", mem_gb=2.0)
     wf.connect([
         (inputnode, extract, [("tractogram", "in_trk"), ("rois", "in_rois"), ("fa", "in_reference")]),
         (extract, outputnode, [(f"out_{k}", k) for k in CST_OUTPUTS]),
     ])
     if metrics:
         node = pe.Node(CSTMetrics(subject=subject, min_streamlines=config.min_streamlines,
-                                  min_registration_dice=config.min_registration_dice), name="cst_metrics")
+                                  min_registration_dice=config.min_registration_dice,
+                                  weighting=config.metrics_weighting), name="cst_metrics")
         if session:
             node.inputs.session = session
         wf.connect([
