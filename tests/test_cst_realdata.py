@@ -124,6 +124,20 @@ def test_cst_mean_fa_is_plausible(name, side, run_scan):
     assert 0.4 <= fa <= 0.7, f"{name} {side}: mean CST FA {fa:.3f}"
 
 
+@pytest.mark.parametrize("name", CANON_SCANS)
+def test_whole_brain_fa_is_plausible(name, run_scan):
+    """Median FA in the brain mask is that of adult brain tissue (mostly grey matter and CSF).
+
+    Canon scans only: the Philips mask (a b = 2000 series with a looser brain boundary)
+    has a median FA of 0.153, at the edge of this range, and its CST checks cover it.
+    """
+    run = run_scan(name)
+    fa = np.asarray(nib.load(run.file("space-dwi_model-tensor_param-fa_dwimap.nii.gz")).dataobj)
+    mask = np.asarray(nib.load(run.file("space-dwi_desc-brain_mask.nii.gz")).dataobj) > 0
+    median = float(np.median(fa[mask]))
+    assert 0.15 <= median <= 0.35, f"{name}: median FA in the brain mask {median:.3f}"
+
+
 def _canon(side: str, run_scan) -> tuple[dict[str, np.ndarray], str]:
     """FA, volume and count of one side on the three Canon scans, and a table for messages."""
     rows = {name: run_scan(name).summary() for name in CANON_SCANS}
