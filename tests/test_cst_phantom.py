@@ -107,6 +107,13 @@ def psr(tmp_path_factory):
 RUNS = ["lps_lesion", "psr"]
 
 
+def per_run_and_side(test):
+    """Parametrise a (slow) test over the phantom runs and both sides."""
+    for mark in (pytest.mark.parametrize("side", ["left", "right"]), pytest.mark.parametrize("run_name", RUNS), slow):
+        test = mark(test)
+    return test
+
+
 def _on_truth_grid(img, phantom) -> np.ndarray:
     """Values of an output image at the world positions of the truth grid's voxel centres."""
     shape = phantom.truth["fa"].shape
@@ -124,9 +131,7 @@ def _dice(a, b) -> float:
     return float(2.0 * (a & b).sum() / (a.sum() + b.sum()))
 
 
-@slow
-@pytest.mark.parametrize("run_name", RUNS)
-@pytest.mark.parametrize("side", ["left", "right"])
+@per_run_and_side
 def test_extracted_cst_overlaps_the_true_cst_of_its_side(run_name, side, request):
     run = request.getfixturevalue(run_name)
     truth = run.phantom.truth
@@ -138,9 +143,7 @@ def test_extracted_cst_overlaps_the_true_cst_of_its_side(run_name, side, request
     assert wrong == 0, f"{run_name} {side}: {wrong} voxels on the true {other} CST"
 
 
-@slow
-@pytest.mark.parametrize("run_name", RUNS)
-@pytest.mark.parametrize("side", ["left", "right"])
+@per_run_and_side
 def test_streamlines_stay_on_their_side_of_the_true_midline(run_name, side, request):
     """Every point of a side's CST lies on that side of the true mid-sagittal plane (MNI x = 0)."""
     run = request.getfixturevalue(run_name)
@@ -154,15 +157,15 @@ def test_streamlines_stay_on_their_side_of_the_true_midline(run_name, side, requ
     assert (sign * signed > -1.0).all(), f"{run_name} {side}: {int((sign * signed <= -1.0).sum())} points across"
 
 
-@slow
-@pytest.mark.parametrize("run_name", RUNS)
-@pytest.mark.parametrize("side", ["left", "right"])
+@per_run_and_side
 def test_mean_fa_of_the_extracted_cst_matches_the_truth(run_name, side, request):
     run = request.getfixturevalue(run_name)
     truth = run.phantom.truth
     true_fa = float(truth["fa"][truth[f"cst_{side}"]].mean())
     found = float(run.summary()[f"fa_mean_{side}"])
     assert abs(found - true_fa) <= 0.05, f"{run_name} {side}: FA {found:.3f} vs true {true_fa:.3f}"
+
+
 @slow
 def test_lesion_is_the_minimum_of_its_sides_fa_profile(lps_lesion):
     run = lps_lesion
@@ -181,6 +184,8 @@ def test_lesion_is_the_minimum_of_its_sides_fa_profile(lps_lesion):
     # the dip is a dip: clearly lower than the same stretch of the right tract
     right = run.profile("right")
     assert profile[dip] < right[dip] - 0.05
+
+
 @slow
 def test_lesion_gives_a_negative_fa_laterality_index(lps_lesion):
     row = lps_lesion.summary()
@@ -190,6 +195,8 @@ def test_lesion_gives_a_negative_fa_laterality_index(lps_lesion):
     assert true_li < 0
     assert row["fa_mean_li"] < 0, f"FA laterality index {row['fa_mean_li']:+.3f} (truth {true_li:+.3f})"
     assert row["fa_mean_left"] < row["fa_mean_right"]
+
+
 @slow
 def test_summary_counts_and_no_flags(psr):
     row = psr.summary()
@@ -197,6 +204,8 @@ def test_summary_counts_and_no_flags(psr):
         assert row[f"streamline_count_{side}"] >= 50
         assert row[f"volume_mm3_{side}"] > 0
     assert row["n_flags"] == 0, row["flag_reasons"]
+
+
 @slow
 def test_same_seed_gives_identical_outputs(psr, tmp_path):
     """A second run of the same input, in a fresh folder, writes the same bytes."""
@@ -261,6 +270,8 @@ def slab(tmp_path_factory):
     run = Run(ph, paths, tmp / "out")
     run.messages = messages
     return run
+
+
 @slow
 def test_slab_without_brainstem_is_flagged_not_covered(slab):
     """The run finishes; the summary row is there with the coverage flag, zero counts and NaN metrics."""

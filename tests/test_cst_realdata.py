@@ -171,18 +171,12 @@ def test_canon_scans_of_one_head_agree_on_mean_fa(side, run_scan):
 
 @CANON_AGREEMENT_PENDING
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_canon_scans_of_one_head_agree_on_volume(side, run_scan):
+@pytest.mark.parametrize("key, tolerance", [("volume_mm3", 0.10), ("streamline_count", 0.15)])
+def test_canon_scans_of_one_head_agree_on_volume_and_count(key, tolerance, side, run_scan):
+    """Each scan's value within ``tolerance`` (fraction) of the three scans' mean."""
     values, table = _canon(side, run_scan)
-    volume = values["volume_mm3"]
-    assert np.abs(volume / volume.mean() - 1).max() <= 0.10, f"volumes ({table})"
-
-
-@CANON_AGREEMENT_PENDING
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_canon_scans_of_one_head_agree_on_streamline_count(side, run_scan):
-    values, table = _canon(side, run_scan)
-    count = values["streamline_count"]
-    assert np.abs(count / count.mean() - 1).max() <= 0.15, f"counts ({table})"
+    value = values[key]
+    assert np.abs(value / value.mean() - 1).max() <= tolerance, f"{key} ({table})"
 
 
 # --------------------------------------------------------------------------- QC picture
