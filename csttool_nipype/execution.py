@@ -1,21 +1,40 @@
 """Run a Nipype workflow with safe settings and turn node crashes into one-line reasons.
 
 Knows nothing about diffusion: it sets where Nipype may write (work and crash
-folders, never the current directory), picks the plugin, and, when a node fails,
-reads the crash files to report the root cause in one line.
+folders, never the current directory), picks the plugin (Linear, MultiProc, or
+SLURM/SLURMGraph on a cluster), and, when a node fails, reads the crash files to
+report the root cause in one line.
+
+On SLURM the status of a node always comes from the pipeline's own files (Nipype's
+result and crash files), never from the scheduler's accounting: a node whose Python
+code raised still ends as a COMPLETED job in ``sacct``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
 from pathlib import Path
 
 from .config import ExecutionConfig
 from .errors import CsttoolError
 
 LOGGER = logging.getLogger(__name__)
+
+SLURM_PLUGINS = ("SLURM", "SLURMGraph")
+PLUGINS = ("Linear", "MultiProc", *SLURM_PLUGINS)
+#: Smallest memory request of a SLURM job: a Python process with Nipype and NumPy loaded,
+#: before the node's own data (the per-node estimates count the data only).
+MIN_JOB_MEM_GB = 1.0
 
 
 class WorkflowFailed(CsttoolError):
@@ -44,8 +63,20 @@ def configure_workflow(workflow, work_dir: Path, crash_dir: Path, stop_on_first_
         "check_version": False,
     })
     workflow.config["monitoring"] = {"enabled": False}
-    # Nipype's SLURM plugin (and getpass) need LOGNAME; containers often lack it.
-    os.environ.setdefault("LOGNAME", os.environ.get("USER", "csttool"))
+    ensure_logname()
+
+
+def ensure_logname() -> str:
+    """Set ``LOGNAME`` when it is missing (Nipype's SLURM plugin names jobs with it)."""
+    if not os.environ.get("LOGNAME"):
+        try:
+            import pwd
+
+            name = pwd.getpwuid(os.getuid()).pw_name
+        except (ImportError, KeyError):
+            name = ""
+        os.environ["LOGNAME"] = os.environ.get("USER") or name or "csttool"
+    return os.environ["LOGNAME"]
 
 
 def set_nipype_log_level(level: str) -> None:
@@ -58,13 +89,20 @@ def set_nipype_log_level(level: str) -> None:
     nipype_logging.update_logging(nipype_config)
 
 
-def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: ExecutionConfig | None = None):
+def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: ExecutionConfig | None = None,
+                 stop_on_first_crash: bool = True):
     """Run ``workflow``; raise :class:`WorkflowFailed` with a one-line reason on failure.
 
-    Returns the executed graph Nipype gives back.
+    ``execution.plugin`` is ``Linear``, ``MultiProc``, ``SLURM`` or ``SLURMGraph``. On
+    SLURM every node becomes a job with ``--cpus-per-task``/``--mem`` from the node's
+    own estimates (the ones MultiProc schedules with) unless the user's ``sbatch_args``
+    set them; with SLURMGraph the whole graph is submitted at once and this call waits
+    for its jobs. Returns the executed graph Nipype gives back.
     """
     execution = execution or ExecutionConfig()
-    configure_workflow(workflow, work_dir, crash_dir)
+    if execution.plugin not in PLUGINS:
+        raise CsttoolError(f"unknown Nipype plugin {execution.plugin!r}; use one of {', '.join(PLUGINS)}")
+    configure_workflow(workflow, work_dir, crash_dir, stop_on_first_crash)
     set_nipype_log_level(execution.nipype_log_level)
     plugin_args = dict(execution.plugin_args)
     if execution.plugin == "MultiProc":
@@ -72,24 +110,209 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: Execution
         if execution.mem_gb:
             plugin_args.setdefault("memory_gb", execution.mem_gb)
         plugin_args.setdefault("raise_insufficient", False)
+    if execution.plugin in SLURM_PLUGINS:
+        request_slurm_resources(workflow, plugin_args.get("sbatch_args", ""), execution.mem_gb)
     before = set(Path(crash_dir).glob("crash-*"))
     try:
+        if execution.plugin == "SLURM":
+            runner = _slurm_plugin(plugin_args)
+            with _cancel_jobs_on_sigterm(lambda: runner.job_ids):
+                try:
+                    return workflow.run(plugin=runner)
+                except Exception:
+                    # Nipype gives up at the first crash (stop_on_first_crash) or after the
+                    # rest; either way, jobs still queued or running would be orphans
+                    cancel_slurm_jobs(list(runner._pending))
+                    raise
+        if execution.plugin == "SLURMGraph":
+            return _run_slurm_graph(workflow, plugin_args, Path(crash_dir), before)
         return workflow.run(plugin=execution.plugin, plugin_args=plugin_args)
+    except WorkflowFailed:
+        raise
     except Exception as exc:  # Nipype raises RuntimeError("Workflow did not execute cleanly...")
         crash_files = sorted(set(Path(crash_dir).glob("crash-*")) - before)
-        reason, category = crash_reason(crash_files) or (f"{type(exc).__name__}: {exc}", "pipeline error")
+        reason, category = (crash_reason(crash_files, work_dir)
+                            or (f"{type(exc).__name__}: {' '.join(str(exc).split())}", "pipeline error"))
         raise WorkflowFailed(reason, crash_files, category) from exc
 
 
+# ---------------------------------------------------------------------------------- SLURM
+def request_slurm_resources(workflow, sbatch_args: str = "", mem_cap_gb: float | None = None) -> None:
+    """Give every node a ``--cpus-per-task``/``--mem`` request from its own estimates.
+
+    The estimates are the node's ``n_procs`` and ``mem_gb`` (what MultiProc schedules
+    with), the memory at least :data:`MIN_JOB_MEM_GB` and at most ``mem_cap_gb``. A
+    request the user already makes in ``sbatch_args`` is left to the user, and so is a
+    node that has its own ``sbatch_args``.
+    """
+    user = f" {sbatch_args} "
+    set_mem = not re.search(r"\s--mem(-per-cpu|-per-gpu)?[=\s]", user)
+    set_cpus = not re.search(r"\s(-c\s*\d|--cpus-per-task[=\s])", user)
+    for node in workflow._get_all_nodes():
+        if "sbatch_args" in (node.plugin_args or {}):
+            continue
+        extra = []
+        if set_cpus:
+            extra.append(f"--cpus-per-task={max(1, int(node.n_procs or 1))}")
+        if set_mem:
+            gb = max(MIN_JOB_MEM_GB, float(node.mem_gb or 0.0))
+            if mem_cap_gb:
+                gb = min(gb, float(mem_cap_gb))
+            extra.append(f"--mem={math.ceil(gb * 1024)}M")
+        if extra:
+            # Nipype appends a node's sbatch_args to the global ones without a space
+            node.plugin_args = {**(node.plugin_args or {}), "sbatch_args": " " + " ".join(extra)}
+
+
+def _slurm_plugin(plugin_args: dict):
+    """Nipype's SLURM plugin, logging every job id it submits (for the subject's log)."""
+    from nipype.pipeline.plugins.slurm import SLURMPlugin as NipypeSLURMPlugin
+
+    class SLURMPlugin(NipypeSLURMPlugin):  # the class name must end in "Plugin" for Nipype
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.job_ids: list[int] = []
+
+        def _submit_batchtask(self, scriptfile, node):
+            taskid = super()._submit_batchtask(scriptfile, node)
+            self.job_ids.append(taskid)
+            LOGGER.info("SLURM job %d submitted for node %s", taskid, node.fullname)
+            return taskid
+
+        def _get_result(self, taskid):
+            # Nipype 1.11 gives a job that ended without a result file (killed by the
+            # scheduler or the kernel) a str traceback, on which its crash report fails
+            # with a TypeError; a list of lines is what it expects.
+            out = super()._get_result(taskid)
+            if out and isinstance(out.get("traceback"), str):
+                out["traceback"] = out["traceback"].splitlines(keepends=True)
+            return out
+
+    return SLURMPlugin(plugin_args=plugin_args)
+
+
+def cancel_slurm_jobs(job_ids) -> None:
+    """``scancel`` the given jobs (finished ones are ignored by SLURM)."""
+    ids = [str(j) for j in job_ids]
+    if ids:
+        LOGGER.warning("cancelling SLURM job(s) %s", ", ".join(ids))
+        subprocess.run(["scancel", *ids], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def _cancel_jobs_on_sigterm(job_ids):
+    """While running, turn SIGTERM (a batch timeout) into ``scancel`` of our jobs and an exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        cancel_slurm_jobs(job_ids())
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _queued_jobs(token: str) -> dict[str, tuple[str, str]]:
+    """Jobs of ours still known to ``squeue``: id -> (state, reason), ours = comment ``token``."""
+    for attempt in range(5):
+        proc = subprocess.run(["squeue", "-h", "--me", "-o", "%i|%k|%T|%r"],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            jobs = {}
+            for line in proc.stdout.splitlines():
+                parts = line.split("|", 3)
+                if len(parts) == 4 and parts[1] == token:
+                    jobs[parts[0]] = (parts[2], parts[3])
+            return jobs
+        LOGGER.warning("squeue failed (%s); retrying", proc.stderr.strip())
+        time.sleep(2.0 * (attempt + 1))
+    raise CsttoolError(f"squeue keeps failing: {proc.stderr.strip()}")
+
+
+def _run_slurm_graph(workflow, plugin_args: dict, crash_dir: Path, before: set):
+    """Submit the whole graph with SLURMGraph, wait for its jobs, check every node's result."""
+    token = f"csttool-{uuid.uuid4().hex[:12]}"
+    args = dict(plugin_args)
+    args["sbatch_args"] = f"{args.get('sbatch_args', '')} --comment={token}".strip()
+    seen: set[str] = set()
+    with _cancel_jobs_on_sigterm(lambda: seen):
+        graph = workflow.run(plugin="SLURMGraph", plugin_args=args)
+        poll_s = float(plugin_args.get("poll_sleep_duration", 2.0))
+        while True:
+            queued = _queued_jobs(token)
+            new = sorted(set(queued) - seen, key=int)
+            if new:
+                LOGGER.info("SLURM job(s) %s in the queue for workflow %s", ", ".join(new), workflow.name)
+                seen.update(new)
+            stuck = [j for j, (state, reason) in queued.items()
+                     if state == "PENDING" and "DependencyNeverSatisfied" in reason]
+            if stuck:  # a job they depend on failed: they can never start
+                cancel_slurm_jobs(stuck)
+            if not queued:
+                break
+            time.sleep(poll_s)
+    crash_files = sorted(set(crash_dir.glob("crash-*")) - before)
+    if crash_files:
+        raise RuntimeError(f"{len(crash_files)} node(s) of {workflow.name} crashed")
+    for node in graph.nodes():
+        if not list(Path(node.output_dir()).glob("result_*.pklz")):
+            detail = _graph_job_message(node)
+            raise WorkflowFailed(f"{node.name}: its SLURM job ended without a result"
+                                 + (f" ({detail})" if detail else ""), [], _category(detail))
+    return graph
+
+
+def _graph_job_message(node) -> str:
+    """Last error line a SLURMGraph job of ``node`` left in its ``.e``/``.o`` files."""
+    base = Path(node.base_dir or ".")
+    pattern = f"batchscript_*{node._id}.sh.[eo]"
+    for path in sorted(base.rglob(pattern), key=lambda p: p.stat().st_mtime, reverse=True):
+        message = _last_error_line(path)
+        if message:
+            return message
+    return ""
+
+
+def _last_error_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if re.search(r"error|cancelled|killed|oom|memory|time limit", line, re.I):
+            return line
+    return ""
+
+
+def _category(message: str) -> str:
+    if re.search(r"out.of.memory|oom", message, re.I):
+        return "out of memory"
+    if re.search(r"time limit", message, re.I):
+        return "timeout"
+    return "pipeline error"
+
+
+# ---------------------------------------------------------------------------------- crashes
 _EXC_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Failed|Exit))\s*:\s*(.+)$")
+_NO_RESULT = re.compile(r"Job id \((\d+)\) finished or terminated, but results file does not exist")
 
 
-def crash_reason(crash_files: list[Path]) -> tuple[str, str] | None:
+def crash_reason(crash_files: list[Path], work_dir: Path | None = None) -> tuple[str, str] | None:
     """(reason, category) from the last exception line of the first readable crash file.
 
     The reason reads ``node: ExceptionType: message``; for this package's own
     ``InputError`` the message is already ``path: problem`` and is returned as it is,
     with the category ``invalid input``. ``MemoryError`` is categorised ``out of memory``.
+    A SLURM job that ended without a result (killed by the scheduler or the system) is
+    reported with its job id and the scheduler's last error line from ``slurm-<id>.out``
+    under ``work_dir``.
     """
     for crash in crash_files:
         try:
@@ -97,6 +320,17 @@ def crash_reason(crash_files: list[Path]) -> tuple[str, str] | None:
         except OSError:
             continue
         node = re.search(r"^Node:\s*(\S+)", text, re.M)
+        where = node.group(1).split(".")[-1] if node else "workflow"
+        lost = _NO_RESULT.search(text)
+        if lost:
+            job = lost.group(1)
+            detail = ""
+            if work_dir is not None:
+                for out in Path(work_dir).rglob(f"slurm-{job}.out"):
+                    detail = _last_error_line(out)
+                    break
+            return (f"{where}: SLURM job {job} ended without a result" + (f" ({detail})" if detail else ""),
+                    _category(detail))
         last = None
         for line in text.splitlines():
             match = _EXC_LINE.match(line.strip())
@@ -107,7 +341,28 @@ def crash_reason(crash_files: list[Path]) -> tuple[str, str] | None:
         kind, message = last.group(1), last.group(2).strip()
         if kind == "InputError":
             return message, "invalid input"
-        where = node.group(1).split(".")[-1] if node else "workflow"
         category = "out of memory" if kind == "MemoryError" else "pipeline error"
         return f"{where}: {kind}: {message}", category
     return None
+
+
+# ---------------------------------------------------------------------------------- graphs
+def write_graphs(workflow, folder: Path, styles=("colored", "flat")) -> list[Path]:
+    """Draw ``workflow`` into ``folder`` as ``workflow_<style>.{dot,png,svg}``.
+
+    Without Graphviz's ``dot`` only the ``.dot`` files are written, and a warning says
+    how to install Graphviz. Returns the files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    formats = ("png", "svg") if shutil.which("dot") else ("dot",)
+    for style in styles:
+        for fmt in formats:
+            workflow.write_graph(dotfilename=str(folder / f"workflow_{style}.dot"), graph2use=style,
+                                 format=fmt, simple_form=True)
+    if formats == ("dot",):
+        LOGGER.warning("Graphviz 'dot' not found: wrote the workflow graph as .dot files in %s only; for PNG/SVG "
+                       "install Graphviz ('apt-get install graphviz', 'conda install graphviz' or "
+                       "'brew install graphviz') and rerun with --write-graph, or run "
+                       "'dot -Tsvg -O %s/workflow_colored.dot'", folder, folder)
+    return sorted(p for p in folder.iterdir() if p.name.startswith("workflow_"))

@@ -58,8 +58,14 @@ def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineCon
     if execution.write_graph:
         write_graphs(wf, output_dir / sub / "figures")
     LOGGER.info("running %s (config %s) from %s", sub, config.config_hash(), inputs.source)
-    run_workflow(wf, work_dir, work_dir / "crash", execution)
+    graph = run_workflow(wf, work_dir, work_dir / "crash", execution)
     write_dataset_description(output_dir)
+    from .reports import try_write_subject_report
+    from .subject_job import node_durations
+
+    ses = session if not session or session.startswith("ses-") else f"ses-{session}"
+    try_write_subject_report(output_dir / sub / ses if ses else output_dir / sub, config=config.to_dict(),
+                             node_durations=node_durations(graph) if hasattr(graph, "nodes") else None)
     return output_dir / sub
 
 

@@ -41,12 +41,19 @@ def make_jobs(specs: list[SubjectSpec], global_options: dict) -> list[Job]:
     return jobs
 
 
-def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str, n_procs: int = 1, **_) -> dict:
+def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str, n_procs: int = 1,
+                    plugin: str | None = None, plugin_args: dict | None = None, mem_gb: float | None = None,
+                    stop_on_first_crash: bool = True, write_graph: bool = False, **_) -> dict:
     """Run one subject's workflow, writing its derivatives into ``stage_dir``.
 
-    Returns per-node durations (seconds) for the reports.
+    ``plugin`` (default: Linear, or MultiProc when the job has several cores),
+    ``plugin_args``, ``mem_gb`` and ``stop_on_first_crash`` go to
+    :func:`~csttool_nipype.execution.run_workflow`; ``write_graph`` also draws the
+    workflow into ``stage_dir/figures``. Returns per-node durations (seconds) for the reports.
     """
-    from .execution import run_workflow
+    from pathlib import Path
+
+    from .execution import run_workflow, write_graphs
     from .run import check_inputs
     from .workflows.base import DWIInputs, init_subject_wf
 
@@ -55,11 +62,19 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     check_inputs(inputs)
     wf = init_subject_wf(payload["subject"], inputs, stage_dir, config, session=payload.get("session"),
                          container="")
-    execution = ExecutionConfig(plugin="MultiProc" if n_procs > 1 else "Linear", nprocs=n_procs,
-                                nipype_log_level="INFO")
+    if write_graph:
+        write_graphs(wf, Path(stage_dir) / "figures")
+    execution = ExecutionConfig(plugin=plugin or ("MultiProc" if n_procs > 1 else "Linear"), nprocs=n_procs,
+                                mem_gb=mem_gb, plugin_args=dict(plugin_args or {}), nipype_log_level="INFO")
     started = time.time()
-    graph = run_workflow(wf, work_dir, crash_dir, execution)
-    return {"duration_s": time.time() - started, "node_durations_s": node_durations(graph)}
+    graph = run_workflow(wf, work_dir, crash_dir, execution, stop_on_first_crash=stop_on_first_crash)
+    result = {"duration_s": time.time() - started, "node_durations_s": node_durations(graph)}
+    from .reports import try_write_subject_report   # into stage_dir: promoted and checksummed with the rest
+
+    key = payload["subject"] + (f"/{payload['session']}" if payload.get("session") else "")
+    try_write_subject_report(stage_dir, key=key, config=config.to_dict(), node_durations=result["node_durations_s"],
+                             log_file=next(Path(crash_dir).parent.glob("*.log"), None))
+    return result
 
 
 def node_durations(graph) -> dict[str, float]:

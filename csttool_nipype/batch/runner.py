@@ -68,6 +68,8 @@ class BatchOptions:
     keep_work: bool = False
     poll_s: float = 0.2
     context: dict = field(default_factory=dict)   # extra keyword arguments for the job function
+    work_root: str | None = None        # the jobs' caches go to work_root/<key> (kept) instead of OUT/<key>/_work
+    threads_per_job: int | None = None  # OMP/BLAS threads of a job (default: its share of nprocs)
 
 
 def _signal_name(code: int) -> str:
@@ -105,6 +107,18 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the lock still prevents double work by live batches
         pass
+
+
+def _login_name() -> str:
+    """``LOGNAME`` for the job (cluster plugins need it; containers often lack it)."""
+    if os.environ.get("LOGNAME"):
+        return os.environ["LOGNAME"]
+    try:
+        import pwd
+
+        return os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return "csttool"
 
 
 def _format_minutes(seconds: float) -> str:
@@ -190,18 +204,20 @@ class BatchRunner:
         paths.result.unlink(missing_ok=True)
         for folder in (paths.stage, paths.nipype, paths.logs, paths.crash):
             folder.mkdir(parents=True, exist_ok=True)
-        context = {"work_dir": str(paths.nipype), "stage_dir": str(paths.stage), "crash_dir": str(paths.crash),
+        cache = Path(self.options.work_root) / job.key if self.options.work_root else paths.nipype
+        cache.mkdir(parents=True, exist_ok=True)
+        context = {"work_dir": str(cache), "stage_dir": str(paths.stage), "crash_dir": str(paths.crash),
                    "n_procs": max(1, self.options.nprocs // max(1, min(self.options.nprocs, len(self.jobs)))),
                    **self.options.context}
+        threads = str(self.options.threads_per_job or context["n_procs"])
         write_json_atomic(paths.jobfile, {
             "key": job.key, "function": self.options.function, "payload": job.payload,
             "config_hash": job.config_hash, "context": context,
             "log_file": str(paths.log), "result_file": str(paths.result),
         })
         log_fh = open(paths.log, "a")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOGNAME": os.environ.get("LOGNAME", "csttool"),
-               "OMP_NUM_THREADS": str(context["n_procs"]), "OPENBLAS_NUM_THREADS": str(context["n_procs"]),
-               "MKL_NUM_THREADS": str(context["n_procs"])}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOGNAME": _login_name(),
+               "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         proc = subprocess.Popen(
             [sys.executable, "-m", "csttool_nipype.batch.worker", str(paths.jobfile)],
             stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

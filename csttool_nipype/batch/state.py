@@ -93,6 +93,17 @@ def try_lock(paths: JobPaths) -> FileLock | None:
     return lock
 
 
+def dataset_lock(out_dir: Path, timeout_s: float = -1) -> FileLock:
+    """Lock on the whole output folder, for files every batch writing into it shares.
+
+    Hold it (``with dataset_lock(out):``) only briefly: batches writing into one folder
+    at once (SLURM array jobs) wait for each other here (by default for as long as it
+    takes; the lock dies with its holder).
+    """
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return FileLock(str(Path(out_dir) / ".csttool.lock"), timeout=timeout_s)
+
+
 def read_done(paths: JobPaths) -> dict | None:
     try:
         return json.loads(paths.done.read_text())

@@ -1,8 +1,10 @@
 """``csttool-nipype BIDS_DIR OUTPUT_DIR participant|group``: the BIDS-App entry point.
 
 ``participant`` runs the same batch engine as ``csttool batch --bids-dir`` (done
-markers, locks, promotion, config hash, logs); ``group`` rebuilds the cohort table
-from what is on disk.
+markers, locks, promotion, config hash, logs), locally or through SLURM; several
+participant-level runs may write into one OUTPUT_DIR at once (SLURM array jobs do).
+``group`` rebuilds the cohort outputs from what is on disk. Argument parsing and
+checks only: the work happens in :mod:`csttool_nipype.cohort` and the engine.
 """
 
 from __future__ import annotations
@@ -10,77 +12,217 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 from .. import __version__
 from ..errors import CsttoolError, InputError
+from ..execution import PLUGINS, SLURM_PLUGINS
 from .logging_setup import setup_logging
 from .main import add_pipeline_options, explicit_options
 
 LOGGER = logging.getLogger("csttool-nipype")
 
+EXIT_USAGE = 2
+#: Subjects driven at once with a SLURM plugin when --nprocs is not given (each is a
+#: light local process that submits its nodes as jobs and polls the queue).
+SLURM_SUBJECTS_AT_ONCE = 8
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="csttool-nipype", description="CST assessment from diffusion MRI, as a BIDS App.")
+    parser = argparse.ArgumentParser(
+        prog="csttool-nipype", description="Corticospinal tract assessment from diffusion MRI, as a BIDS App.",
+        epilog="Exit status: 0 all selected subjects succeeded (or were already done), 1 some failed, "
+               "2 bad arguments.")
     parser.add_argument("bids_dir", type=Path, help="the raw BIDS dataset")
-    parser.add_argument("output_dir", type=Path, help="where the derivatives go (not inside bids_dir)")
-    parser.add_argument("analysis_level", choices=("participant", "group"))
-    parser.add_argument("--participant-label", "--participant_label", dest="participant_label", nargs="+",
-                        help="subjects to process (with or without 'sub-')")
-    parser.add_argument("--session-label", "--session_label", dest="session_label", nargs="+")
-    parser.add_argument("--bids-filter-file", dest="bids_filter_file", type=Path)
-    parser.add_argument("--nprocs", "--n-procs", "--nthreads", dest="nprocs", type=int, default=1,
-                        help="subjects at once")
-    parser.add_argument("--timeout-minutes", dest="timeout_minutes", type=float, default=120.0)
-    parser.add_argument("--skip-bids-validation", action="store_true",
-                        help="accepted for compatibility: the dataset is indexed without validation anyway")
+    parser.add_argument("output_dir", type=Path,
+                        help="the derivatives dataset (outside bids_dir, or under its derivatives/ folder)")
+    parser.add_argument("analysis_level", choices=("participant", "group"),
+                        help="participant: process subjects; group: cohort table and report from OUTPUT_DIR")
     parser.add_argument("--version", action="version", version=f"csttool-nipype {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+
+    sel = parser.add_argument_group("selecting data")
+    sel.add_argument("--participant-label", "--participant_label", dest="participant_label", nargs="+",
+                     metavar="LABEL", help="subjects to process (with or without 'sub-'; default: all)")
+    sel.add_argument("--session-label", "--session_label", dest="session_label", nargs="+", metavar="LABEL",
+                     help="sessions to process (with or without 'ses-'; default: all)")
+    sel.add_argument("--bids-filter-file", "--bids_filter_file", dest="bids_filter_file", type=Path, metavar="FILE",
+                     help='JSON of pybids entity filters for the DWI query, e.g. {"dwi": {"acquisition": "hardi"}}')
+    sel.add_argument("--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
+                     action="store_true",
+                     help="index a BIDS-like tree without checking its dataset_description.json")
+
+    ex = parser.add_argument_group("execution (not part of the config hash)")
+    ex.add_argument("-w", "--work-dir", "--work_dir", dest="work_dir", type=Path, metavar="WORK_DIR",
+                    help="Nipype caches in WORK_DIR/sub-XX (kept, so a rerun resumes; must not be inside "
+                         "bids_dir). Default: OUTPUT_DIR/sub-XX/_work, removed after success")
+    ex.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", dest="nprocs", type=int, default=None,
+                    help="CPUs to use here: subjects run side by side, and a single subject gets them all for "
+                         "Nipype MultiProc (default 1). With SLURM: subjects driven at once (default: all "
+                         f"selected, at most {SLURM_SUBJECTS_AT_ONCE})")
+    ex.add_argument("--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=int, default=None,
+                    help="threads per process for NumPy/BLAS (default: a subject's share of --nprocs; 1 on SLURM)")
+    ex.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=float, default=None, metavar="G",
+                    help="memory limit per subject for MultiProc, or largest request per SLURM job (GB)")
+    ex.add_argument("--plugin", choices=PLUGINS, default=None,
+                    help="Nipype plugin for each subject's workflow (default: Linear, or MultiProc when a "
+                         "subject has several CPUs). SLURM/SLURMGraph submit every node as a job")
+    ex.add_argument("--plugin-args", "--plugin_args", dest="plugin_args", metavar="JSON|FILE",
+                    help='plugin arguments as JSON or a JSON file, e.g. \'{"sbatch_args": "-p short --time=2:00:00"}\''
+                         ' (a file may also hold {"plugin": ..., "plugin_args": {...}})')
+    ex.add_argument("--timeout-minutes", "--timeout_minutes", dest="timeout_minutes", type=float, default=None,
+                    help="per-subject limit, 0 = none (default: 120; none with SLURM, where the "
+                         "scheduler's --time applies per job)")
+    ex.add_argument("--stop-on-first-crash", "--stop_on_first_crash", dest="stop_on_first_crash",
+                    action="store_true",
+                    help="stop a subject's workflow at its first failing node (default: let its independent "
+                         "branches finish, so that a rerun resumes from them)")
+    ex.add_argument("--write-graph", "--write_graph", dest="write_graph", action="store_true",
+                    help="draw each subject's workflow (colored and flat; dot, png, svg) into "
+                         "OUTPUT_DIR/sub-XX/figures")
     add_pipeline_options(parser, explicit_only=True)
     return parser
 
 
-def check_locations(bids_dir: Path, output_dir: Path) -> None:
-    """Refuse an output folder equal to or inside the raw dataset (derivatives/ excepted)."""
+def check_locations(bids_dir: Path, output_dir: Path, work_dir: Path | None = None) -> None:
+    """Refuse an output folder equal to or inside the raw dataset (a ``derivatives/<name>``
+    subfolder excepted), and a work folder anywhere inside it."""
     bids, out = bids_dir.resolve(), output_dir.resolve()
+    derivatives = bids / "derivatives"
     if out == bids:
         raise InputError(output_dir, "output folder must not be the BIDS folder itself")
-    if bids in out.parents and (bids / "derivatives") not in [out, *out.parents]:
+    if out == derivatives:
+        raise InputError(output_dir, "use a folder of its own under derivatives/, e.g. derivatives/csttool")
+    if bids in out.parents and derivatives not in out.parents:
         raise InputError(output_dir, f"output folder is inside the raw BIDS tree {bids_dir}; "
                                      "use a folder outside it or under its derivatives/")
+    if work_dir is not None:
+        work = work_dir.resolve()
+        if work == bids or bids in work.parents:
+            raise InputError(work_dir, f"work folder must not be inside the BIDS folder {bids_dir}")
+
+
+def check_bids_dir(bids_dir: Path, skip_validation: bool) -> None:
+    """The raw dataset exists and, unless skipped, has a readable ``dataset_description.json``."""
+    if not bids_dir.is_dir():
+        raise InputError(bids_dir, "BIDS folder not found")
+    if skip_validation:
+        return
+    description = bids_dir / "dataset_description.json"
+    try:
+        content = json.loads(description.read_text())
+    except FileNotFoundError:
+        raise InputError(bids_dir, "not a BIDS dataset: no dataset_description.json "
+                                   "(--skip-bids-validation indexes a BIDS-like tree anyway)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(description, f"not readable JSON ({exc})") from None
+    if not isinstance(content, dict) or "BIDSVersion" not in content:
+        raise InputError(description, "has no BIDSVersion (--skip-bids-validation to go on anyway)")
+
+
+def read_plugin_args(value: str | None) -> tuple[str | None, dict]:
+    """(plugin or None, plugin_args) from a JSON text or a JSON file."""
+    if not value:
+        return None, {}
+    path = Path(value)
+    text = value
+    if path.is_file():
+        text = path.read_text()
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise InputError(value if path.is_file() else "--plugin-args",
+                         f"not a JSON object or a JSON file ({exc})") from None
+    if not isinstance(obj, dict):
+        raise InputError("--plugin-args", "must be a JSON object")
+    if "plugin_args" in obj or "plugin" in obj:
+        plugin = obj.get("plugin")
+        if plugin is not None and plugin not in PLUGINS:
+            raise InputError(value, f"plugin {plugin!r} is not one of {', '.join(PLUGINS)}")
+        return plugin, dict(obj.get("plugin_args") or {})
+    return None, obj
+
+
+def read_filters(path: Path | None) -> dict | None:
+    """The ``dwi`` query of a NiPreps-style BIDS filter file."""
+    if path is None:
+        return None
+    try:
+        filters = json.loads(path.read_text())
+        return dict(filters.get("dwi", {}))
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise InputError(path, f"not a readable BIDS filter file ({exc})") from None
+
+
+def _positive(parser, args, name: str) -> None:
+    value = getattr(args, name)
+    if value is not None and value <= 0:
+        parser.error(f"--{name.replace('_', '-')} must be positive")
+
+
+def participant(args) -> int:
+    """Select subjects, make OUTPUT_DIR a derivatives dataset, run the cohort."""
+    from ..batch.subjects import discover_bids
+    from ..cohort import CohortOptions, run_cohort
+    from ..execution import ensure_logname
+    from ..workflows.outputs import write_dataset_description
+
+    file_plugin, plugin_args = read_plugin_args(args.plugin_args)
+    plugin = args.plugin or file_plugin
+    slurm = plugin in SLURM_PLUGINS
+    if slurm:
+        if not shutil.which("sbatch"):
+            raise InputError(None, f"--plugin {plugin} needs SLURM's sbatch on PATH")
+        ensure_logname()
+    specs = discover_bids(args.bids_dir, args.participant_label, args.session_label,
+                          bids_filters=read_filters(args.bids_filter_file))
+    if not specs:
+        raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
+    write_dataset_description(args.output_dir, source_dir=args.bids_dir)
+    nprocs = args.nprocs or (min(len(specs), SLURM_SUBJECTS_AT_ONCE) if slurm else 1)
+    timeout = args.timeout_minutes if args.timeout_minutes is not None else (0 if slurm else 120.0)
+    execution = {"plugin": plugin, "plugin_args": plugin_args, "mem_gb": args.mem_gb,
+                 "stop_on_first_crash": args.stop_on_first_crash, "write_graph": args.write_graph}
+    return run_cohort(specs, explicit_options(args), args.output_dir, CohortOptions(
+        nprocs=nprocs, timeout_minutes=timeout or float("inf"), execution=execution,
+        work_root=str(args.work_dir.absolute()) if args.work_dir else None,
+        threads_per_job=args.omp_nthreads or (1 if slurm else None)))
+
+
+def group(args) -> int:
+    """Rebuild the cohort outputs of OUTPUT_DIR from disk."""
+    from ..reports import build_cohort_reports
+
+    if not args.output_dir.is_dir():
+        raise InputError(args.output_dir, "output folder not found: run the participant level first")
+    paths = build_cohort_reports(args.output_dir)
+    LOGGER.info("cohort table: %s; report: %s", paths["metrics"], paths.get("report"))
+    return 0 if "report" in paths else 1
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("nprocs", "omp_nthreads", "mem_gb"):
+        _positive(parser, args, name)
+    if args.timeout_minutes is not None and args.timeout_minutes < 0:
+        parser.error("--timeout-minutes must be 0 (no limit) or positive")
     setup_logging(args.verbose)
-    from ..reports.aggregate import write_batch_metrics
-
     try:
-        check_locations(args.bids_dir, args.output_dir)
-        if args.analysis_level == "group":
-            path = write_batch_metrics(args.output_dir)
-            LOGGER.info("cohort table: %s", path)
-            return 0
-        from ..batch.subjects import discover_bids
-        from ..cohort import CohortOptions, run_cohort
-        from ..workflows.outputs import write_dataset_description
-
-        filters = None
-        if args.bids_filter_file:
-            try:
-                filters = json.loads(args.bids_filter_file.read_text()).get("dwi", {})
-            except (OSError, ValueError, AttributeError) as exc:
-                raise InputError(args.bids_filter_file, f"not a readable BIDS filter file ({exc})") from None
-        specs = discover_bids(args.bids_dir, args.participant_label, args.session_label, bids_filters=filters)
-        if not specs:
-            raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
-        write_dataset_description(args.output_dir)
-        return run_cohort(specs, explicit_options(args), args.output_dir,
-                          CohortOptions(nprocs=args.nprocs, timeout_minutes=args.timeout_minutes))
+        check_bids_dir(args.bids_dir, args.skip_bids_validation)
+        check_locations(args.bids_dir, args.output_dir, args.work_dir)
+        return group(args) if args.analysis_level == "group" else participant(args)
+    except InputError as exc:
+        LOGGER.error("%s", exc)
+        return EXIT_USAGE
     except CsttoolError as exc:
         LOGGER.error("%s", exc)
-        return 2 if isinstance(exc, InputError) else 1
+        return 1
+    except KeyboardInterrupt:
+        LOGGER.error("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

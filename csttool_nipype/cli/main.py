@@ -167,8 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_options(batch, explicit_only=True)
     batch.set_defaults(func=_cmd_batch)
 
-    report = sub.add_parser("report", help="rebuild batch_metrics.csv of an existing output folder")
+    report = sub.add_parser("report", help="rebuild the tables and reports of a batch output folder (no reprocessing)",
+                            description="Rebuild OUT/batch_metrics.csv, OUT/batch_profiles.tsv and "
+                                        "OUT/batch_report.html from the files a batch left in OUT, and write the "
+                                        "subject reports (OUT/sub-X/sub-X_report.html) that are missing.")
     report.add_argument("out", type=Path, help="a batch output folder")
+    report.add_argument("--subject-reports", choices=("missing", "all", "none"), default="missing",
+                        help="successful subjects whose report is (re)written (default: missing)")
+    report.add_argument("--pdf", action="store_true",
+                        help="also print batch_report.html and the subject reports to PDF with headless "
+                             "Chromium (needs the 'chromium' package)")
     report.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser("demo", help="make a small phantom cohort and run the batch on it")
@@ -235,12 +243,21 @@ def _cmd_batch(args) -> int:
 
 def _cmd_report(args) -> int:
     from ..errors import InputError
-    from ..reports.aggregate import write_batch_metrics
+    from ..reports import build_cohort_reports
+    from ..reports.pdf import html_to_pdf, pdf_engine
 
     if not args.out.is_dir():
         raise InputError(args.out, "output folder not found")
-    LOGGER.info("cohort table: %s", write_batch_metrics(args.out))
-    return 0
+    if args.pdf and pdf_engine() is None:
+        raise InputError(None, "--pdf needs Chromium (apt-get install chromium); nothing was written")
+    paths = build_cohort_reports(args.out, subject_reports=args.subject_reports)
+    LOGGER.info("cohort table: %s; profiles: %s; report: %s (%d subject reports written)", paths["metrics"],
+                paths["profiles"], paths.get("report", "FAILED, see the messages above"), len(paths["subject_reports"]))
+    if args.pdf:
+        for html in [paths.get("report"), *sorted(args.out.glob("sub-*/**/sub-*_report.html"))]:
+            if html:
+                html_to_pdf(html)
+    return 0 if "report" in paths else 1
 
 
 def _phantom_spec(args):

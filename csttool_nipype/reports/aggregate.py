@@ -80,3 +80,31 @@ def write_batch_metrics(out_dir) -> Path:
         writer.writerows(rows)
     tmp.replace(path)
     return path
+
+
+PROFILE_COLUMNS = ["subject", "session", "side", "node", "metric", "value"]
+
+
+def write_batch_profiles(out_dir) -> Path:
+    """Write ``OUT/batch_profiles.tsv`` (long format: subject, session, side, node, metric, value).
+
+    One block per successful subject, in the order of ``batch_metrics.csv``, copied
+    from its ``*_bundle-CST_tractprofile.tsv`` (values as written there).
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / "batch_profiles.tsv"
+    tmp = path.with_name(".batch_profiles.tsv.tmp")
+    with open(tmp, "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=PROFILE_COLUMNS, delimiter="\t", extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        for key in job_folders(out_dir):
+            if subject_row(out_dir, key)["status"] != "SUCCESS":
+                continue
+            subject, _, session = key.partition("/")
+            for tsv in sorted((out_dir / key).glob("dwi/*_bundle-CST_tractprofile.tsv")):
+                with open(tsv, newline="") as fh:
+                    for record in csv.DictReader(fh, delimiter="\t"):
+                        writer.writerow({**record, "subject": subject, "session": session})
+    tmp.replace(path)
+    return path

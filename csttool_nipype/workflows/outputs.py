@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nipype.interfaces.io import DataSink
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
@@ -44,15 +46,20 @@ DERIVATIVES = {
                                    "4/5 internal capsule L/R, 6/7 cerebral peduncle L/R, 8 midline"}),
     "coverage": ("dwi", [("desc", "roicoverage")], "qc", {}),
     # tractography and CST
-    "tractogram": ("dwi", [("space", "dwi"), ("desc", "wholebrain")], "streamlines", {}),
-    "cst_left": ("dwi", [("space", "dwi"), ("bundle", "CSTleft")], "streamlines", {}),
-    "cst_right": ("dwi", [("space", "dwi"), ("bundle", "CSTright")], "streamlines", {}),
+    "tractogram": ("dwi", [("space", "dwi"), ("desc", "wholebrain")], "streamlines",
+                   {"Description": "Whole-brain tractogram (TrackVis .trk, RAS+ mm)"}),
+    "cst_left": ("dwi", [("space", "dwi"), ("bundle", "CSTleft")], "streamlines",
+                 {"Description": "Left corticospinal tract streamlines (RAS+ mm, oriented inferior to superior)"}),
+    "cst_right": ("dwi", [("space", "dwi"), ("bundle", "CSTright")], "streamlines",
+                  {"Description": "Right corticospinal tract streamlines (RAS+ mm, oriented inferior to superior)"}),
     "cst_left_density": ("dwi", [("space", "dwi"), ("bundle", "CSTleft"), ("param", "density")], "dwimap",
                          {"Description": "Streamlines of the left CST per voxel"}),
     "cst_right_density": ("dwi", [("space", "dwi"), ("bundle", "CSTright"), ("param", "density")], "dwimap",
                           {"Description": "Streamlines of the right CST per voxel"}),
-    "profiles": ("dwi", [("space", "dwi"), ("bundle", "CST")], "tractprofile", {}),
-    "summary": ("dwi", [("desc", "summary")], "metrics", {}),
+    "profiles": ("dwi", [("space", "dwi"), ("bundle", "CST")], "tractprofile",
+                 {"Description": "Along-tract profiles of the CSTs: one row per subject, session, side, node, metric"}),
+    "summary": ("dwi", [("desc", "summary")], "metrics",
+                {"Description": "Per-side CST summary metrics, laterality indices and flags (one row)"}),
 }
 
 
@@ -113,24 +120,69 @@ def _as_list(value):
     return [value] if isinstance(value, str) else list(value)
 
 
-def write_dataset_description(output_dir) -> "Path":
-    """Write the derivatives' ``dataset_description.json`` if it is not there yet."""
+#: Code location recorded in ``GeneratedBy``.
+CODE_URL = "https://github.com/csttool/csttool-nipype"
+
+#: What a BIDS validator should ignore in the derivatives folder: the batch engine's
+#: bookkeeping (locks, done markers, logs, work folders), the cohort tables and reports
+#: (``batch_*``, ``*_report.html``) and the workflow graphs.
+BIDSIGNORE = [
+    "batch_*", ".csttool.lock", "_work/", "**/_work/", "**/.lock", "**/_done.json", "**/logs/",
+    "**/*_report.html", "**/figures/workflow_*", "**/xfm/registration/",
+]
+
+
+def write_dataset_description(output_dir, source_dir=None) -> Path:
+    """Make ``output_dir`` a BIDS-derivatives dataset: ``dataset_description.json`` and ``.bidsignore``.
+
+    The description (``DatasetType: derivative``, ``GeneratedBy`` name/version/code URL,
+    and ``SourceDatasets`` when ``source_dir`` is given) is written once, atomically, so
+    several participant-level runs may start into the same folder at the same moment.
+    ``.bidsignore`` gets every :data:`BIDSIGNORE` pattern it lacks.
+    """
     import json
-    from pathlib import Path
 
     from .. import __version__
 
-    path = Path(output_dir) / "dataset_description.json"
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "dataset_description.json"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
+        description = {
             "Name": "csttool-nipype derivatives",
             "BIDSVersion": "1.10.0",
             "DatasetType": "derivative",
-            "GeneratedBy": [{
-                "Name": "csttool-nipype",
-                "Version": __version__,
-                "CodeURL": "https://github.com/csttool/csttool-nipype",
-            }],
-        }, indent=2) + "\n")
+            "GeneratedBy": [{"Name": "csttool-nipype", "Version": __version__, "CodeURL": CODE_URL}],
+        }
+        if source_dir is not None:
+            description["SourceDatasets"] = [{"URL": Path(source_dir).absolute().as_uri()}]
+        _write_atomic(path, json.dumps(description, indent=2) + "\n", exclusive=True)
+    ignore = out / ".bidsignore"
+    try:
+        present = ignore.read_text().splitlines()
+    except OSError:
+        present = []
+    missing = [p for p in BIDSIGNORE if p not in present]
+    if missing:
+        header = [] if present else ["# csttool-nipype bookkeeping and non-BIDS files"]
+        _write_atomic(ignore, "\n".join([*present, *header, *missing]) + "\n")
     return path
+
+
+def _write_atomic(path, text: str, exclusive: bool = False) -> None:
+    """Write ``text`` to ``path`` via a temporary file; ``exclusive``: keep an existing file."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    if exclusive:
+        try:
+            os.link(tmp, path)   # fails if another process made it first
+        except FileExistsError:
+            pass
+        except OSError:          # a filesystem without hard links: last writer wins, still whole
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, path)
