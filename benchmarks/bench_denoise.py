@@ -36,10 +36,8 @@ to skip).
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
-import platform
 import shlex
 import sys
 import threading
@@ -48,11 +46,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import scipy
 
-import dipy
 from dipy.denoise.localpca import mppca
 
+from _machine import load_average, machine_line  # noqa: E402 (benchmarks/ on sys.path)
 from csttool_nipype.science.mppca import mppca_fast
 from csttool_nipype.science.preprocess import _mppca_patch_radius
 
@@ -138,86 +135,6 @@ def run_fast(data: np.ndarray, radius: int, workers: int):
         return mppca_fast(data, patch_radius=radius, return_sigma=True, out_dtype=np.float32, workers=workers)
 
 
-def _load() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def machine_line() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ}
-    return (
-        f"machine: {os.cpu_count()} CPUs ({usable} usable), {model}; load average {_load()} at start; "
-        f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"dipy {dipy.__version__}; {platform.system()} {platform.release()}; thread env {threads or 'unset'}; "
-        f"{datetime.datetime.now().astimezone().isoformat(timespec='minutes')}"
-    )
-
-
-# --------------------------------------------------------------------------- one size
-def bench(name: str, dipy_slices: int | None, workers: list[int]) -> dict | None:
-    if name == "vanderbilt" and not VANDERBILT.exists():
-        print(f"[{name}] {VANDERBILT} not found: skipped", file=sys.stderr)
-        return None
-    print(f"[{name}] loading ...", file=sys.stderr, flush=True)
-    data, desc = load(name)
-    _trim_heap()
-    nz, m = data.shape[2], data.shape[3]
-    radius = _mppca_patch_radius(m)
-    edge = 2 * radius                           # voxels a slab run computes incompletely
-
-    fast = {}
-    for w in workers:
-        print(f"[{name}] mppca_fast, workers={w} ...", file=sys.stderr, flush=True)
-        fast[w] = timed(run_fast, data, radius, w)
-    base = fast[workers[0]]
-
-    k = nz if dipy_slices is None or dipy_slices >= nz else max(dipy_slices, 2 * edge + 1)
-    z0 = (nz - k) // 2
-    slab = np.ascontiguousarray(data[:, :, z0:z0 + k])
-    print(f"[{name}] dipy mppca, {k} of {nz} slices ...", file=sys.stderr, flush=True)
-    (ref, ref_sigma), d_wall, d_cpu, d_peak, d_rise = timed(run_dipy, slab, radius)
-    scale = (nz - 2 * radius) / (k - 2 * radius)
-
-    # voxels dipy computed completely: all of them, or the slab minus 2 radii at each end
-    inner = slice(None) if k == nz else slice(edge, k - edge)
-    got = base[0][0][:, :, z0:z0 + k][:, :, inner].astype(np.float64)
-    want = ref[:, :, inner].astype(np.float64)
-    diff = np.abs(got - want)
-    vmax = float(np.max(want))
-    # noise maps: NaN where a patch's classifier found no noise level (dipy's loop runs past
-    # the smallest eigenvalue; happens in degenerate background patches - e.g. the many
-    # exact zeros of quantised int16 data - where the sign of rounding-level eigenvalues
-    # decides, in either implementation); compared where both are finite
-    sig_got, sig_want = base[0][1][:, :, z0:z0 + k][:, :, inner], ref_sigma[:, :, inner]
-    finite = np.isfinite(sig_got) & np.isfinite(sig_want)
-    usable = finite & (sig_want > 0)
-    sigma_diff = (float(np.max(np.abs(sig_got[finite] - sig_want[finite]))) / float(np.median(sig_want[usable]))
-                  if usable.any() else float("nan"))
-    row = {
-        "name": name, "desc": desc, "shape": "x".join(map(str, data.shape)), "mb_in": data.nbytes / 1e6,
-        "dipy_note": "all slices" if k == nz else f"{k}/{nz} slices, scaled",
-        "dipy_t": d_wall * scale, "dipy_cpu": d_cpu * scale,
-        "dipy_peak": d_peak / 1e6, "dipy_rise": d_rise / 1e6, "dipy_rise_note": "" if k == nz else " (slab)",
-        "fast": {w: {"t": r[1], "cpu": r[2], "peak": r[3] / 1e6, "rise": r[4] / 1e6} for w, r in fast.items()},
-        "same_across_workers": all(np.array_equal(r[0][0], base[0][0]) for r in fast.values()),
-        "diff": float(diff.max()), "rel": float(diff.max()) / vmax,
-        "frac": float(np.mean(diff > 1e-5 * vmax)),
-        "sigma_diff": sigma_diff,
-        "nan_agree": float(np.mean(np.isnan(sig_got) == np.isnan(sig_want))),
-    }
-    del fast, base, ref, ref_sigma, data, slab
-    gc.collect()
-    return row
-
-
 def table(rows: list[dict], workers: list[int], header: str, command: str) -> str:
     w1 = workers[0]
     extra = [w for w in workers[1:]]
@@ -270,7 +187,7 @@ def table(rows: list[dict], workers: list[int], header: str, command: str) -> st
         "no level, in degenerate background patches, e.g. of exact zeros, where rounding decides). dipy computes "
         "float32 data in float32 and mppca_fast in float64, so the differences are dipy's float32 rounding "
         "(tests/test_mppca.py).",
-        f"load average at end: {_load()} (the machine is shared; load > CPU count slows both implementations)",
+        f"load average at end: {load_average()} (the machine is shared; load > CPU count slows both implementations)",
     ]
     return "\n".join(lines)
 

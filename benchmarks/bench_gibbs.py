@@ -31,9 +31,6 @@ skip).
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import shlex
 import sys
 import time
@@ -41,11 +38,10 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-import scipy
 
-import dipy
 from dipy.denoise.gibbs import gibbs_removal
 
+from _machine import load_average, machine_line  # noqa: E402 (benchmarks/ on sys.path)
 from csttool_nipype.science.gibbs import gibbs_removal_fast
 
 SIZES = {"phantom 3 mm": (64, 75, 64, 31), "clinical": (128, 128, 60, 33)}
@@ -113,29 +109,6 @@ def peak_mb(fn, data) -> float:
     return (peak - base) / 1e6
 
 
-def _load() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def machine_line() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = _load()
-    return (
-        f"machine: {os.cpu_count()} CPUs ({usable} usable), {model}; load average {load} at start; "
-        f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"dipy {dipy.__version__}; {platform.system()} {platform.release()}; "
-        f"{datetime.datetime.now().astimezone().isoformat(timespec='minutes')}"
-    )
-
-
 def bench(name: str, shape, dipy_volumes: int | None) -> dict:
     print(f"[{name}] generating {'x'.join(map(str, shape))} ...", file=sys.stderr, flush=True)
     data = ringing_data(shape)
@@ -190,7 +163,7 @@ def table(rows: list[dict], header: str, command: str) -> str:
         "internal scratch is not traced) in a separate run; fast measured on the full array, dipy measured on "
         "1 volume + (N-1) volumes' bytes (its full input copy). max|diff| on the volumes dipy processed; "
         "rel = / image max.",
-        f"load average at end: {_load()} (the machine is shared; load > CPU count slows both implementations)",
+        f"load average at end: {load_average()} (the machine is shared; load > CPU count slows both implementations)",
     ]
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import __version__
 from . import cohort_figures
-from .render import format_number, render, to_float
+from .render import figure_entry, format_number, render, to_float
 from .subject_report import report_name
 
 LOGGER = logging.getLogger(__name__)
@@ -163,11 +163,7 @@ def _profiles(profiles_tsv: Path):
 
 
 def _figure(title: str, caption: str, draw) -> dict:
-    try:
-        return {"title": title, "caption": caption, "uri": draw(), "error": ""}
-    except Exception as exc:  # noqa: BLE001 - one figure must not sink the report
-        LOGGER.warning("cohort figure %r not drawn: %s: %s", title, type(exc).__name__, exc)
-        return {"title": title, "caption": caption, "uri": "", "error": f"not drawn: {type(exc).__name__}: {exc}"}
+    return figure_entry(title, caption, draw, LOGGER)
 
 
 def cohort_figures_for(rows: list[dict], outliers: dict, profiles_tsv: Path) -> list[dict]:

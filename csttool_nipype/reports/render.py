@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from functools import lru_cache
@@ -54,3 +55,18 @@ def format_number(value, digits: int = 3) -> str:
 def href(relative_path) -> str:
     """A relative file path as a URL path (percent-encoded, slashes kept)."""
     return quote(str(relative_path).replace(os.sep, "/"), safe="/")
+
+
+def figure_entry(title: str, caption: str, draw, logger: logging.Logger | None = None) -> dict:
+    """``{"title", "caption", "uri", "error"}`` for a template; ``draw()`` returns the image URI.
+
+    A figure that fails is logged and shown as "not drawn: <reason>": one figure must
+    not sink a report.
+    """
+    try:
+        return {"title": title, "caption": caption, "uri": draw(), "error": ""}
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        (logger or logging.getLogger(__name__)).warning("figure %r not drawn: %s: %s", title,
+                                                        type(exc).__name__, exc)
+        return {"title": title, "caption": caption, "uri": "", "error": f"not drawn: {type(exc).__name__}: {exc}"}
+

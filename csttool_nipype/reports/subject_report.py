@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .render import render, to_float
+from .render import figure_entry, render, to_float
 
 LOGGER = logging.getLogger(__name__)
 
@@ -217,11 +217,7 @@ def flags(summary: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- figures
 def _figure(title: str, caption: str, draw) -> dict:
-    try:
-        return {"title": title, "caption": caption, "uri": draw(), "error": ""}
-    except Exception as exc:  # noqa: BLE001 - one figure must not sink the report
-        LOGGER.warning("report figure %r not drawn: %s: %s", title, type(exc).__name__, exc)
-        return {"title": title, "caption": caption, "uri": "", "error": f"not drawn: {type(exc).__name__}: {exc}"}
+    return figure_entry(title, caption, draw, LOGGER)
 
 
 def _raw_and_preprocessed(files: dict):
