@@ -11,8 +11,8 @@ storage), and axial AP read straight from gzipped classic DICOM. Per scan and si
 * the mean CST FA lies in 0.4-0.7.
 
 Across the three Canon scans (the same head): per side, mean FA within 0.015 of each
-other, volume within 10 % and streamline count within 15 % of their mean. These three are
-marked as expected failures for now (:data:`CANON_AGREEMENT_PENDING` has the numbers).
+other, volume within 10 % and streamline count within 15 % of their mean. Those not met
+yet are marked as expected failures (:data:`PENDING`; the comment above it has the numbers).
 
 Each run takes a few minutes; the runs are module fixtures shared by the tests. Set
 ``CSTTOOL_QC_DIR`` to a folder to also write a QC picture per scan (both tracts over FA in
@@ -148,35 +148,34 @@ def _canon(side: str, run_scan) -> tuple[dict[str, np.ndarray], str]:
     return values, f"{side}: {table}"
 
 
-#: The cross-scan agreement targets are not met yet (measured with the defaults of this
-#: commit; left / right, axial PA, sagittal, axial AP DICOM): mean FA 0.513 / 0.520 / 0.497
-#: and 0.517 / 0.513 / 0.519, volume 13527 / 11340 / 12663 and 11016 / 11826 / 15390 mm3,
-#: streamlines 698 / 384 / 508 and 446 / 219 / 604. What differs between the scans is
-#: upstream of the extraction: opposite phase encoding (PA vs AP) distorts the brainstem in
-#: opposite directions, the sagittal scan images the whole medulla where right-side
-#: streamlines turn across the pons, and the MNI registration of these 12-direction scans
-#: reaches a white-matter Dice of only 0.58-0.62. Kept as expected failures (not strict)
-#: so that the numbers stay visible in every run and an improvement shows as XPASS.
-CANON_AGREEMENT_PENDING = pytest.mark.xfail(
-    strict=False, reason="cross-scan CST agreement of the three Canon scans not reached yet (see comment)")
+#: Not all cross-scan agreement targets are met yet (left / right; axial PA, sagittal, axial
+#: AP DICOM): mean FA 0.513, 0.520, 0.497 / 0.517, 0.517, 0.519; volume 13527, 11340, 12663 /
+#: 11016, 11826, 15390 mm3; streamlines 698, 384, 508 / 446, 219, 604. Right FA and left volume
+#: agree; left FA (the AP scan is 0.016-0.023 lower), right volume and both counts do not. Of
+#: the streamlines through brainstem and capsule, 37-77 % (right) reach the precentral gyrus
+#: depending on the scan: with 12 directions at 3 mm, tensor streamlines stop or turn where
+#: the CST crosses callosal and association fibres. The pending ones are expected failures
+#: (not strict), so the numbers show in every run and an improvement shows as XPASS.
+PENDING = pytest.mark.xfail(strict=False, reason="cross-scan agreement of the three Canon scans not reached yet")
+#: metric -> (how agreement is measured, limit): "spread" = max - min, "relative" = largest
+#: deviation from the three scans' mean as a fraction of it.
+AGREEMENT = {"fa_mean": ("spread", 0.015), "volume_mm3": ("relative", 0.10), "streamline_count": ("relative", 0.15)}
 
 
-@CANON_AGREEMENT_PENDING
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_canon_scans_of_one_head_agree_on_mean_fa(side, run_scan):
-    values, table = _canon(side, run_scan)
-    fa = values["fa_mean"]
-    assert fa.max() - fa.min() <= 0.015, f"FA spread {fa.max() - fa.min():.3f} ({table})"
-
-
-@CANON_AGREEMENT_PENDING
-@pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("key, tolerance", [("volume_mm3", 0.10), ("streamline_count", 0.15)])
-def test_canon_scans_of_one_head_agree_on_volume_and_count(key, tolerance, side, run_scan):
-    """Each scan's value within ``tolerance`` (fraction) of the three scans' mean."""
+@pytest.mark.parametrize("key, side", [
+    pytest.param("fa_mean", "left", marks=PENDING),
+    pytest.param("fa_mean", "right"),
+    pytest.param("volume_mm3", "left"),
+    pytest.param("volume_mm3", "right", marks=PENDING),
+    pytest.param("streamline_count", "left", marks=PENDING),
+    pytest.param("streamline_count", "right", marks=PENDING),
+])
+def test_canon_scans_of_one_head_agree(key, side, run_scan):
     values, table = _canon(side, run_scan)
     value = values[key]
-    assert np.abs(value / value.mean() - 1).max() <= tolerance, f"{key} ({table})"
+    kind, limit = AGREEMENT[key]
+    found = value.max() - value.min() if kind == "spread" else np.abs(value / value.mean() - 1).max()
+    assert found <= limit, f"{key}: {kind} {found:.3f} > {limit} ({table})"
 
 
 # --------------------------------------------------------------------------- QC picture
