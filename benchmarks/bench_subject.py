@@ -1,0 +1,109 @@
+"""Per-subject benchmark: wall time and peak memory per stage, end to end, default options.
+
+Usage::
+
+    python benchmarks/bench_subject.py [--cases vanderbilt clinical phantom2mm] [--out /tmp/csttool-bench-subject]
+
+Cases (issue #7): ``vanderbilt`` the Philips subject from ``../shared/data`` (skipped when
+absent), ``clinical`` a phantom of 128x128x60 voxels of 1.75x1.75x2.5 mm with 33 volumes,
+``phantom2mm`` a 2 mm phantom with 65 volumes. Each runs alone as a one-subject
+``csttool batch`` (the real engine: own process, Nipype, promotion, report), so the table
+shows node times from ``_done.json``, the job's peak RSS and the wall time with everything.
+Prints a table and saves it in ``benchmarks/results/subject.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from _machine import machine_line  # noqa: E402 (benchmarks/ on sys.path)
+from bench_batch import stage_of
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+
+
+def _phantom(root: Path, **spec) -> Path:
+    from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+
+    write_bids_dataset(root, 1, spec=PhantomSpec(snr=30.0, rotation_deg=5.0, translation_mm=5.0, **spec), seed=0)
+    return next(root.glob("sub-*/dwi/*_dwi.nii.gz"))
+
+
+def inputs(case: str, work: Path) -> dict | None:
+    if case == "vanderbilt":
+        nifti = SHARED / "philips_achieva_vanderbilt_dti15_b2000" / "nifti" / "601_WIP_dti_ax.nii.gz"
+        return {"nifti": str(nifti)} if nifti.exists() else None
+    if case == "clinical":
+        return {"nifti": str(_phantom(work / "raw", voxel_size=(1.75, 1.75, 2.5), n_directions=32,
+                                      field_of_view_mm=(224.0, 224.0, 150.0)))}
+    if case == "phantom2mm":
+        return {"nifti": str(_phantom(work / "raw", voxel_size=2.0, n_directions=64))}
+    raise ValueError(case)
+
+
+def run_case(case: str, out: Path) -> dict | None:
+    import nibabel as nib
+
+    from csttool_nipype.batch.console import BatchConsole
+    from csttool_nipype.batch.subjects import load_manifest
+    from csttool_nipype.cohort import CohortOptions, run_cohort
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    src = inputs(case, out)
+    if src is None:
+        return None
+    manifest = out / "manifest.json"
+    manifest.write_text(json.dumps({"subjects": [{"id": "sub-01", **src}]}))
+    global_options, specs = load_manifest(manifest)
+    t0 = time.perf_counter()
+    with open(out / "console.txt", "w") as sink:
+        run_cohort(specs, global_options, out / "derivatives", CohortOptions(nprocs=1), BatchConsole(sink))
+    wall = time.perf_counter() - t0
+    done = json.loads((out / "derivatives" / "sub-01" / "_done.json").read_text())
+    stages = defaultdict(float)
+    for node, secs in done["result"].get("node_durations_s", {}).items():
+        stages[stage_of(node)] += secs
+    shape = nib.load(src["nifti"]).shape
+    return {"shape": "x".join(map(str, shape)), "wall": wall, "stages": dict(stages),
+            "peak_rss_mb": done["result"].get("peak_rss_mb")}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["vanderbilt", "clinical", "phantom2mm"],
+                        choices=["vanderbilt", "clinical", "phantom2mm"])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/csttool-bench-subject"))
+    args = parser.parse_args(argv)
+    results = {case: run_case(case, args.out / case) for case in args.cases}
+    ran = {c: r for c, r in results.items() if r}
+    order = ["import", "denoise", "gibbs", "motion", "mask", "tensor", "registration", "tracking", "cst",
+             "metrics", "outputs"]
+    lines = ["# csttool-nipype per-subject benchmark (default options, one subject alone, nprocs 1)",
+             f"# {machine_line()}", "",
+             "| stage (s) | " + " | ".join(f"{c} {r['shape']}" for c, r in ran.items()) + " |",
+             "|---|" + "---|" * len(ran)]
+    for stage in order:
+        lines.append(f"| {stage} | " + " | ".join(f"{r['stages'].get(stage, 0.0):.1f}" for r in ran.values()) + " |")
+    lines.append("| **sum of nodes** | " + " | ".join(f"{sum(r['stages'].values()):.1f}" for r in ran.values()) + " |")
+    lines.append("| **wall, end to end** | " + " | ".join(f"{r['wall']:.1f}" for r in ran.values()) + " |")
+    lines.append("| peak RSS (MB) | " + " | ".join(f"{r['peak_rss_mb'] or float('nan'):.0f}" for r in ran.values()) + " |")
+    for case, r in results.items():
+        if r is None:
+            lines.append(f"\n{case}: skipped (input not found)")
+    table = "\n".join(lines)
+    sys.stdout.write(table + "\n")
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "subject.txt").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
