@@ -35,3 +35,13 @@ def machine_line() -> str:
         f"dipy {dipy.__version__}; {platform.system()} {platform.release()}; thread env {threads or 'unset'}; "
         f"{datetime.datetime.now().astimezone().isoformat(timespec='minutes')}"
     )
+
+
+def publish(table: str, name: str) -> None:
+    """Print a benchmark table and save it as ``benchmarks/results/<name>``."""
+    import sys
+
+    sys.stdout.write(table + "\n")
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / name).write_text(table + "\n")

@@ -14,24 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-
-def machine_line() -> str:
-    import dipy
-    import nipype
-    import numpy
-
-    return (f"{platform.node()} | {os.cpu_count()} CPUs | Python {platform.python_version()} | "
-            f"numpy {numpy.__version__} | dipy {dipy.__version__} | nipype {nipype.__version__} | "
-            f"{time.strftime('%Y-%m-%d %H:%M')}")
+from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
 
 
 def run_batch(raw: Path, out: Path, nprocs: int, stages: str) -> tuple[float, dict]:
@@ -119,10 +108,7 @@ def main(argv=None) -> int:
                      f"{'' if nprocs != 1 else f'{100 * overhead:.1f}% (wall − Σ node time)'} |")
     plan = planning_time(1000, args.out / "bids1000")
     lines += ["", f"planning a 1000-subject BIDS tree (discovery + jobs): {plan:.2f} s"]
-    table = "\n".join(lines)
-    sys.stdout.write(table + "\n")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "batch.txt").write_text(table + "\n")
+    publish("\n".join(lines), "batch.txt")
     return 0
 
 

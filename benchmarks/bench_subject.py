@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _machine import machine_line  # noqa: E402 (benchmarks/ on sys.path)
+from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
 from bench_batch import stage_of
 
 HERE = Path(__file__).resolve().parent
@@ -98,10 +98,7 @@ def main(argv=None) -> int:
     for case, r in results.items():
         if r is None:
             lines.append(f"\n{case}: skipped (input not found)")
-    table = "\n".join(lines)
-    sys.stdout.write(table + "\n")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "subject.txt").write_text(table + "\n")
+    publish("\n".join(lines), "subject.txt")
     return 0
 
 
