@@ -40,7 +40,7 @@ def run_batch(raw: Path, out: Path, nprocs: int, stages: str) -> tuple[float, di
 def stage_of(node: str) -> str:
     name = node.split(".")[-1]
     for stage, keys in (("import", ("dwi_import",)), ("denoise", ("denoise",)), ("gibbs", ("gibbs",)),
-                        ("motion", ("motion",)), ("mask", ("brain_mask",)), ("tensor", ("fit_tensor",)),
+                        ("motion", ("motion",)), ("mask", ("brain_mask", "processing_region")), ("tensor", ("fit_tensor",)),
                         ("registration", ("register_mni", "cst_rois")), ("tracking", ("track",)),
                         ("cst", ("extract_cst",)), ("metrics", ("cst_metrics",))):
         if any(name.startswith(k) for k in keys):

@@ -25,6 +25,8 @@ from pathlib import Path
 from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
 from bench_batch import stage_of
 
+from csttool_nipype.config import available_cpus
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 
@@ -48,7 +50,7 @@ def inputs(case: str, work: Path) -> dict | None:
     raise ValueError(case)
 
 
-def run_case(case: str, out: Path) -> dict | None:
+def run_case(case: str, out: Path, nprocs: int) -> dict | None:
     import nibabel as nib
 
     from csttool_nipype.batch.console import BatchConsole
@@ -65,14 +67,17 @@ def run_case(case: str, out: Path) -> dict | None:
     global_options, specs = load_manifest(manifest)
     t0 = time.perf_counter()
     with open(out / "console.txt", "w") as sink:
-        run_cohort(specs, global_options, out / "derivatives", CohortOptions(nprocs=1), BatchConsole(sink))
+        run_cohort(specs, global_options, out / "derivatives",
+                   CohortOptions(nprocs=nprocs, execution={"resource_monitor": True}), BatchConsole(sink))
     wall = time.perf_counter() - t0
     done = json.loads((out / "derivatives" / "sub-01" / "_done.json").read_text())
-    stages = defaultdict(float)
+    stages, memory = defaultdict(float), defaultdict(float)
     for node, secs in done["result"].get("node_durations_s", {}).items():
         stages[stage_of(node)] += secs
+    for node, gb in done["result"].get("node_peak_mem_gb", {}).items():
+        memory[stage_of(node)] = max(memory[stage_of(node)], gb * 1024)
     shape = nib.load(src["nifti"]).shape
-    return {"shape": "x".join(map(str, shape)), "wall": wall, "stages": dict(stages),
+    return {"shape": "x".join(map(str, shape)), "wall": wall, "stages": dict(stages), "memory": dict(memory),
             "peak_rss_mb": done["result"].get("peak_rss_mb")}
 
 
@@ -81,20 +86,30 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", nargs="+", default=["vanderbilt", "clinical", "phantom2mm"],
                         choices=["vanderbilt", "clinical", "phantom2mm"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/csttool-bench-subject"))
+    parser.add_argument("--nprocs", type=int, default=available_cpus(),
+                        help="cores for the subject (default: all available, as `csttool run` uses)")
     args = parser.parse_args(argv)
-    results = {case: run_case(case, args.out / case) for case in args.cases}
+    results = {case: run_case(case, args.out / case, args.nprocs) for case in args.cases}
     ran = {c: r for c, r in results.items() if r}
     order = ["import", "denoise", "gibbs", "motion", "mask", "tensor", "registration", "tracking", "cst",
              "metrics", "outputs"]
-    lines = ["# csttool-nipype per-subject benchmark (default options, one subject alone, nprocs 1)",
+    lines = [f"# csttool-nipype per-subject benchmark (default options, one subject alone, --nprocs {args.nprocs}: "
+             "MultiProc inside the subject, that many threads for multithreaded nodes)",
              f"# {machine_line()}", "",
-             "| stage (s) | " + " | ".join(f"{c} {r['shape']}" for c, r in ran.items()) + " |",
+             "| stage: node time (s) / node peak memory (MB) | "
+             + " | ".join(f"{c} {r['shape']}" for c, r in ran.items()) + " |",
              "|---|" + "---|" * len(ran)]
     for stage in order:
-        lines.append(f"| {stage} | " + " | ".join(f"{r['stages'].get(stage, 0.0):.1f}" for r in ran.values()) + " |")
-    lines.append("| **sum of nodes** | " + " | ".join(f"{sum(r['stages'].values()):.1f}" for r in ran.values()) + " |")
+        lines.append(f"| {stage} | " + " | ".join(
+            f"{r['stages'].get(stage, 0.0):.1f} / {r['memory'].get(stage, float('nan')):.0f}" for r in ran.values()
+        ) + " |")
+    lines.append("| **sum of node times** | " + " | ".join(f"{sum(r['stages'].values()):.1f}" for r in ran.values()) + " |")
     lines.append("| **wall, end to end** | " + " | ".join(f"{r['wall']:.1f}" for r in ran.values()) + " |")
-    lines.append("| peak RSS (MB) | " + " | ".join(f"{r['peak_rss_mb'] or float('nan'):.0f}" for r in ran.values()) + " |")
+    lines.append("| job peak RSS (MB) | " + " | ".join(f"{r['peak_rss_mb'] or float('nan'):.0f}" for r in ran.values()) + " |")
+    lines.append("\nNode times overlap when independent nodes run at once (registration with tracking), so "
+                 "their sum can exceed the wall time; the wall time also holds process start, the Nipype "
+                 "engine, promotion and the subject's HTML report. Node peak memory: Nipype's resource monitor "
+                 "(0.5 s sampling); job peak RSS: the largest resident set of one process of the subject job (the job process or one Nipype worker; with MultiProc two workers may peak together).")
     for case, r in results.items():
         if r is None:
             lines.append(f"\n{case}: skipped (input not found)")

@@ -47,8 +47,14 @@ class WorkflowFailed(CsttoolError):
         super().__init__(reason)
 
 
-def configure_workflow(workflow, work_dir: Path, crash_dir: Path, stop_on_first_crash: bool = True) -> None:
-    """Point the workflow's caches and crash files at ``work_dir``/``crash_dir``."""
+def configure_workflow(workflow, work_dir: Path, crash_dir: Path, stop_on_first_crash: bool = True,
+                       resource_monitor: bool = False) -> None:
+    """Point the workflow's caches and crash files at ``work_dir``/``crash_dir``.
+
+    ``resource_monitor`` switches on Nipype's resource monitor (process-wide: node
+    processes forked from this one inherit it); each node's result then has
+    ``runtime.mem_peak_gb``.
+    """
     work_dir = Path(work_dir).absolute()
     crash_dir = Path(crash_dir).absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +68,12 @@ def configure_workflow(workflow, work_dir: Path, crash_dir: Path, stop_on_first_
         "hash_method": "content",
         "check_version": False,
     })
-    workflow.config["monitoring"] = {"enabled": False}
+    workflow.config["monitoring"] = {"enabled": resource_monitor, "sample_frequency": 0.5}
+    if resource_monitor:
+        from nipype import config as nipype_config
+
+        nipype_config.enable_resource_monitor()
+        nipype_config.set("monitoring", "sample_frequency", "0.5")
     ensure_logname()
 
 
@@ -102,7 +113,7 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: Execution
     execution = execution or ExecutionConfig()
     if execution.plugin not in PLUGINS:
         raise CsttoolError(f"unknown Nipype plugin {execution.plugin!r}; use one of {', '.join(PLUGINS)}")
-    configure_workflow(workflow, work_dir, crash_dir, stop_on_first_crash)
+    configure_workflow(workflow, work_dir, crash_dir, stop_on_first_crash, execution.resource_monitor)
     set_nipype_log_level(execution.nipype_log_level)
     plugin_args = dict(execution.plugin_args)
     if execution.plugin == "MultiProc":

@@ -54,7 +54,8 @@ def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineCon
     sub = subject if subject.startswith("sub-") else f"sub-{subject}"
     check_inputs(inputs)
     work_dir = Path(work_dir).absolute() if work_dir else output_dir / "_work" / sub
-    wf = init_subject_wf(sub, inputs, str(output_dir), config, session=session)
+    wf = init_subject_wf(sub, inputs, str(output_dir), config, session=session,
+                         omp_nthreads=max(1, execution.omp_nthreads))
     if execution.write_graph:
         write_graphs(wf, output_dir / sub / "figures")
     LOGGER.info("running %s (config %s) from %s", sub, config.config_hash(), inputs.source)

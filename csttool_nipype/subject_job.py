@@ -43,13 +43,16 @@ def make_jobs(specs: list[SubjectSpec], global_options: dict) -> list[Job]:
 
 def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str, n_procs: int = 1,
                     plugin: str | None = None, plugin_args: dict | None = None, mem_gb: float | None = None,
-                    stop_on_first_crash: bool = True, write_graph: bool = False, **_) -> dict:
+                    stop_on_first_crash: bool = True, write_graph: bool = False, resource_monitor: bool = False,
+                    **_) -> dict:
     """Run one subject's workflow, writing its derivatives into ``stage_dir``.
 
     ``plugin`` (default: Linear, or MultiProc when the job has several cores),
     ``plugin_args``, ``mem_gb`` and ``stop_on_first_crash`` go to
     :func:`~csttool_nipype.execution.run_workflow`; ``write_graph`` also draws the
-    workflow into ``stage_dir/figures``. Returns per-node durations (seconds) for the reports.
+    workflow into ``stage_dir/figures``; ``resource_monitor`` records each node's peak memory
+    (Nipype's resource monitor). Returns per-node durations (seconds) for the reports, and
+    per-node peak memory (GB) when monitored.
     """
     from pathlib import Path
 
@@ -61,20 +64,46 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     inputs = DWIInputs(**payload["inputs"])
     check_inputs(inputs)
     wf = init_subject_wf(payload["subject"], inputs, stage_dir, config, session=payload.get("session"),
-                         container="")
+                         container="", omp_nthreads=_job_threads(n_procs))
     if write_graph:
         write_graphs(wf, Path(stage_dir) / "figures")
     execution = ExecutionConfig(plugin=plugin or ("MultiProc" if n_procs > 1 else "Linear"), nprocs=n_procs,
-                                mem_gb=mem_gb, plugin_args=dict(plugin_args or {}), nipype_log_level="INFO")
+                                mem_gb=mem_gb, plugin_args=dict(plugin_args or {}), nipype_log_level="INFO",
+                                resource_monitor=resource_monitor)
     started = time.time()
     graph = run_workflow(wf, work_dir, crash_dir, execution, stop_on_first_crash=stop_on_first_crash)
     result = {"duration_s": time.time() - started, "node_durations_s": node_durations(graph)}
+    if resource_monitor:
+        result["node_peak_mem_gb"] = node_peak_memory(graph)
     from .reports import try_write_subject_report   # into stage_dir: promoted and checksummed with the rest
 
     key = payload["subject"] + (f"/{payload['session']}" if payload.get("session") else "")
     try_write_subject_report(stage_dir, key=key, config=config.to_dict(), node_durations=result["node_durations_s"],
                              log_file=next(Path(crash_dir).parent.glob("*.log"), None))
     return result
+
+
+def _job_threads(n_procs: int) -> int:
+    """Threads per node: the job's ``OMP_NUM_THREADS`` (set by the batch runner), else its cores."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", n_procs)))
+    except ValueError:
+        return max(1, n_procs)
+
+
+def node_peak_memory(graph) -> dict[str, float]:
+    """Peak memory (GB, Nipype's resource monitor) of every executed node that has one."""
+    out = {}
+    for node in graph.nodes():
+        try:
+            value = getattr(node.result.runtime, "mem_peak_gb", None)
+        except Exception:  # noqa: BLE001 - no stored result
+            continue
+        if value is not None:
+            out[node.fullname] = float(value)
+    return out
 
 
 def node_durations(graph) -> dict[str, float]:

@@ -106,6 +106,44 @@ def test_mask_leaves_outside_unchanged(method):
     assert not np.array_equal(out[brain], noisy[brain])
 
 
+def test_mppca_inside_mask_equals_whole_image():
+    """With a mask, MP-PCA centres patches on the mask dilated by the patch radius, so every
+    mask voxel averages exactly the patches it would without a mask."""
+    noisy, _, bvals, bvecs, brain, _ = _brain_phantom(n_b0=1)
+    full, _ = denoise(noisy, bvals, bvecs, method="mppca", workers=1)
+    masked, _ = denoise(noisy, bvals, bvecs, method="mppca", mask=brain, workers=2)
+    np.testing.assert_allclose(masked[brain], full[brain], rtol=0, atol=1e-6 * float(noisy.max()))
+    np.testing.assert_array_equal(masked[~brain], noisy[~brain])
+
+
+def _holds_final_mask_with_margin(data, bvals, margin=2):
+    """The processing region must hold the final brain mask grown by ``margin`` voxels."""
+    mask, _ = brain_mask(data, bvals)
+    region = preprocess.processing_region(data, bvals)
+    grown = ndimage.binary_dilation(mask, structure=np.ones((2 * margin + 1,) * 3, bool))
+    assert region[grown].all(), f"{int((grown & ~region).sum())} voxels of the grown brain mask outside"
+    return region
+
+
+def test_processing_region_holds_the_brain_with_a_margin():
+    noisy, _, bvals, *_ = _brain_phantom(n_b0=3, shape=(40, 40, 30))
+    region = _holds_final_mask_with_margin(noisy, bvals)
+    assert region.mean() < 0.9
+    # no b0: nothing can be drawn, so nothing is skipped
+    assert preprocess.processing_region(noisy[..., 3:], bvals[3:]).all()
+
+
+def test_processing_region_on_real_scans(shared_data):
+    from csttool_nipype.science.dwi_io import load_dwi
+
+    for nifti in (shared_data / "philips_achieva_vanderbilt_dti15_b2000/nifti/601_WIP_dti_ax.nii.gz",
+                  shared_data / "canon_galan_dti12_b1500/nifti/3000_DTI_PA-ortho_cl.nii.gz",
+                  shared_data / "canon_galan_dti12_b1500/nifti/10000_SAG_DTI_PA-COR_20d_cl.nii.gz"):
+        dwi = load_dwi(nifti, str(nifti).replace(".nii.gz", ".bval"), str(nifti).replace(".nii.gz", ".bvec"))
+        region = _holds_final_mask_with_margin(dwi.data, dwi.bvals)
+        assert region.mean() < 0.6   # the background is skipped
+
+
 def test_nlmeans_sigma_from_background_matches_truth():
     noisy, _, bvals, bvecs, brain, _ = _brain_phantom(sigma=30.0, shape=(26, 26, 16))
     _, info = denoise(noisy, bvals, bvecs, method="nlmeans")

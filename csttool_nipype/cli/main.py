@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import DENOISE_METHODS, STAGES, TENSOR_FIT_METHODS, TRACKING_METHODS, ExecutionConfig, PipelineConfig
+from ..config import (
+    DENOISE_METHODS, PREPROC_REGIONS, STAGES, TENSOR_FIT_METHODS, TRACKING_METHODS, ExecutionConfig, PipelineConfig,
+    available_cpus,
+)
 from ..errors import CsttoolError
 from .logging_setup import setup_logging
 
@@ -57,6 +60,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = 
     g.add_argument("--cst-clip-end", dest="cst_clip_end", choices=("first", "last"), default=d.cst_clip_end,
                    help="cut CST streamlines where they first reach the precentral gyrus or at their last point "
                         f"in it (default: {D.cst_clip_end})")
+    g.add_argument("--preproc-region", dest="preproc_region", choices=PREPROC_REGIONS, default=d.preproc_region,
+                   help="denoise and unring only a dilated brain mask of the raw series, or the whole field of "
+                        f"view (default: {D.preproc_region})")
     g.add_argument("--metrics-weighting", dest="metrics_weighting", choices=("streamlines", "voxel"),
                    default=d.metrics_weighting,
                    help=f"bundle means weighted by streamlines per voxel or per voxel (default: {D.metrics_weighting})")
@@ -83,8 +89,9 @@ def pipeline_config_from_args(args) -> PipelineConfig:
 
 def add_execution_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("execution")
-    g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=int, default=1,
-                   help="processes for Nipype's MultiProc plugin (1 = Linear plugin)")
+    g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=int, default=available_cpus(),
+                   help="cores to use: Nipype MultiProc processes and threads of multithreaded steps "
+                        "(1 = Linear plugin; default: all available, here %(default)s)")
     g.add_argument("--mem-gb", dest="mem_gb", type=float, default=None, help="memory cap for MultiProc (GB)")
     g.add_argument("--work-dir", "-w", dest="work_dir", type=Path, default=None,
                    help="Nipype working directory (default: OUT/_work)")
@@ -94,8 +101,8 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
 def execution_config_from_args(args) -> ExecutionConfig:
     plugin = "MultiProc" if args.nprocs > 1 else "Linear"
     level = {0: "CRITICAL", 1: "INFO"}.get(args.verbose, "DEBUG")
-    return ExecutionConfig(plugin=plugin, nprocs=args.nprocs, mem_gb=args.mem_gb, write_graph=args.write_graph,
-                           nipype_log_level=level)
+    return ExecutionConfig(plugin=plugin, nprocs=args.nprocs, omp_nthreads=args.nprocs, mem_gb=args.mem_gb,
+                           write_graph=args.write_graph, nipype_log_level=level)
 
 
 def build_parser() -> argparse.ArgumentParser:

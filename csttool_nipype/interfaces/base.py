@@ -38,13 +38,26 @@ def load_inputs(inputs):
 
 
 def save_outputs(dwi, cwd: str, stem: str, results: dict) -> None:
-    """Save a ``DWIData`` into the node's working directory and fill DWIOutputSpec results."""
+    """Save a ``DWIData`` into the node's working directory and fill DWIOutputSpec results.
+
+    The image is written uncompressed (``.nii``): it is an intermediate that the next node
+    reads at once; the derivatives writer compresses what it publishes.
+    """
     from ..science.dwi_io import save_dwi
 
-    paths = save_dwi(dwi, str(Path(cwd) / stem))
+    paths = save_dwi(dwi, str(Path(cwd) / stem), compress=False)
     results["out_dwi"] = str(paths["nifti"])
     results["out_bval"] = str(paths["bval"])
     results["out_bvec"] = str(paths["bvec"])
+
+
+def save_map(array, affine, cwd, stem: str) -> str:
+    """Save a 3D/4D map as an uncompressed NIfTI intermediate ``cwd/stem.nii``; return its path."""
+    import nibabel as nib
+
+    path = Path(cwd) / f"{stem}.nii"
+    nib.save(nib.Nifti1Image(array, affine), path)
+    return str(path)
 
 
 def write_json(obj, path: Path) -> str:

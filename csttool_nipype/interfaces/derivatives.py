@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -33,6 +34,18 @@ def _extension(path: str) -> str:
     return Path(name).suffix
 
 
+def _copy(src: str, dst: Path) -> None:
+    """Copy ``src`` to ``dst``, gzip-compressing an uncompressed ``.nii`` into ``.nii.gz``.
+
+    Level 1, nibabel's default: about 4x faster than level 6 for ~20 % larger files.
+    """
+    if dst.name.endswith(".nii.gz") and not str(src).endswith(".gz"):
+        with open(src, "rb") as fin, gzip.GzipFile(dst, "wb", compresslevel=1, mtime=0) as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+    else:
+        shutil.copyfile(src, dst)
+
+
 class _DerivativeNameInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     subject = Str(mandatory=True)
@@ -58,11 +71,12 @@ class DerivativeName(SimpleInterface):
     def _run_interface(self, runtime):
         session = self.inputs.session if isdefined(self.inputs.session) else None
         entities = dict(self.inputs.entities) if isdefined(self.inputs.entities) else {}
-        name = bids_derivative_name(
-            self.inputs.subject, self.inputs.suffix, _extension(self.inputs.in_file), session=session, **entities
-        )
+        extension = _extension(self.inputs.in_file)
+        if extension == ".nii":   # an uncompressed intermediate: published compressed
+            extension = ".nii.gz"
+        name = bids_derivative_name(self.inputs.subject, self.inputs.suffix, extension, session=session, **entities)
         out = Path(runtime.cwd) / name
-        shutil.copyfile(self.inputs.in_file, out)
+        _copy(self.inputs.in_file, out)
         self._results["out_file"] = str(out)
         meta = {}
         if isdefined(self.inputs.sidecar_file):

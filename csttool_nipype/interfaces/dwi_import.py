@@ -49,7 +49,7 @@ class ImportDWI(SimpleInterface):
             series=opt("series"),
             work_dir=runtime.cwd,
         )
-        paths = save_dwi(dwi, str(Path(runtime.cwd) / "dwi"))
+        paths = save_dwi(dwi, str(Path(runtime.cwd) / "dwi"), compress=False)
         self._results["out_dwi"] = str(paths["nifti"])
         self._results["out_bval"] = str(paths["bval"])
         self._results["out_bvec"] = str(paths["bvec"])

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from .base import DWIInputSpec, DWIOutputSpec, VersionedInputSpec, load_inputs, save_outputs, write_json
+from .base import DWIInputSpec, DWIOutputSpec, VersionedInputSpec, load_inputs, save_map, save_outputs, write_json
 
 
 def _replace_data(dwi, data, bvecs_voxel=None):
@@ -19,8 +19,37 @@ def _replace_data(dwi, data, bvecs_voxel=None):
     return replace(dwi, data=np.asarray(data, np.float32), bvecs_voxel=np.asarray(bvecs_voxel, float))
 
 
+def _optional_mask(path) -> np.ndarray | None:
+    return np.asarray(nib.load(path).dataobj) > 0 if isdefined(path) else None
+
+
+class _ThreadsInputSpec(DWIInputSpec):
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="threads (never changes the result)")
+    in_mask = File(exists=True, desc="region to process (processing_region); default: the whole image")
+
+
+# --------------------------------------------------------------------------- region
+class _RegionOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc="uint8 mask, DWI grid")
+
+
+class ProcessingRegion(SimpleInterface):
+    """Dilated brain mask of the raw series: where preprocessing must be right (``science.preprocess.processing_region``)."""
+
+    input_spec = DWIInputSpec
+    output_spec = _RegionOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..science.preprocess import processing_region
+
+        dwi = load_inputs(self.inputs)
+        region = processing_region(dwi.data, dwi.bvals, b0_threshold=self.inputs.b0_threshold)
+        self._results["out_mask"] = save_map(region.astype(np.uint8), dwi.affine, runtime.cwd, "processing_region")
+        return runtime
+
+
 # --------------------------------------------------------------------------- denoise
-class _DenoiseInputSpec(DWIInputSpec):
+class _DenoiseInputSpec(_ThreadsInputSpec):
     method = traits.Enum("patch2self", "nlmeans", "mppca", "none", usedefault=True)
 
 
@@ -39,8 +68,8 @@ class Denoise(SimpleInterface):
 
         dwi = load_inputs(self.inputs)
         data, info = denoise(
-            dwi.data, dwi.bvals, dwi.bvecs_voxel, method=self.inputs.method,
-            b0_threshold=self.inputs.b0_threshold,
+            dwi.data, dwi.bvals, dwi.bvecs_voxel, method=self.inputs.method, mask=_optional_mask(self.inputs.in_mask),
+            b0_threshold=self.inputs.b0_threshold, workers=self.inputs.num_threads,
         )
         save_outputs(_replace_data(dwi, data), runtime.cwd, "dwi_denoised", self._results)
         self._results["out_report"] = write_json(info, Path(runtime.cwd) / "denoise.json")
@@ -48,7 +77,7 @@ class Denoise(SimpleInterface):
 
 
 # --------------------------------------------------------------------------- gibbs
-class _GibbsInputSpec(DWIInputSpec):
+class _GibbsInputSpec(_ThreadsInputSpec):
     slice_axis = traits.Int(2, usedefault=True, desc="voxel axis across slices (0, 1 or 2)")
     n_points = traits.Int(3, usedefault=True, desc="neighbour points for the sub-voxel shift")
     num_processes = traits.Int(1, usedefault=True, desc="dipy processes (1 avoids spawn)")
@@ -66,7 +95,8 @@ class GibbsUnring(SimpleInterface):
         dwi = load_inputs(self.inputs)
         data = gibbs_unring(
             dwi.data, slice_axis=self.inputs.slice_axis, n_points=self.inputs.n_points,
-            num_processes=self.inputs.num_processes,
+            num_processes=self.inputs.num_processes, mask=_optional_mask(self.inputs.in_mask),
+            workers=self.inputs.num_threads,
         )
         save_outputs(_replace_data(dwi, data), runtime.cwd, "dwi_unringed", self._results)
         return runtime
@@ -123,15 +153,9 @@ class BrainMask(SimpleInterface):
             dwi.data, dwi.bvals, b0_threshold=self.inputs.b0_threshold,
             median_radius=self.inputs.median_radius, numpass=self.inputs.numpass,
         )
-        self._results["out_mask"] = _save_map(mask.astype(np.uint8), dwi.affine, runtime.cwd, "brain_mask")
-        self._results["out_b0"] = _save_map(b0.astype(np.float32), dwi.affine, runtime.cwd, "mean_b0")
+        self._results["out_mask"] = save_map(mask.astype(np.uint8), dwi.affine, runtime.cwd, "brain_mask")
+        self._results["out_b0"] = save_map(b0.astype(np.float32), dwi.affine, runtime.cwd, "mean_b0")
         return runtime
-
-
-def _save_map(array, affine, cwd, stem) -> str:
-    path = Path(cwd) / f"{stem}.nii.gz"
-    nib.save(nib.Nifti1Image(array, affine), path)
-    return str(path)
 
 
 # --------------------------------------------------------------------------- record

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
-from .base import DWIInputSpec, load_inputs
+from .base import DWIInputSpec, load_inputs, save_map
 
 SCALARS = ("fa", "md", "rd", "ad")
 
@@ -46,9 +46,7 @@ class FitTensor(SimpleInterface):
         )
         cwd = Path(runtime.cwd)
         for key, name in [*((s, s) for s in SCALARS), ("color_fa", "colorfa"), ("v1", "v1"), ("evals", "evals")]:
-            path = cwd / f"{name}.nii.gz"
-            nib.save(nib.Nifti1Image(np.asarray(maps[key], np.float32), dwi.affine), path)
-            self._results[f"out_{name}"] = str(path)
+            self._results[f"out_{name}"] = save_map(np.asarray(maps[key], np.float32), dwi.affine, cwd, name)
         self._results["out_qc"] = str(
             tensor_qc_png(maps["fa"], maps["color_fa"], mask, cwd / "tensor_qc.png", title="DTI")
         )

@@ -48,7 +48,8 @@ class DWIInputs:
 
 
 def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: PipelineConfig | None = None,
-                    session: str | None = None, name: str | None = None, container: str | None = None):
+                    session: str | None = None, name: str | None = None, container: str | None = None,
+                    omp_nthreads: int = 1):
     """Build the workflow that takes one subject's DWI to CST metrics.
 
     import → preprocessing (:func:`init_dwi_preproc_wf`) → tensor (:func:`init_tensor_wf`)
@@ -69,6 +70,9 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
         Pipeline options (defaults if None).
     container : str, optional
         Passed to :func:`init_derivatives_wf` (``""`` for a batch staging folder).
+    omp_nthreads : int
+        Threads a multithreaded node may use (it also declares them to Nipype as its
+        ``n_procs``, so MultiProc never oversubscribes the cores). Never changes results.
     """
     config = config or PipelineConfig()
     sub = subject if subject.startswith("sub-") else f"sub-{subject}"
@@ -85,7 +89,7 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
     inputnode = pe.Node(IdentityInterface(fields=["source_file"]), name="inputnode")
     inputnode.inputs.source_file = inputs.source
 
-    preproc_wf = init_dwi_preproc_wf(config, mem_gb=mem_gb)
+    preproc_wf = init_dwi_preproc_wf(config, mem_gb=mem_gb, omp_nthreads=omp_nthreads)
     wf.connect([
         (dwi_import, preproc_wf, [("out_dwi", "inputnode.dwi"), ("out_bval", "inputnode.bval"),
                                   ("out_bvec", "inputnode.bvec"), ("slice_axis", "inputnode.slice_axis"),

@@ -6,18 +6,21 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from ..config import PipelineConfig
-from ..interfaces.preprocess import BrainMask, Denoise, GibbsUnring, MotionCorrect, PreprocRecord
+from ..interfaces.preprocess import BrainMask, Denoise, GibbsUnring, MotionCorrect, PreprocRecord, ProcessingRegion
 
 DWI_FIELDS = ["dwi", "bval", "bvec"]
 
 
-def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, name: str = "dwi_preproc_wf"):
+def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: int = 1,
+                        name: str = "dwi_preproc_wf"):
     """Build the DWI preprocessing workflow.
 
     Order follows common practice (MRtrix/QSIPrep): denoising first, while the noise is
     still independent between voxels; Gibbs unringing next, on the acquired slices;
     motion correction (rigid, to the first b0, b-vectors rotated) last; the brain mask
-    is computed on the corrected mean b0.
+    is computed on the corrected mean b0. With ``config.preproc_region == "brain"``
+    denoising and Gibbs removal work only inside a dilated brain mask of the raw series
+    (``processing_region``), which holds everything later stages read.
 
     Parameters
     ----------
@@ -26,6 +29,8 @@ def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, name: str =
         ``b0_threshold``, ``mask_*`` are used.
     mem_gb : float
         Memory estimate of one in-memory copy of the DWI series, for MultiProc.
+    omp_nthreads : int
+        Threads for the multithreaded nodes (declared as their ``n_procs``).
 
     Inputs
     ------
@@ -69,12 +74,28 @@ def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, name: str =
         wf.connect([(src, node, [(f"{prefix}{f}", f"in_{f}") for f in DWI_FIELDS])])
         last = (node, "out_")
 
+    region = None
+    if config.preproc_region == "brain" and (config.denoise_method != "none" or config.gibbs):
+        region = pe.Node(
+            ProcessingRegion(b0_threshold=b0_thr),
+            name="processing_region", mem_gb=mem_gb,
+        )
+        wf.connect([(inputnode, region, [(f, f"in_{f}") for f in DWI_FIELDS])])
+
+    def threaded(node):
+        node.inputs.num_threads = omp_nthreads
+        node.n_procs = omp_nthreads
+        if region is not None:
+            wf.connect(region, "out_mask", node, "in_mask")
+        return node
+
     if config.denoise_method != "none":
-        denoise = pe.Node(Denoise(method=config.denoise_method, b0_threshold=b0_thr), name="denoise", mem_gb=3 * mem_gb)
+        denoise = threaded(pe.Node(Denoise(method=config.denoise_method, b0_threshold=b0_thr), name="denoise",
+                                   mem_gb=3 * mem_gb))
         chain(denoise)
         wf.connect(denoise, "out_report", record, "denoise_report")
     if config.gibbs:
-        gibbs = pe.Node(GibbsUnring(b0_threshold=b0_thr), name="gibbs_unring", mem_gb=2 * mem_gb)
+        gibbs = threaded(pe.Node(GibbsUnring(b0_threshold=b0_thr), name="gibbs_unring", mem_gb=2 * mem_gb))
         if config.gibbs_slice_axis >= 0:
             gibbs.inputs.slice_axis = config.gibbs_slice_axis
         else:
