@@ -74,6 +74,7 @@ def run_case(case: str, out: Path, nprocs: int) -> dict | None:
     stages, memory = defaultdict(float), defaultdict(float)
     for node, secs in done["result"].get("node_durations_s", {}).items():
         stages[stage_of(node)] += secs
+    stages["report"] = done["result"].get("report_s", 0.0)
     for node, gb in done["result"].get("node_peak_mem_gb", {}).items():
         memory[stage_of(node)] = max(memory[stage_of(node)], gb * 1024)
     shape = nib.load(src["nifti"]).shape
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
     results = {case: run_case(case, args.out / case, args.nprocs) for case in args.cases}
     ran = {c: r for c, r in results.items() if r}
     order = ["import", "denoise", "gibbs", "motion", "mask", "tensor", "registration", "tracking", "cst",
-             "metrics", "outputs"]
+             "metrics", "outputs", "report"]
     lines = [f"# csttool-nipype per-subject benchmark (default options, one subject alone, --nprocs {args.nprocs}: "
              "MultiProc inside the subject, that many threads for multithreaded nodes)",
              f"# {machine_line()}", "",

@@ -78,8 +78,10 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     from .reports import try_write_subject_report   # into stage_dir: promoted and checksummed with the rest
 
     key = payload["subject"] + (f"/{payload['session']}" if payload.get("session") else "")
+    report_started = time.time()
     try_write_subject_report(stage_dir, key=key, config=config.to_dict(), node_durations=result["node_durations_s"],
                              log_file=next(Path(crash_dir).parent.glob("*.log"), None))
+    result["report_s"] = time.time() - report_started
     return result
 
 
