@@ -108,10 +108,14 @@ class _MotionOutputSpec(DWIOutputSpec):
     out_report = File(exists=True, desc="JSON: per-volume rotation/translation, framewise displacement")
 
 
+class _MotionInputSpec(DWIInputSpec):
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="threads (never changes the result)")
+
+
 class MotionCorrect(SimpleInterface):
     """Rigid motion correction with b-vector rotation (``science.motion.motion_correct``)."""
 
-    input_spec = DWIInputSpec
+    input_spec = _MotionInputSpec
     output_spec = _MotionOutputSpec
 
     def _run_interface(self, runtime):
@@ -119,7 +123,8 @@ class MotionCorrect(SimpleInterface):
 
         dwi = load_inputs(self.inputs)
         data, bvecs, transforms, report = motion_correct(
-            dwi.data, dwi.affine, dwi.bvals, dwi.bvecs_voxel, b0_threshold=self.inputs.b0_threshold
+            dwi.data, dwi.affine, dwi.bvals, dwi.bvecs_voxel, b0_threshold=self.inputs.b0_threshold,
+            workers=self.inputs.num_threads,
         )
         save_outputs(_replace_data(dwi, data, bvecs), runtime.cwd, "dwi_motion", self._results)
         np.save(Path(runtime.cwd) / "motion_transforms.npy", transforms)

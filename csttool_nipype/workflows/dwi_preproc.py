@@ -82,10 +82,10 @@ def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthread
         )
         wf.connect([(inputnode, region, [(f, f"in_{f}") for f in DWI_FIELDS])])
 
-    def threaded(node):
+    def threaded(node, in_region=True):
         node.inputs.num_threads = omp_nthreads
         node.n_procs = omp_nthreads
-        if region is not None:
+        if region is not None and in_region:
             wf.connect(region, "out_mask", node, "in_mask")
         return node
 
@@ -102,7 +102,8 @@ def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthread
             wf.connect(inputnode, "slice_axis", gibbs, "slice_axis")
         chain(gibbs)
     if config.motion_correction:
-        hmc = pe.Node(MotionCorrect(b0_threshold=b0_thr), name="motion_correct", mem_gb=2 * mem_gb)
+        hmc = threaded(pe.Node(MotionCorrect(b0_threshold=b0_thr), name="motion_correct", mem_gb=2 * mem_gb),
+                       in_region=False)
         chain(hmc)
         wf.connect(hmc, "out_report", record, "motion_report")
 
