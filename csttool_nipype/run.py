@@ -59,6 +59,10 @@ def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineCon
     if execution.write_graph:
         write_graphs(wf, output_dir / sub / "figures")
     LOGGER.info("running %s (config %s) from %s", sub, config.config_hash(), inputs.source)
+    if execution.plugin == "MultiProc":
+        from .subject_job import preload_modules
+
+        preload_modules()
     graph = run_workflow(wf, work_dir, work_dir / "crash", execution)
     write_dataset_description(output_dir)
     from .reports import try_write_subject_report

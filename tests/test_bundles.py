@@ -364,3 +364,88 @@ def test_phantom_lesion_shows_as_a_dip_in_the_left_profile():
     # a real dip: well below the healthy side at the same place
     assert profiles["left"][dip] < profiles["right"][dip] - 0.1
     assert laterality_index(profiles["left"].mean(), profiles["right"].mean()) < 0
+
+
+# ---------------------------------------------- vectorised internals keep the results
+
+
+def _reference_extract(streamlines, rois, affine, side, **kwargs):
+    """extract_cst as it was written before vectorising: per-streamline lists."""
+    from csttool_nipype.science import bundles as B
+
+    sel = select_cst([np.asarray(s, float) for s in streamlines], rois, affine, side=side,
+                     min_length_mm=kwargs.get("min_length_mm", 40.0))
+    chosen = [np.asarray(streamlines[int(i)], np.float64) for i in sel]
+    flip = np.array([s[0, 2] > s[-1, 2] for s in chosen], dtype=bool)
+    bs = B._first_hit_rank(chosen, rois["brainstem"], affine)
+    pc = B._first_hit_rank(chosen, rois[f"precentral_{side}"], affine)
+    known = np.isfinite(bs) & np.isfinite(pc) & (bs != pc)
+    flip[known] = bs[known] > pc[known]
+    oriented = [s[::-1] if f else s for s, f in zip(chosen, flip)]
+    out = []
+    for s in oriented:  # clip_end="first"
+        in_bs = B._in_roi(s, rois["brainstem"], affine)
+        in_pc = B._in_roi(s, rois[f"precentral_{side}"], affine)
+        first = int(np.flatnonzero(in_bs)[0]) if in_bs.any() else len(s)
+        after = np.flatnonzero(in_pc & (np.arange(len(s)) > first))
+        stop = int(after[0]) if len(after) else -1
+        out.append(s[first:stop + 1] if first < stop else s)
+    kept = clean_bundle(out, min_streamlines=20) if out else []
+    return [out[int(i)] for i in kept]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_extract_cst_matches_the_per_streamline_reference(tracked, side):
+    sl = tracked["streamlines"]
+    expected = _reference_extract(sl, tracked["rois"], tracked["affine"], side)
+    for given in (sl, [np.asarray(s) for s in sl], sl[np.arange(len(sl))]):
+        got = extract_cst(given, tracked["rois"], tracked["affine"], side=side, clip_end="first")
+        assert len(got) == len(expected) > 0
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+def _reference_density(bundle, shape, affine):
+    """density_map as it was: per-segment densifying, argsort and unique pairs."""
+    from csttool_nipype.science.bundles import _voxel_index
+
+    arrays = [np.asarray(s, np.float64).reshape(-1, 3) for s in bundle]
+    counts_per = np.array([len(a) for a in arrays])
+    points = np.concatenate(arrays)
+    ids = np.repeat(np.arange(len(arrays)), counts_per)
+    zooms = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    same = ids[1:] == ids[:-1]
+    n_extra = np.maximum(np.where(same, np.ceil(seg / (0.5 * zooms.min())).astype(np.intp) - 1, 0), 0)
+    if n_extra.any():
+        starts = np.repeat(np.arange(len(seg)), n_extra)
+        frac = np.concatenate([np.arange(1, k + 1) / (k + 1) for k in n_extra[n_extra > 0]])
+        extra = points[starts] + frac[:, None] * (points[starts + 1] - points[starts])
+        order = np.argsort(np.concatenate([np.arange(len(points), dtype=float), starts + frac]), kind="stable")
+        points = np.concatenate([points, extra])[order]
+        ids = np.concatenate([ids, ids[starts]])[order]
+    ijk, inside = _voxel_index(points, affine, shape)
+    lin = np.ravel_multi_index(tuple(ijk[inside].T), shape)
+    pairs = np.unique(np.stack([ids[inside], lin], axis=1), axis=0)
+    counts = np.zeros(shape, dtype=np.int64)
+    np.add.at(counts.reshape(-1), pairs[:, 1], 1)
+    return counts
+
+
+def test_density_map_matches_the_reference(tracked):
+    from csttool_nipype.science.bundles import _densify
+
+    shape, affine = tracked["fa"].shape, tracked["affine"]
+    bundle = extract_cst(tracked["streamlines"], tracked["rois"], affine, side="left")
+    sparse = [np.asarray(s)[::9] for s in bundle]  # 4.5 mm steps: densified
+    wandering = [np.asarray(s) + np.sin(np.arange(len(s)))[:, None] * 3.0 for s in bundle[:40]]  # revisits voxels
+    for b in (bundle, sparse, wandering, [np.array([[-50.0, 0, 0], [5.0, 0.0, 0.0]])]):
+        got = density_map(b, shape, affine)
+        assert got.dtype == np.int64 and np.array_equal(got, _reference_density(b, shape, affine))
+    pts = np.concatenate(sparse)
+    ids = np.repeat(np.arange(len(sparse)), [len(s) for s in sparse])
+    dense, dense_ids = _densify(pts, ids, 1.0)
+    assert len(dense) > 3 * len(pts)
+    for i in (0, len(sparse) // 2):
+        run = dense[dense_ids == i]
+        assert np.allclose(run[0], sparse[i][0]) and np.allclose(run[-1], sparse[i][-1])
+        assert np.linalg.norm(np.diff(run, axis=0), axis=1).max() <= 1.0 + 1e-9

@@ -170,3 +170,40 @@ def test_end_to_end_on_a_tracked_tract():
     truth = fa[field["left"]]
     assert abs(m["fa_mean"] - truth.mean()) < 0.05
     assert m["mean_length_mm"] == pytest.approx(np.mean(streamline_lengths(bundle)))
+
+
+def _reference_profile(bundle, scalar_map, affine, n_nodes=N_NODES):
+    """tract_profile as it was: per-streamline orientation, dipy resampling of a list."""
+    from dipy.tracking.streamline import set_number_of_points
+
+    from csttool_nipype.science.profiles import node_weights, orient_inferior_superior, sample_nodes
+
+    arrays = [np.ascontiguousarray(s, np.float64) for s in orient_inferior_superior(bundle)]
+    resampled = np.asarray(set_number_of_points(arrays, nb_points=n_nodes), dtype=np.float64)
+    values = sample_nodes(resampled, scalar_map, affine)
+    weights = node_weights(resampled)
+    valid = np.isfinite(values)
+    weights = np.where(valid, weights, 0.0)
+    total = weights.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (weights * np.where(valid, values, 0.0)).sum(axis=0) / total, np.nan)
+
+
+def test_tract_profiles_of_several_maps_match_single_profiles_and_the_reference():
+    from nibabel.streamlines import ArraySequence
+
+    from csttool_nipype.science.profiles import tract_profiles
+
+    rng = np.random.default_rng(3)
+    maps = {"fa": rng.uniform(0.2, 0.8, SHAPE), "md": rng.uniform(0.5e-3, 1e-3, SHAPE)}
+    maps["md"][10, 10, 20] = np.nan
+    bundle = _straight_bundle(30, reverse_half=True)
+    bundle = [s + rng.normal(scale=0.3, size=s.shape) for s in bundle]
+    for given in (bundle, ArraySequence(bundle)):
+        together = tract_profiles(given, maps, AFFINE)
+        for name, arr in maps.items():
+            expected = _reference_profile(bundle, arr, AFFINE)
+            assert np.array_equal(together[name], expected, equal_nan=True)
+            assert np.array_equal(tract_profile(given, arr, AFFINE), expected, equal_nan=True)
+    empty = tract_profiles([], maps, AFFINE)
+    assert set(empty) == set(maps) and all(np.isnan(v).all() for v in empty.values())

@@ -261,3 +261,80 @@ def test_save_trk_writes_an_empty_bundle(tmp_path, field):
 def test_load_trk_reports_missing_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         load_trk(tmp_path / "none.trk")
+
+
+# ------------------------------------------------------------- speed-ups keep results
+
+
+def test_parallel_tracking_gives_the_serial_result(field, tractogram):
+    parallel = track(field["v1"], field["fa"], field["mask"], field["affine"], n_jobs=2)
+    assert _same(tractogram, parallel)
+
+
+def test_parallel_probabilistic_tracking_gives_the_serial_result(field):
+    data, bvals, bvecs = simulate_dwi(field["v1"], field["fa"])
+    seed_mask = np.zeros(field["fa"].shape, bool)
+    seed_mask[..., 16:18] = True
+    kwargs = dict(method="probabilistic", data=data, bvals=bvals, bvecs_voxel=bvecs, seed=3, seed_mask=seed_mask)
+    serial = track(field["v1"], field["fa"], field["mask"], field["affine"], **kwargs)
+    parallel = track(field["v1"], field["fa"], field["mask"], field["affine"], n_jobs=2, **kwargs)
+    assert len(serial) > 20 and _same(serial, parallel)
+
+
+def _dipy_save_trk(streamlines, reference, path):
+    """save_trk as it was: dipy's StatefulTractogram and save_tractogram."""
+    from dipy.io.stateful_tractogram import Space, StatefulTractogram
+    from dipy.io.streamline import save_tractogram
+    from nibabel.streamlines import ArraySequence
+
+    from csttool_nipype.science.tracking import _reference
+
+    seq = ArraySequence([np.asarray(s, np.float64).reshape(-1, 3) for s in streamlines])
+    sft = StatefulTractogram(seq, _reference(reference), Space.RASMM)
+    if len(sft):
+        sft.is_bbox_in_vox_valid()
+    save_tractogram(sft, str(path), bbox_valid_check=False)
+
+
+@pytest.mark.parametrize("storage", ["RAS", "LAS"])
+def test_save_trk_writes_the_bytes_of_dipy_and_load_trk_reads_as_nibabel(tmp_path, field, tractogram, storage):
+    affine = field["affine"].copy()
+    if storage == "LAS":
+        affine[:3, :3] = affine[:3, :3] @ np.diag([-1.0, 1.0, 1.0])
+        affine[0, 3] = 40.0
+    reference = (affine, field["fa"].shape)
+    cases = {
+        "all": tractogram,
+        "view": tractogram[np.arange(0, len(tractogram), 5)],
+        "float32 list": [np.asarray(s, np.float32) for s in tractogram[:30]],
+        "outside": [np.asarray(tractogram[0]) + 300.0],
+        "empty": [],
+    }
+    for name, streamlines in cases.items():
+        ours, dipys = save_trk(streamlines, reference, tmp_path / f"{name}.trk"), tmp_path / f"{name}_dipy.trk"
+        _dipy_save_trk(streamlines, reference, dipys)
+        assert ours.read_bytes() == dipys.read_bytes(), name
+        fast, slow = load_trk(ours), nib.streamlines.load(str(ours)).streamlines
+        assert len(fast) == len(slow)
+        if len(slow):
+            assert fast.get_data().dtype == slow.get_data().dtype
+            assert np.array_equal(fast.get_data(), slow.get_data())
+            assert np.array_equal(fast._lengths, slow._lengths)
+
+
+def test_load_trk_reads_files_with_scalars_through_nibabel(tmp_path, tractogram):
+    from nibabel.streamlines import Tractogram
+
+    bundle = tractogram[:5]
+    scalars = [np.arange(len(s), dtype=np.float32)[:, None] for s in bundle]
+    tg = Tractogram(bundle, data_per_point={"t": scalars}, affine_to_rasmm=np.eye(4))
+    path = tmp_path / "scalars.trk"
+    nib.streamlines.save(tg, str(path))
+    back = load_trk(path)
+    assert np.array_equal(back.get_data(), nib.streamlines.load(str(path)).streamlines.get_data())
+
+
+def test_streamline_lengths_of_a_sequence_match_the_per_streamline_sum(tractogram):
+    expected = [float(np.linalg.norm(np.diff(np.asarray(s), axis=0), axis=1).sum()) for s in tractogram]
+    assert np.array_equal(streamline_lengths(tractogram), expected)
+    assert np.array_equal(streamline_lengths(tractogram[::3]), expected[::3])

@@ -63,7 +63,7 @@ class CSTMetrics(SimpleInterface):
     def _run_interface(self, runtime):
         import pandas as pd
 
-        from ..science.profiles import bundle_metrics, profiles_table, summary_row, tract_profile
+        from ..science.profiles import bundle_metrics, profiles_table, summary_row, tract_profiles
         from ..science.tracking import load_trk
 
         ref = nib.load(self.inputs.in_fa)
@@ -74,8 +74,8 @@ class CSTMetrics(SimpleInterface):
         for side in ("left", "right"):
             bundle = load_trk(getattr(self.inputs, f"in_{side}"))
             metrics[side] = bundle_metrics(bundle, maps, ref.affine, voxel_volume, weighting=self.inputs.weighting)
-            if len(bundle):
-                profiles[side] = {m: tract_profile(bundle, maps[m], ref.affine, n_nodes) for m in SCALARS}
+            if len(bundle):  # oriented, resampled and weighted once for the four maps
+                profiles[side] = tract_profiles(bundle, {m: maps[m] for m in SCALARS}, ref.affine, n_nodes)
             else:  # an empty side keeps its rows (all NaN), so every table has the same shape
                 profiles[side] = {m: np.full(n_nodes, np.nan) for m in SCALARS}
         coverage = self._optional_json("in_coverage")

@@ -30,6 +30,9 @@ class _TrackInputSpec(VersionedInputSpec):
     min_length_mm = traits.Float(_D.min_length_mm, usedefault=True)
     max_length_mm = traits.Float(_D.max_length_mm, usedefault=True)
     seed = traits.Int(_D.seed, usedefault=True, desc="RNG seed (bit-identical reruns)")
+    num_threads = traits.Int(1, usedefault=True, nohash=True,
+                             desc="processes to track in (never changes the result: seeds are tracked "
+                                  "independently and joined in seed order)")
 
 
 class _TrackOutputSpec(TraitedSpec):
@@ -62,7 +65,8 @@ class Track(SimpleInterface):
             v1, fa, mask, fa_img.affine, seeds_per_voxel=self.inputs.seeds_per_voxel,
             step_size_mm=self.inputs.step_size_mm, fa_threshold=self.inputs.fa_threshold,
             max_angle_deg=self.inputs.max_angle_deg, min_length_mm=self.inputs.min_length_mm,
-            max_length_mm=self.inputs.max_length_mm, method=self.inputs.method, seed=self.inputs.seed, **extra,
+            max_length_mm=self.inputs.max_length_mm, method=self.inputs.method, seed=self.inputs.seed,
+            n_jobs=max(1, int(self.inputs.num_threads)), **extra,
         )
         out = save_trk(streamlines, fa_img, Path(runtime.cwd) / "tractogram.trk")
         self._results["out_trk"] = str(out)

@@ -61,19 +61,87 @@ POSITION_FLOOR_MM = 1.0
 # --------------------------------------------------------------------------- helpers
 
 
+class _Packed:
+    """Streamlines as one float64 point array, with per-point streamline ids.
+
+    ``points`` (P, 3) float64 (world mm, each streamline's points in order, streamlines
+    in order), ``counts`` (N,) points per streamline, ``starts`` (N,) index of each
+    streamline's first point, ``ids`` (P,) streamline of each point. Built once and
+    shared by the extraction steps instead of re-flattening the streamlines for every
+    ROI test.
+    """
+
+    __slots__ = ("points", "counts", "starts", "ids", "_lengths")
+
+    def __init__(self, points: np.ndarray, counts: np.ndarray):
+        self.points = points
+        self.counts = np.asarray(counts, dtype=np.intp)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.intp)
+        self.ids = np.repeat(np.arange(len(self.counts)), self.counts)
+        self._lengths = None
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    @classmethod
+    def of(cls, streamlines) -> "_Packed":
+        if isinstance(streamlines, cls):
+            return streamlines
+        if isinstance(streamlines, ArraySequence):
+            from .tracking import _packed
+
+            points, counts = _packed(streamlines)
+            return cls(points.reshape(-1, 3), counts)
+        arrays = [np.asarray(s, dtype=np.float64).reshape(-1, 3) for s in streamlines]
+        counts = np.array([len(a) for a in arrays], dtype=np.intp)
+        points = np.concatenate(arrays) if arrays else np.zeros((0, 3))
+        return cls(points, counts)
+
+    def segment_lengths(self) -> np.ndarray:
+        """Arc length of each streamline (the segments summed in order)."""
+        if self._lengths is None:
+            seg = np.linalg.norm(np.diff(self.points, axis=0), axis=1)
+            same = self.ids[1:] == self.ids[:-1]
+            self._lengths = np.bincount(self.ids[1:][same], weights=seg[same], minlength=len(self))
+        return self._lengths
+
+    def select(self, keep, first=None, count=None) -> "_Packed":
+        """The streamlines that ``keep`` (bool or index array) selects, optionally cut to
+        ``count`` points from their ``first`` point (arrays over the selected streamlines)."""
+        idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.intp)
+        first = np.zeros(len(idx), dtype=np.intp) if first is None else np.asarray(first, dtype=np.intp)
+        count = self.counts[idx] if count is None else np.asarray(count, dtype=np.intp)
+        total = int(count.sum())
+        out_starts = np.cumsum(count) - count
+        rows = np.arange(total, dtype=np.intp) + np.repeat(self.starts[idx] + first - out_starts, count)
+        return _Packed(self.points[rows], count)
+
+    def reversed_where(self, flip: np.ndarray) -> "_Packed":
+        """The same streamlines, those where ``flip`` is true with their points reversed."""
+        if not np.any(flip):
+            return _Packed(self.points.copy(), self.counts)
+        local = np.arange(len(self.points), dtype=np.intp) - self.starts[self.ids]
+        f = np.repeat(np.asarray(flip, bool), self.counts)
+        rows = np.where(f, self.starts[self.ids] + self.counts[self.ids] - 1 - local,
+                        np.arange(len(self.points), dtype=np.intp))
+        return _Packed(self.points[rows], self.counts)
+
+    def sequence(self) -> ArraySequence:
+        """An ArraySequence of float64 points over these arrays."""
+        from .tracking import _packed_sequence
+
+        return _packed_sequence(self.points, self.counts)
+
+
 def _flatten(streamlines) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All points (P, 3), the streamline id of each point (P,) and lengths (N,)."""
-    arrays = [np.asarray(s, dtype=np.float64).reshape(-1, 3) for s in streamlines]
-    counts = np.array([len(a) for a in arrays], dtype=np.intp)
-    points = np.concatenate(arrays) if arrays else np.zeros((0, 3))
-    ids = np.repeat(np.arange(len(arrays)), counts)
-    return points, ids, counts
+    packed = _Packed.of(streamlines)
+    return packed.points, packed.ids, packed.counts
 
 
 def _subset(streamlines, keep: np.ndarray) -> ArraySequence:
     """The streamlines where ``keep`` (bool or index array) selects, as float64."""
-    idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.intp)
-    return ArraySequence([np.asarray(streamlines[int(i)], dtype=np.float64) for i in idx])
+    return _Packed.of(streamlines).select(keep).sequence()
 
 
 def _voxel_index(points: np.ndarray, affine: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +150,33 @@ def _voxel_index(points: np.ndarray, affine: np.ndarray, shape) -> tuple[np.ndar
     ijk = np.rint(points @ inv[:3, :3].T + inv[:3, 3]).astype(np.intp)
     inside = np.all((ijk >= 0) & (ijk < np.asarray(shape[:3])), axis=1)
     return ijk, inside
+
+
+class _VoxelLookup:
+    """Nearest voxel of every point, computed once and shared by several ROI tests."""
+
+    def __init__(self, points: np.ndarray, affine: np.ndarray):
+        self.points = points
+        self.affine = affine
+        self._ijk = None
+        self._flat: dict = {}  # grid shape -> (inside, flat voxel index of the inside points)
+
+    def in_roi(self, roi: np.ndarray) -> np.ndarray:
+        """Whether each point's nearest voxel is in ``roi`` (as :func:`_in_roi`)."""
+        roi = np.asarray(roi, dtype=bool)
+        out = np.zeros(len(self.points), dtype=bool)
+        if len(self.points) == 0 or not roi.any():
+            return out
+        shape = roi.shape[:3]
+        if shape not in self._flat:
+            if self._ijk is None:
+                self._ijk, inside = _voxel_index(self.points, self.affine, shape)
+            else:
+                inside = np.all((self._ijk >= 0) & (self._ijk < np.asarray(shape)), axis=1)
+            self._flat[shape] = (inside, np.ravel_multi_index(tuple(self._ijk[inside].T), shape))
+        inside, flat = self._flat[shape]
+        out[inside] = roi.reshape(-1)[flat]
+        return out
 
 
 def _densify(points: np.ndarray, ids: np.ndarray, max_step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -94,26 +189,35 @@ def _densify(points: np.ndarray, ids: np.ndarray, max_step: float) -> tuple[np.n
     n_extra = np.maximum(n_extra, 0)
     if not n_extra.any():
         return points, ids
-    starts = np.repeat(np.arange(len(seg)), n_extra)
-    frac = np.concatenate([np.arange(1, k + 1) / (k + 1) for k in n_extra[n_extra > 0]])
+    starts = np.repeat(np.arange(len(seg)), n_extra)  # segment of each inserted point
+    total = len(starts)
+    first_extra = np.cumsum(n_extra) - n_extra  # index of each segment's first inserted point
+    step_no = np.arange(1, total + 1) - np.repeat(first_extra, n_extra)  # 1..k within its segment
+    frac = step_no / (n_extra[starts] + 1)
     extra = points[starts] + frac[:, None] * (points[starts + 1] - points[starts])
-    # each inserted point goes right after its segment's first point
-    all_points = np.concatenate([points, extra])
-    all_ids = np.concatenate([ids, ids[starts]])
-    order_key = np.concatenate([np.arange(len(points), dtype=float), starts + frac])
-    order = np.argsort(order_key, kind="stable")
-    return all_points[order], all_ids[order]
+    # each inserted point goes right after its segment's first point, in order
+    before = np.concatenate([[0], np.cumsum(n_extra)])  # inserted points before original point i
+    n_out = len(points) + total
+    all_points = np.empty((n_out, 3))
+    all_ids = np.empty(n_out, dtype=ids.dtype)
+    orig_pos = np.arange(len(points)) + before
+    all_points[orig_pos] = points
+    all_ids[orig_pos] = ids
+    extra_pos = orig_pos[starts] + step_no
+    all_points[extra_pos] = extra
+    all_ids[extra_pos] = ids[starts]
+    return all_points, all_ids
 
 
 def _in_roi(points: np.ndarray, roi: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Whether each world point's nearest voxel is in ``roi``."""
-    roi = np.asarray(roi, dtype=bool)
-    out = np.zeros(len(points), dtype=bool)
-    if len(points) == 0 or not roi.any():
-        return out
-    ijk, inside = _voxel_index(points, affine, roi.shape)
-    out[inside] = roi[tuple(ijk[inside].T)]
-    return out
+    return _VoxelLookup(points, affine).in_roi(roi)
+
+
+def _any_per_streamline(ids: np.ndarray, flags: np.ndarray, n: int) -> np.ndarray:
+    hits = np.zeros(n, dtype=bool)
+    hits[ids[flags]] = True
+    return hits
 
 
 def roi_hits(streamlines, roi: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -132,20 +236,19 @@ def roi_hits(streamlines, roi: np.ndarray, affine: np.ndarray) -> np.ndarray:
     -------
     hits : ndarray of bool, shape (n_streamlines,)
     """
-    points, ids, counts = _flatten(streamlines)
-    hits = np.zeros(len(counts), dtype=bool)
-    hits[np.unique(ids[_in_roi(points, roi, affine)])] = True
-    return hits
+    packed = _Packed.of(streamlines)
+    return _any_per_streamline(packed.ids, _in_roi(packed.points, roi, affine), len(packed))
 
 
-def _first_hit_rank(streamlines, roi, affine) -> np.ndarray:
+def _first_hit_rank(streamlines, roi, affine, lookup: _VoxelLookup | None = None) -> np.ndarray:
     """Mean relative position (0 = first point, 1 = last) of each streamline's points in ``roi``; NaN if none."""
-    points, ids, counts = _flatten(streamlines)
+    packed = _Packed.of(streamlines)
+    points, ids, counts = packed.points, packed.ids, packed.counts
     out = np.full(len(counts), np.nan)
     if len(points) == 0:
         return out
-    in_roi = _in_roi(points, roi, affine)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    in_roi = (lookup or _VoxelLookup(points, affine)).in_roi(roi)
+    starts = packed.starts
     rel = (np.arange(len(points)) - starts[ids]) / np.maximum(counts[ids] - 1, 1)
     total = np.bincount(ids[in_roi], weights=rel[in_roi], minlength=len(counts))
     n = np.bincount(ids[in_roi], minlength=len(counts))
@@ -246,10 +349,9 @@ def select_cst(
     n = len(streamlines)
     if n == 0:
         return np.zeros(0, dtype=np.intp)
-    points, ids, counts = _flatten(streamlines)
-    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
-    same = ids[1:] == ids[:-1]
-    lengths = np.bincount(ids[1:][same], weights=seg[same], minlength=n)
+    packed = _Packed.of(streamlines)
+    points, ids = packed.points, packed.ids
+    lengths = packed.segment_lengths()
     keep = lengths >= min_length_mm
 
     point, normal = midline_plane(rois, affine)
@@ -289,12 +391,13 @@ def select_cst(
     if rois.get(f"capsule_{side}") is not None:
         required.append(f"capsule_{side}")
     candidates = np.flatnonzero(keep)
-    subset = [streamlines[int(i)] for i in candidates]
+    subset = packed.select(candidates)
+    lookup = _VoxelLookup(subset.points, affine)  # one nearest-voxel pass for every ROI test
     ok = np.ones(len(candidates), dtype=bool)
     for key in required:
-        ok &= roi_hits(subset, rois[key], affine)
+        ok &= _any_per_streamline(subset.ids, lookup.in_roi(rois[key]), len(subset))
     if exclusion is not None:
-        ok &= ~roi_hits(subset, exclusion, affine)
+        ok &= ~_any_per_streamline(subset.ids, lookup.in_roi(exclusion), len(subset))
     LOGGER.info(
         "CST %s: %d streamlines, %d long enough, %d on their side of the midline (x=%.1f mm, normal %s), "
         "%d through %s",
@@ -337,14 +440,20 @@ def clip_to_rois(bundle, rois: Mapping[str, np.ndarray], affine: np.ndarray, *, 
     _side_sign(side)
     if end not in ("last", "first"):
         raise InputError(None, f"end must be 'last' or 'first', got {end!r}")
-    points, ids, counts = _flatten(bundle)
+    return _clip_packed(_Packed.of(bundle), rois, affine, side=side, end=end).sequence()
+
+
+def _clip_packed(packed: _Packed, rois, affine, *, side: str, end: str) -> _Packed:
+    """:func:`clip_to_rois` on packed streamlines."""
+    points, ids, counts = packed.points, packed.ids, packed.counts
     n = len(counts)
     if n == 0:
-        return ArraySequence()
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        return packed
+    starts = packed.starts
     local = np.arange(len(points)) - starts[ids]
-    in_bs = _in_roi(points, rois["brainstem"], affine)
-    in_pc = _in_roi(points, rois[f"precentral_{side}"], affine)
+    lookup = _VoxelLookup(points, affine)
+    in_bs = lookup.in_roi(rois["brainstem"])
+    in_pc = lookup.in_roi(rois[f"precentral_{side}"])
     first = counts.copy()
     np.minimum.at(first, ids[in_bs], local[in_bs])
     if end == "last":
@@ -355,13 +464,9 @@ def clip_to_rois(bundle, rois: Mapping[str, np.ndarray], affine: np.ndarray, *, 
         stop = np.full(n, np.iinfo(counts.dtype).max, dtype=counts.dtype)
         np.minimum.at(stop, ids[after], local[after])
         stop[stop == np.iinfo(counts.dtype).max] = -1
-    out = []
-    for i in range(n):
-        s = points[starts[i]:starts[i] + counts[i]]
-        if first[i] < stop[i]:
-            s = s[first[i]:stop[i] + 1]
-        out.append(np.array(s, dtype=np.float64))
-    return ArraySequence(out)
+    cut = first < stop
+    return packed.select(np.arange(n), first=np.where(cut, first, 0),
+                         count=np.where(cut, stop - first + 1, counts))
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -373,8 +478,10 @@ def resample_streamlines(streamlines, n_points: int) -> np.ndarray:
 
     if len(streamlines) == 0:
         return np.zeros((0, n_points, 3))
-    arrays = [np.ascontiguousarray(s, dtype=np.float64) for s in streamlines]
-    return np.asarray(set_number_of_points(arrays, nb_points=int(n_points)), dtype=np.float64)
+    packed = _Packed.of(streamlines)
+    # dipy resamples an ArraySequence streamline by streamline in C, as it does a list
+    resampled = set_number_of_points(packed.sequence(), nb_points=int(n_points))
+    return np.asarray(resampled.get_data(), dtype=np.float64).reshape(len(packed), int(n_points), 3)
 
 
 def node_mahalanobis(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM) -> np.ndarray:
@@ -414,15 +521,22 @@ def orient_bundle(streamlines, rois: Mapping[str, np.ndarray] | None = None, aff
     otherwise (or when it misses one of them) when its first point is higher (world z)
     than its last.
     """
-    streamlines = list(streamlines)
-    flip = np.array([np.asarray(s)[0, 2] > np.asarray(s)[-1, 2] for s in streamlines], dtype=bool)
-    if rois is not None and affine is not None and side is not None and len(streamlines):
-        bs = _first_hit_rank(streamlines, np.asarray(rois["brainstem"], bool), affine)
-        pc = _first_hit_rank(streamlines, np.asarray(rois[f"precentral_{side}"], bool), affine)
+    return _orient_packed(_Packed.of(streamlines), rois, affine, side=side).sequence()
+
+
+def _orient_packed(packed: _Packed, rois, affine, *, side) -> _Packed:
+    """:func:`orient_bundle` on packed streamlines."""
+    if len(packed) == 0:
+        return packed
+    z = packed.points[:, 2]
+    flip = z[packed.starts] > z[packed.starts + packed.counts - 1]
+    if rois is not None and affine is not None and side is not None:
+        lookup = _VoxelLookup(packed.points, affine)
+        bs = _first_hit_rank(packed, np.asarray(rois["brainstem"], bool), affine, lookup)
+        pc = _first_hit_rank(packed, np.asarray(rois[f"precentral_{side}"], bool), affine, lookup)
         known = np.isfinite(bs) & np.isfinite(pc) & (bs != pc)
         flip[known] = bs[known] > pc[known]
-    return ArraySequence([np.asarray(s, np.float64)[::-1] if f else np.asarray(s, np.float64)
-                          for s, f in zip(streamlines, flip)])
+    return packed.reversed_where(flip)
 
 
 def clean_bundle(
@@ -554,18 +668,21 @@ def extract_cst(
         float64 points in world RAS+ mm; each streamline starts at its brainstem end
         (with ``clip``, in the brainstem ROI).
     """
-    selected = select_cst(streamlines, rois, affine, side=side, min_length_mm=min_length_mm,
+    packed = _Packed.of(streamlines)  # callers extracting both sides may pass one _Packed for both
+    selected = select_cst(packed, rois, affine, side=side, min_length_mm=min_length_mm,
                           midline_tolerance_mm=midline_tolerance_mm, midline_layer=midline_layer)
-    bundle = orient_bundle(_subset(streamlines, selected), rois, affine, side=side)
+    bundle = _orient_packed(packed.select(selected), rois, affine, side=side)
     if clip and len(bundle):
-        bundle = clip_to_rois(bundle, rois, affine, side=side, end=clip_end)
+        if clip_end not in ("last", "first"):
+            raise InputError(None, f"end must be 'last' or 'first', got {clip_end!r}")
+        bundle = _clip_packed(bundle, rois, affine, side=side, end=clip_end)
     if clean and len(bundle):
         kept = clean_bundle(bundle, n_points=n_points, distance_threshold=distance_threshold,
                             length_threshold=length_threshold, rounds=clean_rounds,
                             min_streamlines=min_streamlines)
         LOGGER.info("CST %s: %d selected, %d after cleaning", side, len(bundle), len(kept))
-        bundle = _subset(bundle, kept)
-    return bundle
+        bundle = bundle.select(kept)
+    return bundle.sequence()
 
 
 # ----------------------------------------------------------------------------- maps
@@ -592,17 +709,21 @@ def density_map(bundle, shape, affine: np.ndarray) -> np.ndarray:
     counts : ndarray of int64, shape ``shape[:3]``
     """
     shape = tuple(int(s) for s in shape[:3])
-    counts = np.zeros(shape, dtype=np.int64)
     points, ids, _ = _flatten(bundle)
     if len(points) == 0:
-        return counts
+        return np.zeros(shape, dtype=np.int64)
     zooms = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
     points, ids = _densify(points, ids, 0.5 * float(zooms.min()))
     ijk, inside = _voxel_index(points, affine, shape)
     lin = np.ravel_multi_index(tuple(ijk[inside].T), shape)
-    pairs = np.unique(np.stack([ids[inside], lin], axis=1), axis=0)
-    np.add.at(counts.reshape(-1), pairs[:, 1], 1)
-    return counts
+    ids = ids[inside]
+    # consecutive points of a streamline mostly share a voxel: drop repeats before sorting
+    new = np.ones(len(lin), dtype=bool)
+    new[1:] = (lin[1:] != lin[:-1]) | (ids[1:] != ids[:-1])
+    n_vox = int(np.prod(shape))
+    pairs = np.sort(ids[new].astype(np.int64) * n_vox + lin[new])
+    pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]  # each (streamline, voxel) once
+    return np.bincount(pairs % n_vox, minlength=n_vox).astype(np.int64).reshape(shape)
 
 
 def bundle_mask(bundle, shape, affine: np.ndarray, *, min_count: int = 1) -> np.ndarray:

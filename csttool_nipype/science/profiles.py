@@ -36,6 +36,7 @@ __all__ = [
     "sample_nodes",
     "node_weights",
     "tract_profile",
+    "tract_profiles",
     "bundle_metrics",
     "laterality_index",
     "profiles_table",
@@ -61,6 +62,15 @@ def orient_inferior_superior(bundle) -> list[np.ndarray]:
         s = np.asarray(s, dtype=np.float64)
         out.append(s[::-1] if s[0, 2] > s[-1, 2] else s)
     return out
+
+
+def _oriented_packed(bundle):
+    """:func:`orient_inferior_superior` on packed streamlines (see ``bundles._Packed``)."""
+    from .bundles import _Packed
+
+    packed = _Packed.of(bundle)
+    z = packed.points[:, 2]
+    return packed.reversed_where(z[packed.starts] > z[packed.starts + packed.counts - 1])
 
 
 def sample_nodes(nodes: np.ndarray, scalar_map: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -116,21 +126,36 @@ def tract_profile(bundle, scalar_map: np.ndarray, affine: np.ndarray, n_nodes: i
     profile : ndarray, shape (n_nodes,)
         Node 0 is the inferior end; all NaN for an empty bundle.
     """
+    return tract_profiles(bundle, {"map": scalar_map}, affine, n_nodes)["map"]
+
+
+def tract_profiles(bundle, maps: Mapping[str, np.ndarray], affine: np.ndarray,
+                   n_nodes: int = N_NODES) -> dict[str, np.ndarray]:
+    """:func:`tract_profile` of several maps of the same grid, ``{name: profile}``.
+
+    The streamlines are oriented, resampled and weighted once for all maps; each
+    profile equals what :func:`tract_profile` gives for its map.
+    """
     if len(bundle) == 0:
         LOGGER.warning("empty bundle: the profile is all NaN")
-        return np.full(int(n_nodes), np.nan)
-    scalar_map = np.asarray(scalar_map)
-    if scalar_map.ndim != 3:
-        raise InputError(None, f"scalar map must be 3D, got shape {scalar_map.shape}")
-    resampled = resample_streamlines(orient_inferior_superior(bundle), int(n_nodes))
-    values = sample_nodes(resampled, scalar_map, affine)
-    weights = node_weights(resampled)
-    valid = np.isfinite(values)
-    weights = np.where(valid, weights, 0.0)
-    total = weights.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        profile = np.where(total > 0, (weights * np.where(valid, values, 0.0)).sum(axis=0) / total, np.nan)
-    return profile
+        return {name: np.full(int(n_nodes), np.nan) for name in maps}
+    arrays = {}
+    for name, scalar_map in maps.items():
+        scalar_map = np.asarray(scalar_map)
+        if scalar_map.ndim != 3:
+            raise InputError(None, f"scalar map must be 3D, got shape {scalar_map.shape}")
+        arrays[name] = scalar_map
+    resampled = resample_streamlines(_oriented_packed(bundle), int(n_nodes))
+    base_weights = node_weights(resampled)
+    out = {}
+    for name, scalar_map in arrays.items():
+        values = sample_nodes(resampled, scalar_map, affine)
+        valid = np.isfinite(values)
+        weights = np.where(valid, base_weights, 0.0)
+        total = weights.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = np.where(total > 0, (weights * np.where(valid, values, 0.0)).sum(axis=0) / total, np.nan)
+    return out
 
 
 def bundle_metrics(

@@ -28,6 +28,13 @@ flipped or permuted axes (and the matching affine and voxel-axis vectors) theref
 gives the same deterministic streamlines in world space, to rounding.
 
 All streamlines are returned and written in world RAS+ millimetres.
+
+Speed: every seed is tracked on its own by dipy's (serial) ``LocalTracking``, so
+``track(..., n_jobs=k)`` splits the seeds into blocks tracked in ``k`` forked processes
+and joins them in seed order, with the same result as one process. ``.trk`` files are
+written and read as whole arrays: :func:`save_trk` writes the bytes dipy's
+``save_tractogram`` writes and :func:`load_trk` returns the points
+``nibabel.streamlines.load`` returns, without their per-streamline Python loops.
 """
 
 from __future__ import annotations
@@ -92,10 +99,19 @@ def streamline_lengths(streamlines) -> np.ndarray:
     lengths : ndarray, shape (n_streamlines,)
         Sum of the segment lengths, in mm (0 for a single point).
     """
-    return np.array(
-        [float(np.linalg.norm(np.diff(np.asarray(s, float), axis=0), axis=1).sum()) for s in streamlines],
-        dtype=float,
-    )
+    if not isinstance(streamlines, ArraySequence):
+        return np.array(
+            [float(np.linalg.norm(np.diff(np.asarray(s, float), axis=0), axis=1).sum()) for s in streamlines],
+            dtype=float,
+        )
+    points, counts = _packed(streamlines)
+    # Segment lengths of all points at once; each streamline's own segments are then
+    # summed by the same reduction as above (a contiguous float64 slice), so the
+    # lengths are the same to the last bit.
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1) if len(points) > 1 else np.zeros(0)
+    starts = np.cumsum(counts) - counts
+    return np.array([float(seg[a:a + max(int(c) - 1, 0)].sum()) for a, c in zip(starts.tolist(), counts.tolist())],
+                    dtype=float)
 
 
 def principal_direction(evecs_or_v1: np.ndarray) -> np.ndarray:
@@ -261,6 +277,7 @@ def track(
     data: np.ndarray | None = None,
     bvals: np.ndarray | None = None,
     bvecs_voxel: np.ndarray | None = None,
+    n_jobs: int = 1,
 ) -> ArraySequence:
     """Whole-brain streamline tractography on a tensor field.
 
@@ -299,6 +316,9 @@ def track(
         b-values in s/mm^2; needed by the probabilistic method.
     bvecs_voxel : ndarray, shape (N, 3), optional
         b-vectors in voxel axes; needed by the probabilistic method.
+    n_jobs : int
+        Processes to track in (forked workers, each tracking blocks of seeds). Every
+        seed is tracked independently, so the result does not depend on ``n_jobs``.
 
     Returns
     -------
@@ -306,7 +326,6 @@ def track(
         float64 points in world RAS+ mm, in seed order (world z, y, x of the seed
         voxel); each streamline runs through its seed in both directions.
     """
-    from dipy.tracking.local_tracking import LocalTracking
     from dipy.tracking.stopping_criterion import ThresholdStoppingCriterion
 
     if method not in METHODS:
@@ -345,39 +364,164 @@ def track(
     criterion = ThresholdStoppingCriterion(np.ascontiguousarray(fa), float(fa_threshold))
     max_points = int(np.ceil(max_length_mm / step_size_mm)) + 2  # per half; longer ones are dropped below
     start = time.perf_counter()
-    kept = []
-    n_total = 0
+    job = _TrackingJob(getter, criterion, affine, float(step_size_mm), max_points, random_seed,
+                       float(min_length_mm), float(max_length_mm))
+    points, counts, n_total = _run_tracking(job, seeds, n_jobs)
+    LOGGER.info(
+        "%s tracking: %d seeds, %d streamlines, %d kept (%g-%g mm) in %.1f s",
+        method, len(seeds), n_total, len(counts), min_length_mm, max_length_mm, time.perf_counter() - start,
+    )
+    return _packed_sequence(points, counts)
+
+
+# ------------------------------------------------------------------- tracking engine
+
+
+class _TrackingJob:
+    """Everything a worker needs to track a block of seeds (inherited by forked workers)."""
+
+    def __init__(self, getter, criterion, affine, step_size, max_points, random_seed, min_length, max_length):
+        self.getter = getter
+        self.criterion = criterion
+        self.affine = affine
+        self.step_size = step_size
+        self.max_points = max_points
+        self.random_seed = random_seed
+        self.min_length = min_length
+        self.max_length = max_length
+        self.seeds = None  # set while forked workers run
+
+
+#: The job of the running :func:`track` call, read by forked worker processes.
+_JOB: _TrackingJob | None = None
+
+#: Streamline lengths closer than this (mm) to a length limit are summed again the way
+#: a single streamline is (``np.linalg.norm(np.diff(s), axis=1).sum()``), so the keep
+#: or drop decision never depends on how the segment lengths were added up.
+_LENGTH_RECHECK_MM = 1e-6
+
+
+def _track_block(job: _TrackingJob, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Track ``seeds`` with dipy's LocalTracking; keep the streamlines within the length limits.
+
+    Returns the kept streamlines packed as (points (P, 3) float64 world mm, point counts
+    (N,)) in seed order, and the number of streamlines tracked.
+    """
+    from dipy.tracking.local_tracking import LocalTracking
+
     with warnings.catch_warnings():
         # dipy 1.12 deprecates PeaksAndMetrics in LocalTracking in favour of its
-        # multi-threaded tracker API; the serial LocalTracking is kept for its exact,
-        # documented behaviour (pinned dipy < 1.13). The legacy-basis note comes from
-        # the probabilistic getter (see _csa_direction_getter).
+        # multi-threaded tracker API, whose EuDX tracker does not give the same
+        # streamlines (other stopping rule at the ends); the serial LocalTracking is kept
+        # for its exact, documented behaviour (pinned dipy < 1.13). The legacy-basis note
+        # comes from the probabilistic getter (see _csa_direction_getter).
         warnings.filterwarnings("ignore", message=".*EuDXDirectionGetter.*")
         warnings.filterwarnings("ignore", message=".*legacy descoteaux07.*")
         tracker = LocalTracking(
-            getter,
-            criterion,
+            job.getter,
+            job.criterion,
             seeds,
-            affine,
-            step_size=float(step_size_mm),
+            job.affine,
+            step_size=job.step_size,
             max_cross=1,
-            maxlen=max_points,
+            maxlen=job.max_points,
             return_all=True,
-            random_seed=random_seed,
+            random_seed=job.random_seed,
         )
+        # Every streamline is a fresh float64 array (dipy maps each to world space with
+        # its own np.dot), so collecting them needs no copy.
+        tracked = []
+        n_total = 0
         for sl in tracker:
             n_total += 1
-            sl = np.asarray(sl, dtype=np.float64)
-            if len(sl) < 2:
-                continue
+            if len(sl) >= 2:
+                tracked.append(sl)
+    if not tracked:
+        return np.zeros((0, 3)), np.zeros(0, dtype=np.intp), n_total
+    counts = np.fromiter((len(sl) for sl in tracked), dtype=np.intp, count=len(tracked))
+    points = np.concatenate(tracked)
+    del tracked
+    lengths = _packed_lengths(points, counts)
+    keep = (lengths >= job.min_length) & (lengths <= job.max_length)
+    near = (np.abs(lengths - job.min_length) < _LENGTH_RECHECK_MM) | (
+        np.abs(lengths - job.max_length) < _LENGTH_RECHECK_MM)
+    if near.any():
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        for i in np.flatnonzero(near):
+            sl = points[offsets[i]:offsets[i] + counts[i]]
             length = float(np.linalg.norm(np.diff(sl, axis=0), axis=1).sum())
-            if min_length_mm <= length <= max_length_mm:
-                kept.append(sl)
-    LOGGER.info(
-        "%s tracking: %d seeds, %d streamlines, %d kept (%g-%g mm) in %.1f s",
-        method, len(seeds), n_total, len(kept), min_length_mm, max_length_mm, time.perf_counter() - start,
-    )
-    return ArraySequence(kept)
+            keep[i] = job.min_length <= length <= job.max_length
+    if keep.all():
+        return points, counts, n_total
+    point_keep = np.repeat(keep, counts)
+    return points[point_keep], counts[keep], n_total
+
+
+def _packed_lengths(points: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Arc length of each packed streamline (at least two points each)."""
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    ends = np.cumsum(counts)
+    seg[ends[:-1] - 1] = 0.0  # segment k joins points k and k+1: not those between two streamlines
+    return np.add.reduceat(seg, ends - counts)
+
+
+def _track_block_of_job(bounds: tuple[int, int]):
+    """Worker entry point: track seeds ``bounds[0]:bounds[1]`` of the running job."""
+    job = _JOB
+    return _track_block(job, job.seeds[bounds[0]:bounds[1]])
+
+
+def _run_tracking(job: _TrackingJob, seeds: np.ndarray, n_jobs: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Track all seeds, in ``n_jobs`` forked worker processes when more than one.
+
+    Every seed is tracked on its own (dipy's LocalTracking keeps no state between seeds;
+    the probabilistic getter re-seeds its generator from each seed position), so
+    splitting the seeds into blocks and joining the blocks' streamlines in seed order
+    gives exactly the serial result.
+    """
+    global _JOB
+    n_jobs = max(1, int(n_jobs or 1))
+    n_seeds = len(seeds)
+    if n_jobs > 1 and n_seeds >= 2 * n_jobs:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        try:
+            ctx = mp.get_context("fork")
+        except ValueError:  # no fork on this platform: serial
+            ctx = None
+        if ctx is not None:
+            n_blocks = min(n_seeds, 8 * n_jobs)  # several blocks per worker balance the load
+            edges = np.linspace(0, n_seeds, n_blocks + 1).round().astype(int)
+            bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+            job.seeds = seeds
+            _JOB = job
+            try:
+                with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+                    parts = list(pool.map(_track_block_of_job, bounds))
+            except (OSError, RuntimeError, AssertionError) as exc:  # e.g. no process may be started here
+                LOGGER.warning("parallel tracking unavailable (%s); tracking in one process", exc)
+                parts = None
+            finally:
+                _JOB = None
+                job.seeds = None
+            if parts is not None:
+                points = np.concatenate([p[0] for p in parts])
+                counts = np.concatenate([p[1] for p in parts]).astype(np.intp)
+                return points, counts, int(sum(p[2] for p in parts))
+    return _track_block(job, seeds)
+
+
+def _packed_sequence(points: np.ndarray, counts: np.ndarray) -> ArraySequence:
+    """An ArraySequence over packed points (no copy) with the given point counts."""
+    seq = ArraySequence()
+    if len(counts) == 0:
+        return seq
+    counts = np.asarray(counts, dtype=np.intp)
+    seq._data = np.ascontiguousarray(points, dtype=np.float64)
+    seq._lengths = counts
+    seq._offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+    return seq
 
 
 # ------------------------------------------------------------------------------- trk
@@ -405,6 +549,39 @@ def _reference(reference_img_or_tuple):
     )
 
 
+def _packed(streamlines) -> tuple[np.ndarray, np.ndarray]:
+    """All points of ``streamlines`` as one new float64 (P, 3) array, and the point counts."""
+    if isinstance(streamlines, ArraySequence):
+        counts = np.asarray(streamlines._lengths, dtype=np.intp)
+        if len(counts) == 0:
+            return np.zeros((0, 3)), counts
+        data = streamlines._data
+        compact = (data.ndim == 2 and data.shape[1] == 3 and data.shape[0] == counts.sum()
+                   and np.array_equal(streamlines._offsets, np.cumsum(counts) - counts))
+        if not compact:  # a sliced view or a sequence built out of order: gather in order
+            data = streamlines.copy()._data
+        return np.array(data, dtype=np.float64), counts
+    arrays = [np.asarray(s, np.float64).reshape(-1, 3) for s in streamlines]
+    counts = np.array([len(a) for a in arrays], dtype=np.intp)
+    return (np.concatenate(arrays) if arrays else np.zeros((0, 3))), counts
+
+
+def _trk_header(ref, n_streamlines: int) -> np.ndarray:
+    """The TrackVis header nibabel writes for ``ref`` (dipy space attributes) and a streamline count."""
+    import io
+
+    from dipy.io.utils import create_tractogram_header
+    from nibabel.streamlines.tractogram import Tractogram
+    from nibabel.streamlines.trk import TrkFile, header_2_dtype
+
+    buffer = io.BytesIO()
+    TrkFile(Tractogram([], affine_to_rasmm=np.eye(4)), header=create_tractogram_header(TrkFile, *ref)).save(buffer)
+    header = np.frombuffer(buffer.getvalue()[:header_2_dtype.itemsize], dtype=header_2_dtype).copy().reshape(())
+    if n_streamlines:
+        header[nib.streamlines.Field.NB_STREAMLINES] = n_streamlines
+    return header
+
+
 def save_trk(streamlines, reference_img_or_tuple, out_path: str | PathLike) -> Path:
     """Write streamlines given in world RAS+ mm to a TrackVis ``.trk`` file.
 
@@ -423,26 +600,110 @@ def save_trk(streamlines, reference_img_or_tuple, out_path: str | PathLike) -> P
     path : Path
         The file written. Points are stored as float32, so a reload matches to about
         1e-5 of their magnitude.
+
+    Notes
+    -----
+    The file is byte for byte what dipy's ``save_tractogram`` writes for a
+    ``StatefulTractogram`` in RAS+ mm after its voxel bounding-box check (which
+    sends the points to voxel space with a float32 inverse affine and back), but the
+    points are transformed and written as whole arrays instead of one streamline at
+    a time.
     """
-    from dipy.io.stateful_tractogram import Space, StatefulTractogram
-    from dipy.io.streamline import save_tractogram
+    from nibabel.affines import apply_affine
+    from nibabel.streamlines.trk import get_affine_rasmm_to_trackvis
 
     out_path = Path(out_path)
     ref = _reference(reference_img_or_tuple)
-    sft = StatefulTractogram(_as_sequence(streamlines), ref, Space.RASMM)
-    if len(sft) and not sft.is_bbox_in_vox_valid():
-        LOGGER.warning("%s: some streamline points lie outside the reference volume", out_path)
+    affine, dimensions = ref[0], ref[1]
+    points, counts = _packed(streamlines)
+    header = _trk_header(ref, len(counts))
+    if len(counts):
+        # dipy's StatefulTractogram.is_bbox_in_vox_valid, in place on the points: to voxel
+        # space (float32 inverse affine), to the voxel corner, check, and back.
+        inv_affine = np.linalg.inv(affine).astype(np.float32)
+        if not np.all(inv_affine == np.eye(4)):
+            points = apply_affine(inv_affine, points, inplace=True)
+        points += np.asarray([0.5, 0.5, 0.5])
+        if np.any(points < 0) or np.any(points > dimensions):  # the bounding box leaves the volume
+            LOGGER.warning("%s: some streamline points lie outside the reference volume", out_path)
+        if not np.all(affine == np.eye(4)):
+            points = apply_affine(affine, points, inplace=True)
+        corner = np.eye(4)
+        corner[0:3, 0:3] = affine[0:3, 0:3]
+        points += -(apply_affine(corner, np.asarray([0.5, 0.5, 0.5])) * [1, 1, 1])
+        # nibabel's TrkFile.save: RAS+ mm to TrackVis voxel mm, then float32
+        to_trackvis = np.dot(get_affine_rasmm_to_trackvis(header), np.eye(4))
+        if not np.allclose(to_trackvis, np.eye(4)):
+            points = points @ to_trackvis[:-1, :-1].T + to_trackvis[:-1, -1][None, :]
+        record = np.empty(len(counts) + 3 * len(points), dtype="<f4")
+        starts = np.arange(len(counts)) + 3 * (np.cumsum(counts) - counts)  # the count before each streamline
+        is_count = np.zeros(len(record), dtype=bool)
+        is_count[starts] = True
+        record[~is_count] = points.astype("<f4").ravel()
+        record.view("<i4")[starts] = counts
+    else:
+        record = np.zeros(0, dtype="<f4")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_tractogram(sft, str(out_path), bbox_valid_check=False)
+    with open(out_path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(record.tobytes())
     return out_path
 
 
 def load_trk(path: str | PathLike) -> ArraySequence:
-    """Read a ``.trk`` file's streamlines in world RAS+ mm (float32, as stored)."""
+    """Read a ``.trk`` file's streamlines in world RAS+ mm (float32, as stored).
+
+    The points and their world coordinates are those of ``nibabel.streamlines.load``;
+    files without per-point scalars or per-streamline properties are parsed as whole
+    arrays (much faster for 10^5 streamlines), others by nibabel.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "tractogram file not found")
     try:
+        fast = _load_trk_arrays(path)
+        if fast is not None:
+            return fast
         return nib.streamlines.load(str(path)).streamlines
     except Exception as exc:  # nibabel raises several types for a malformed file
         raise InputError(path, f"not a readable tractogram ({exc})") from None
+
+
+def _load_trk_arrays(path: Path) -> ArraySequence | None:
+    """Streamlines of a plain ``.trk`` file (no scalars or properties), or None for other files."""
+    from nibabel.streamlines import Field
+    from nibabel.streamlines.tractogram import Tractogram
+    from nibabel.streamlines.trk import TrkFile, get_affine_trackvis_to_rasmm
+
+    header = TrkFile._read_header(str(path))
+    if header[Field.NB_SCALARS_PER_POINT] > 0 or header[Field.NB_PROPERTIES_PER_STREAMLINE] > 0:
+        return None
+    i4 = np.dtype(header[Field.ENDIANNESS] + "i4")
+    f4 = np.dtype(header[Field.ENDIANNESS] + "f4")
+    if not f4.isnative:
+        return None
+    raw = path.read_bytes()[int(header["_offset_data"]):]
+    raw = raw[: len(raw) - len(raw) % 4]
+    words = memoryview(raw).cast("i") if i4.isnative and i4.itemsize == 4 else np.frombuffer(raw, dtype=i4)
+    expected = int(header[Field.NB_STREAMLINES]) or None
+    counts = []
+    pos, n_words = 0, len(words)
+    while pos < n_words and (expected is None or len(counts) < expected):
+        n = int(words[pos])
+        if n < 0 or pos + 1 + 3 * n > n_words:
+            return None  # truncated or malformed: let nibabel report it
+        counts.append(n)
+        pos += 1 + 3 * n
+    counts = np.asarray(counts, dtype=np.intp)
+    starts = np.arange(len(counts)) + 3 * (np.cumsum(counts) - counts)
+    is_point = np.ones(pos, dtype=bool)
+    is_point[starts] = False
+    points = np.frombuffer(raw, dtype=f4, count=pos)[is_point].reshape(-1, 3)
+    seq = ArraySequence()
+    if len(counts):
+        seq._data = np.ascontiguousarray(points)
+        seq._lengths = counts
+        seq._offsets = (np.cumsum(counts) - counts).astype(np.intp)
+    tractogram = Tractogram(seq)
+    tractogram.affine_to_rasmm = get_affine_trackvis_to_rasmm(header)
+    return tractogram.to_world().streamlines

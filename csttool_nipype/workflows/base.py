@@ -109,7 +109,7 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
                     (reg_wf, "template_wm", "template_wm"), (reg_wf, "roi_labels", "roi_labels"),
                     (reg_wf, "coverage", "coverage")]
     if config.runs("track"):
-        track_wf = init_tracking_wf(config, mem_gb=mem_gb)
+        track_wf = init_tracking_wf(config, mem_gb=mem_gb, omp_nthreads=omp_nthreads)
         _link(wf, tensor_wf, track_wf, ["fa", "v1"])
         _link(wf, preproc_wf, track_wf, ["mask", "dwi", "bval", "bvec"])
         outputs.append((track_wf, "tractogram", "tractogram"))

@@ -14,7 +14,7 @@ CST_OUTPUTS = ["left", "right", "left_density", "right_density"]
 METRICS_OUTPUTS = ["profiles", "summary", "summary_json"]
 
 
-def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, name: str = "tracking_wf"):
+def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: int = 1, name: str = "tracking_wf"):
     """Whole-brain tractography.
 
     Inputs: ``fa``, ``v1`` (voxel axes), ``mask``, and ``dwi``/``bval``/``bvec`` (probabilistic only).
@@ -36,7 +36,8 @@ def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, name: str = "t
                           step_size_mm=config.step_size_mm, fa_threshold=config.fa_threshold,
                           max_angle_deg=config.max_angle_deg, min_length_mm=config.min_length_mm,
                           max_length_mm=config.max_length_mm, seed=config.seed),
-                    name="track", mem_gb=2 * mem_gb + 1.0)
+                    name="track", mem_gb=2 * mem_gb + 1.0, n_procs=omp_nthreads)
+    track.inputs.num_threads = omp_nthreads   # seed blocks tracked in that many processes (same result)
     wf.connect([
         (inputnode, track, [("fa", "in_fa"), ("v1", "in_v1"), ("mask", "in_mask")]),
         (track, outputnode, [("out_trk", "tractogram"), ("n_streamlines", "n_streamlines")]),
