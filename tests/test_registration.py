@@ -313,3 +313,5 @@ def test_input_validation(subject):
         reg.register_to_mni(fa, mask, aff, b0=fa[:-1])
     with pytest.raises(ValueError):
         reg.register_to_mni(np.zeros_like(fa), mask, aff)
+    with pytest.raises(ValueError):
+        reg.register_to_mni(fa, mask, aff, affine_stages=("rigid", "shear"))

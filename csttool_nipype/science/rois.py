@@ -47,13 +47,14 @@ restricted to its own side.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .registration import RegistrationResult, _check_affine, subject_to_mni_points, warp_to_subject
+from .registration import RegistrationResult, _check_affine, subject_to_mni_points
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,48 @@ def _load_maps():
         maps.update({(atlas, label): arr for label, arr in zip(labels, arrays)})
     brain, _ = data.load_mni_brain_mask()
     return maps, brain, np.asarray(affine, float)
+
+
+@functools.lru_cache(maxsize=1)
+def _prepared_maps():
+    """The MNI-space probability maps of every ROI and prior (z-slabs applied), cached per process.
+
+    Returns
+    -------
+    names : tuple of str
+    volumes : tuple of ndarray, float32, read-only (1 mm MNI grid)
+    box_mm : ndarray, (8, 3)
+        MNI corners (mm) of the bounding box of the brain and of every map.
+    mni_affine : ndarray, (4, 4)
+    """
+    maps, mni_brain, mni_affine = _load_maps()
+    mni_shape = next(iter(maps.values())).shape
+    z_mni_1mm = nib.affines.apply_affine(mni_affine, np.c_[np.zeros(mni_shape[2]), np.zeros(mni_shape[2]),
+                                                              np.arange(mni_shape[2])])[:, 2]
+    names, volumes = [], []
+    for name, (atlas, label, _, zrange, _) in _ROI_SOURCES.items():
+        prob = np.asarray(maps[(atlas, label)], np.float32)
+        if zrange is not None:
+            keep = (z_mni_1mm >= zrange[0]) & (z_mni_1mm <= zrange[1])
+            prob = prob * keep[None, None, :].astype(np.float32)
+        names.append(name)
+        volumes.append(prob)
+    for name, (atlas, label, _) in _PRIOR_SOURCES.items():
+        names.append(name)
+        volumes.append(np.asarray(maps[(atlas, label)], np.float32))
+    # a grid holding the whole brain (and every atlas structure)
+    support = np.asarray(mni_brain, bool).copy()
+    for vol in volumes:
+        support |= vol > 0
+    lo, hi = [], []
+    for axis in range(3):
+        hit = np.flatnonzero(support.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo.append(int(hit[0]))
+        hi.append(int(hit[-1]))
+    box = np.array(np.meshgrid(*[[a, b] for a, b in zip(lo, hi)])).reshape(3, -1).T
+    for vol in volumes:
+        vol.setflags(write=False)
+    return tuple(names), tuple(volumes), nib.affines.apply_affine(mni_affine, box), mni_affine
 
 
 def _work_grid(result, shape, affine, mni_corners):
@@ -231,34 +274,17 @@ def cst_rois(
         if mask.shape != shape:
             raise ValueError(f"mask shape {mask.shape} does not match {shape}")
 
-    maps, mni_brain, mni_affine = _load_maps()
-    mni_shape = next(iter(maps.values())).shape
-    z_mni_1mm = nib.affines.apply_affine(mni_affine, np.c_[np.zeros(mni_shape[2]), np.zeros(mni_shape[2]),
-                                                              np.arange(mni_shape[2])])[:, 2]
+    names, volumes, box_mm, mni_affine = _prepared_maps()
+    work_shape, work_affine, dst, src = _work_grid(result, shape, affine, box_mm)
 
-    # MNI-space probability maps, one volume per ROI/prior (z-slabs applied in MNI space)
-    names, volumes = [], []
-    for name, (atlas, label, _, zrange, _) in _ROI_SOURCES.items():
-        prob = np.asarray(maps[(atlas, label)], np.float32)
-        if zrange is not None:
-            keep = (z_mni_1mm >= zrange[0]) & (z_mni_1mm <= zrange[1])
-            prob = prob * keep[None, None, :].astype(np.float32)
-        names.append(name)
-        volumes.append(prob)
-    for name, (atlas, label, _) in _PRIOR_SOURCES.items():
-        names.append(name)
-        volumes.append(np.asarray(maps[(atlas, label)], np.float32))
-    # work on a grid holding the whole brain (and every atlas structure) in subject space
-    support = np.asarray(mni_brain, bool).copy()
-    for vol in volumes:
-        support |= vol > 0
-    ijk = np.argwhere(support)
-    box = np.array(np.meshgrid(*[[a, b] for a, b in zip(ijk.min(0), ijk.max(0))])).reshape(3, -1).T
-    work_shape, work_affine, dst, src = _work_grid(result, shape, affine, nib.affines.apply_affine(mni_affine, box))
-
-    warped = warp_to_subject(np.stack(volumes, axis=-1), mni_affine, result, work_shape, work_affine)
-    warped = {name: warped[..., i] for i, name in enumerate(names)}
+    # the MNI point of every work-grid voxel, through the whole transform (SyN included),
+    # computed once: each atlas map is then sampled there (trilinear), which is what
+    # warp_to_subject does for one volume, without recomposing the fields per map
     x_mni = _mni_coordinates(result, work_shape, work_affine)
+    coords = nib.affines.apply_affine(np.linalg.inv(mni_affine), x_mni.reshape(-1, 3)).T
+    warped = {name: ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0,
+                                            prefilter=False).reshape(work_shape).astype(np.float32)
+              for name, vol in zip(names, volumes)}
     side_of = {"left": x_mni[..., 0] < 0, "right": x_mni[..., 0] > 0}
 
     rois, expected, priors = {}, {}, {}
