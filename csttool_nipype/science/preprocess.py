@@ -421,6 +421,17 @@ def _env_threads() -> int:
     return max(1, min(n, os.cpu_count() or 1))
 
 
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices of the smallest box holding ``mask``, grown by ``margin`` voxels (clipped to the array)."""
+    if not mask.any():
+        return tuple(slice(0, 0) for _ in mask.shape)
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(0, int(hit[0]) - margin), min(mask.shape[axis], int(hit[-1]) + margin + 1)))
+    return tuple(box)
+
+
 def _denoise_mppca(arr, mask, implementation: str = "fast", workers: int | None = None):
     """MP-PCA (Veraart 2016) as dipy 1.12 ``mppca`` computes it.
 
@@ -451,9 +462,14 @@ def _denoise_mppca(arr, mask, implementation: str = "fast", workers: int | None 
         elif implementation == "fast":
             from .mppca import mppca_fast
 
-            out, sigma_map = mppca_fast(
-                arr, mask=mask, patch_radius=radius, return_sigma=True, out_dtype=np.float32,
-                workers=workers or _env_threads(),
+            # only the box around the patch centres (plus the patch radius) takes part: the
+            # same patches, the same sums, without the tiles' fixed costs over the background
+            box = _bounding_box(mask, radius) if mask is not None else (slice(None),) * 3
+            out = np.zeros(arr.shape, np.float32)
+            sigma_map = np.zeros(arr.shape[:3], np.float32)
+            out[box], sigma_map[box] = mppca_fast(
+                arr[box], mask=mask[box] if mask is not None else None, patch_radius=radius,
+                return_sigma=True, out_dtype=np.float32, workers=workers or _env_threads(),
             )
         else:
             raise ValueError(f"unknown MP-PCA implementation {implementation!r} (fast, dipy)")
