@@ -71,12 +71,13 @@ def configure_workflow(workflow, work_dir: Path, crash_dir: Path, stop_on_first_
         "hash_method": "content",
         "check_version": False,
     })
-    workflow.config["monitoring"] = {"enabled": resource_monitor, "sample_frequency": 0.5}
+    workflow.config["monitoring"] = {"enabled": resource_monitor}
     if resource_monitor:
         from nipype import config as nipype_config
 
-        nipype_config.enable_resource_monitor()
-        nipype_config.set("monitoring", "sample_frequency", "0.5")
+        nipype_config.enable_resource_monitor()   # needs psutil (a dependency)
+        nipype_config.set("execution", "resource_monitor_frequency", "0.5")
+        workflow.config["execution"]["resource_monitor_frequency"] = 0.5
     ensure_logname()
 
 
