@@ -36,8 +36,10 @@ def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: 
                           step_size_mm=config.step_size_mm, fa_threshold=config.fa_threshold,
                           max_angle_deg=config.max_angle_deg, min_length_mm=config.min_length_mm,
                           max_length_mm=config.max_length_mm, seed=config.seed),
-                    name="track", mem_gb=2 * mem_gb + 1.0, n_procs=omp_nthreads)
-    track.inputs.num_threads = omp_nthreads   # seed blocks tracked in that many processes (same result)
+                    name="track", mem_gb=2 * mem_gb + 1.0)
+    # seed blocks tracked in several processes (same result); one core is left to the
+    # (single-threaded) MNI registration, which runs at the same time
+    track.n_procs = track.inputs.num_threads = max(1, omp_nthreads - 1)
     wf.connect([
         (inputnode, track, [("fa", "in_fa"), ("v1", "in_v1"), ("mask", "in_mask")]),
         (track, outputnode, [("out_trk", "tractogram"), ("n_streamlines", "n_streamlines")]),
