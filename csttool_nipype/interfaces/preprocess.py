@@ -25,6 +25,9 @@ def _optional_mask(path) -> np.ndarray | None:
 
 class _ThreadsInputSpec(DWIInputSpec):
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="threads (never changes the result)")
+
+
+class _RegionThreadsInputSpec(_ThreadsInputSpec):
     in_mask = File(exists=True, desc="region to process (processing_region); default: the whole image")
 
 
@@ -49,7 +52,7 @@ class ProcessingRegion(SimpleInterface):
 
 
 # --------------------------------------------------------------------------- denoise
-class _DenoiseInputSpec(_ThreadsInputSpec):
+class _DenoiseInputSpec(_RegionThreadsInputSpec):
     method = traits.Enum("patch2self", "nlmeans", "mppca", "none", usedefault=True)
 
 
@@ -77,7 +80,7 @@ class Denoise(SimpleInterface):
 
 
 # --------------------------------------------------------------------------- gibbs
-class _GibbsInputSpec(_ThreadsInputSpec):
+class _GibbsInputSpec(_RegionThreadsInputSpec):
     slice_axis = traits.Int(2, usedefault=True, desc="voxel axis across slices (0, 1 or 2)")
     n_points = traits.Int(3, usedefault=True, desc="neighbour points for the sub-voxel shift")
     num_processes = traits.Int(1, usedefault=True, desc="dipy processes (1 avoids spawn)")
@@ -108,14 +111,10 @@ class _MotionOutputSpec(DWIOutputSpec):
     out_report = File(exists=True, desc="JSON: per-volume rotation/translation, framewise displacement")
 
 
-class _MotionInputSpec(DWIInputSpec):
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="threads (never changes the result)")
-
-
 class MotionCorrect(SimpleInterface):
     """Rigid motion correction with b-vector rotation (``science.motion.motion_correct``)."""
 
-    input_spec = _MotionInputSpec
+    input_spec = _ThreadsInputSpec
     output_spec = _MotionOutputSpec
 
     def _run_interface(self, runtime):

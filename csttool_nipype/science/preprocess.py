@@ -421,17 +421,6 @@ def _env_threads() -> int:
     return max(1, min(n, os.cpu_count() or 1))
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Slices of the smallest box holding ``mask``, grown by ``margin`` voxels (clipped to the array)."""
-    if not mask.any():
-        return tuple(slice(0, 0) for _ in mask.shape)
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(0, int(hit[0]) - margin), min(mask.shape[axis], int(hit[-1]) + margin + 1)))
-    return tuple(box)
-
-
 def _denoise_mppca(arr, mask, implementation: str = "fast", workers: int | None = None):
     """MP-PCA (Veraart 2016) as dipy 1.12 ``mppca`` computes it.
 
@@ -460,6 +449,7 @@ def _denoise_mppca(arr, mask, implementation: str = "fast", workers: int | None 
                 out_dtype=np.float32, suppress_warning=True,
             )
         elif implementation == "fast":
+            from .motion import _bounding_box
             from .mppca import mppca_fast
 
             # only the box around the patch centres (plus the patch radius) takes part: the
