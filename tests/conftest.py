@@ -1,5 +1,8 @@
 """Shared fixtures: the real-data folder next to the project, skipping cleanly without it."""
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,3 +15,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-data tests need ../shared/data next to the project ({SHARED_DATA} not found)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_array_cache():
+    """Prepared templates/atlases (``csttool_nipype.array_cache``) go to a folder of this test
+    session, removed at its end, not to the user's cache - unless CSTTOOL_CACHE_DIR is set."""
+    if "CSTTOOL_CACHE_DIR" in os.environ:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="csttool-test-cache-")
+    os.environ["CSTTOOL_CACHE_DIR"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("CSTTOOL_CACHE_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)

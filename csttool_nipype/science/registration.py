@@ -196,9 +196,20 @@ def _template_1mm():
     return wm, brain, aff, (lo, hi)
 
 
+def _template_sources() -> list:
+    """Installed data files :func:`load_template` reads (for the on-disk cache key)."""
+    from csttool_nipype import data
+
+    return [data.template_path("mni_icbm152_wm_sym_09a"), data.template_path("mni_icbm152_gm_sym_09a"),
+            *data.atlas_path("harvard_oxford"), *data.atlas_path("juelich")]
+
+
 @functools.lru_cache(maxsize=4)
 def load_template(resolution_mm: float = 2.0) -> Template:
     """MNI template (WM and brain fractions) cropped to the brain and resampled.
+
+    Cached per process and on disk (:mod:`csttool_nipype.array_cache`): a fresh process
+    memory-maps it in milliseconds instead of preparing it from the packages (~4 s).
 
     Parameters
     ----------
@@ -208,11 +219,24 @@ def load_template(resolution_mm: float = 2.0) -> Template:
     Returns
     -------
     Template
-        Cached: do not modify the arrays in place.
+        Read-only arrays.
     """
+    from csttool_nipype import array_cache, data
+
     resolution_mm = float(resolution_mm)
     if not resolution_mm > 0:
         raise ValueError(f"template resolution must be positive, got {resolution_mm}")
+    arrays = array_cache.cached_arrays(
+        f"template-{resolution_mm:g}mm", lambda: _compute_template(resolution_mm),
+        code_files=[__file__, data.__file__], data_files=_template_sources(),
+    )
+    affine = np.array(arrays["affine"])
+    affine.setflags(write=False)
+    return Template(wm=arrays["wm"], brain=arrays["brain"], affine=affine, resolution_mm=resolution_mm)
+
+
+def _compute_template(resolution_mm: float) -> dict:
+    """:func:`load_template`'s arrays (``wm``, ``brain``, ``affine``), from the packages' files."""
     wm, brain, aff, (lo, hi) = _template_1mm()
     shape = np.ceil((hi - lo) / resolution_mm).astype(int) + 1
     out_aff = np.diag([resolution_mm] * 3 + [1.0])
@@ -231,11 +255,8 @@ def load_template(resolution_mm: float = 2.0) -> Template:
     box_aff = aff @ nib.affines.from_matvec(np.eye(3), a)
     wm_r = np.clip(_resample_grid(wm[box], box_aff, shape, out_aff, smooth_mm=sigma), 0, 1)
     brain_r = np.clip(_resample_grid(brain[box], box_aff, shape, out_aff, smooth_mm=sigma), 0, 1)
-    wm_r.setflags(write=False)
-    brain_r.setflags(write=False)
-    out_aff.setflags(write=False)
     logger.debug("template at %.1f mm: shape %s", resolution_mm, tuple(shape))
-    return Template(wm=wm_r, brain=brain_r, affine=out_aff, resolution_mm=resolution_mm)
+    return {"wm": wm_r, "brain": brain_r, "affine": out_aff}
 
 
 # --------------------------------------------------------------------------- result

@@ -133,7 +133,10 @@ def _load_maps():
 
 @functools.lru_cache(maxsize=1)
 def _prepared_maps():
-    """The MNI-space probability maps of every ROI and prior (z-slabs applied), cached per process.
+    """The MNI-space probability maps of every ROI and prior (z-slabs applied).
+
+    Cached per process and on disk (:mod:`csttool_nipype.array_cache`; preparing them
+    from the atlas files takes about a second per process).
 
     Returns
     -------
@@ -143,6 +146,18 @@ def _prepared_maps():
         MNI corners (mm) of the bounding box of the brain and of every map.
     mni_affine : ndarray, (4, 4)
     """
+    from csttool_nipype import array_cache, data
+
+    sources = [data.template_path("mni_icbm152_wm_sym_09a"), data.template_path("mni_icbm152_gm_sym_09a"),
+               *data.atlas_path("harvard_oxford"), *data.atlas_path("juelich")]
+    arrays = array_cache.cached_arrays("cst-roi-maps", _compute_prepared_maps,
+                                       code_files=[__file__, data.__file__], data_files=sources)
+    names = (*_ROI_SOURCES, *_PRIOR_SOURCES)
+    return names, tuple(arrays[f"map_{name}"] for name in names), np.array(arrays["box_mm"]), np.array(arrays["affine"])
+
+
+def _compute_prepared_maps() -> dict:
+    """:func:`_prepared_maps` as arrays: ``map_<name>`` per ROI/prior, ``box_mm``, ``affine``."""
     maps, mni_brain, mni_affine = _load_maps()
     mni_shape = next(iter(maps.values())).shape
     z_mni_1mm = nib.affines.apply_affine(mni_affine, np.c_[np.zeros(mni_shape[2]), np.zeros(mni_shape[2]),
@@ -168,9 +183,8 @@ def _prepared_maps():
         lo.append(int(hit[0]))
         hi.append(int(hit[-1]))
     box = np.array(np.meshgrid(*[[a, b] for a, b in zip(lo, hi)])).reshape(3, -1).T
-    for vol in volumes:
-        vol.setflags(write=False)
-    return tuple(names), tuple(volumes), nib.affines.apply_affine(mni_affine, box), mni_affine
+    return {**{f"map_{name}": vol for name, vol in zip(names, volumes)},
+            "box_mm": nib.affines.apply_affine(mni_affine, box), "affine": np.asarray(mni_affine, float)}
 
 
 def _work_grid(result, shape, affine, mni_corners):
