@@ -108,8 +108,10 @@ def test_fit_methods_and_determinism(block, method):
     mask = np.ones(data.shape[:3], bool)
     a = fit_tensor(data, bvals, bvecs, mask, fit_method=method)
     b = fit_tensor(data.copy(), bvals, bvecs, mask, fit_method=method)
+    threaded = fit_tensor(data, bvals, bvecs, mask, fit_method=method, workers=3)  # blocks of voxels
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_array_equal(a[key], threaded[key])
     np.testing.assert_allclose(a["md"], tev.mean(-1), rtol=1e-3)
 
 

@@ -24,6 +24,10 @@ class DWIInputSpec(VersionedInputSpec):
     b0_threshold = traits.Float(50.0, usedefault=True, desc="b ≤ this counts as b0 (s/mm²)")
 
 
+class ThreadsDWIInputSpec(DWIInputSpec):
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="threads (never changes the result)")
+
+
 class DWIOutputSpec(TraitedSpec):
     out_dwi = File(exists=True, desc="4D DWI NIfTI")
     out_bval = File(exists=True, desc="b-values")

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from .base import DWIInputSpec, DWIOutputSpec, VersionedInputSpec, load_inputs, save_map, save_outputs, write_json
+from .base import DWIInputSpec, DWIOutputSpec, ThreadsDWIInputSpec, VersionedInputSpec, load_inputs, save_map, save_outputs, write_json
 
 
 def _replace_data(dwi, data, bvecs_voxel=None):
@@ -23,11 +23,7 @@ def _optional_mask(path) -> np.ndarray | None:
     return np.asarray(nib.load(path).dataobj) > 0 if isdefined(path) else None
 
 
-class _ThreadsInputSpec(DWIInputSpec):
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="threads (never changes the result)")
-
-
-class _RegionThreadsInputSpec(_ThreadsInputSpec):
+class _RegionThreadsInputSpec(ThreadsDWIInputSpec):
     in_mask = File(exists=True, desc="region to process (processing_region); default: the whole image")
 
 
@@ -114,7 +110,7 @@ class _MotionOutputSpec(DWIOutputSpec):
 class MotionCorrect(SimpleInterface):
     """Rigid motion correction with b-vector rotation (``science.motion.motion_correct``)."""
 
-    input_spec = _ThreadsInputSpec
+    input_spec = ThreadsDWIInputSpec
     output_spec = _MotionOutputSpec
 
     def _run_interface(self, runtime):

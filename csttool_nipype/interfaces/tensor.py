@@ -8,12 +8,12 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
-from .base import DWIInputSpec, load_inputs, save_map
+from .base import ThreadsDWIInputSpec, load_inputs, save_map
 
 SCALARS = ("fa", "md", "rd", "ad")
 
 
-class _FitTensorInputSpec(DWIInputSpec):
+class _FitTensorInputSpec(ThreadsDWIInputSpec):
     in_mask = File(exists=True, mandatory=True, desc="brain mask on the DWI grid")
     fit_method = traits.Enum("WLS", "OLS", "NLLS", "RESTORE", usedefault=True)
 
@@ -42,7 +42,7 @@ class FitTensor(SimpleInterface):
         mask = np.asarray(nib.load(self.inputs.in_mask).dataobj) > 0
         maps = fit_tensor(
             dwi.data, dwi.bvals, dwi.bvecs_voxel, mask, fit_method=self.inputs.fit_method,
-            b0_threshold=self.inputs.b0_threshold, affine=dwi.affine,
+            b0_threshold=self.inputs.b0_threshold, affine=dwi.affine, workers=self.inputs.num_threads,
         )
         cwd = Path(runtime.cwd)
         for key, name in [*((s, s) for s in SCALARS), ("color_fa", "colorfa"), ("v1", "v1"), ("evals", "evals")]:

@@ -98,7 +98,7 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
     # (source workflow, its output field, derivatives field)
     outputs = [(preproc_wf, f, f) for f in PREPROC_FIELDS] + [(preproc_wf, "report", "preproc_record")]
     if config.runs("tensor"):
-        tensor_wf = init_tensor_wf(config, mem_gb=mem_gb)
+        tensor_wf = init_tensor_wf(config, mem_gb=mem_gb, omp_nthreads=omp_nthreads)
         _link(wf, preproc_wf, tensor_wf, ["dwi", "bval", "bvec", "mask"])
         outputs += [(tensor_wf, f, f) for f in TENSOR_OUTPUTS if f != "qc"] + [(tensor_wf, "qc", "tensor_qc")]
     if config.runs("register"):

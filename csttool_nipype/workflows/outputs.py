@@ -63,6 +63,12 @@ DERIVATIVES = {
 }
 
 
+#: Outputs large enough that compressing them (``.nii`` -> ``.nii.gz``) takes seconds: named
+#: in a worker process like any node. The others are named in the scheduler's own process
+#: (no process hand-off), which would otherwise stall the scheduling of the next stages.
+SUBMITTED = frozenset({"dwi"})
+
+
 def init_derivatives_wf(output_dir: str, subject: str, session: str | None = None, fields=None,
                         container: str | None = None, name: str = "derivatives_wf"):
     """Name every output BIDS-style and copy it into ``output_dir/sub-X[/ses-Y]/``.
@@ -102,7 +108,7 @@ def init_derivatives_wf(output_dir: str, subject: str, session: str | None = Non
             continue
         rename = pe.Node(
             DerivativeName(subject=sub, entities=entities, suffix=suffix, sidecar=sidecar),
-            name=f"name_{field}", run_without_submitting=True,
+            name=f"name_{field}", run_without_submitting=field not in SUBMITTED,
         )
         if session:
             rename.inputs.session = session

@@ -11,7 +11,7 @@ from ..interfaces.tensor import FitTensor
 TENSOR_OUTPUTS = ["fa", "md", "rd", "ad", "colorfa", "v1", "evals", "qc"]
 
 
-def init_tensor_wf(config: PipelineConfig, mem_gb: float = 1.0, name: str = "tensor_wf"):
+def init_tensor_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: int = 1, name: str = "tensor_wf"):
     """Build the tensor-fitting workflow.
 
     Inputs
@@ -40,6 +40,7 @@ def init_tensor_wf(config: PipelineConfig, mem_gb: float = 1.0, name: str = "ten
         FitTensor(fit_method=config.tensor_fit_method, b0_threshold=config.b0_threshold),
         name="fit_tensor", mem_gb=4 * mem_gb,
     )
+    fit.n_procs = fit.inputs.num_threads = omp_nthreads
     wf.connect([
         (inputnode, fit, [("dwi", "in_dwi"), ("bval", "in_bval"), ("bvec", "in_bvec"), ("mask", "in_mask")]),
         (fit, outputnode, [(f"out_{k}", k) for k in TENSOR_OUTPUTS]),
