@@ -31,6 +31,16 @@ Usage::
     python benchmarks/bench_gibbs.py --dipy-volumes 1 --phantom-dipy-volumes 4   # quicker
     python benchmarks/bench_gibbs.py --sizes --nifti DWI.nii.gz --dipy-volumes 1 --save /tmp/gibbs.txt
 
+``--compare-old`` instead times the current ``gibbs_removal_fast`` against an older
+version of it (``git show REF:csttool_nipype/science/gibbs.py``, default ``HEAD``) in
+the same run, alternating old and new (best of ``--repeats`` CPU times), and gives
+the largest difference of each from dipy's ``gibbs_removal`` (run on the first
+``--dipy-volumes`` volumes) relative to the image maximum, without mask (overall) and
+with mask (inside it)::
+
+    python benchmarks/bench_gibbs.py --compare-old --no-save
+    python benchmarks/bench_gibbs.py --compare-old --sizes clinical --nifti DWI.nii.gz --no-save
+
 ``--nifti`` adds a row for a DWI series (``DWI.bval`` next to it), e.g. the
 128x128x60x33 phantom of ``csttool_nipype.science.phantom``. The table is printed and
 written to ``benchmarks/results/gibbs.txt`` (``--save PATH`` elsewhere, ``--no-save`` to
@@ -216,6 +226,66 @@ def table(rows: list[dict], header: str, command: str) -> str:
     return "\n".join(lines)
 
 
+def load_old(ref: str):
+    """The module ``csttool_nipype/science/gibbs.py`` as of git ``ref``."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run(
+        ["git", "show", f"{ref}:csttool_nipype/science/gibbs.py"], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "gibbs_old.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("gibbs_old", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare_old(cases: list[tuple[str, np.ndarray, np.ndarray]], ref: str, workers: int, repeats: int,
+                dipy_volumes: int) -> str:
+    """Old vs new ``gibbs_removal_fast`` (speed ratio in one run) and both vs dipy."""
+    old = load_old(ref)
+    lines = [
+        f"gibbs_removal_fast: git {ref} (old) vs working tree (new); float32, slice_axis=2, n_points=3, "
+        f"workers={workers}; CPU s = best of {repeats} (old and new alternated)",
+        f"{'data':<16} {'shape':<14} {'mask':<6} | {'old cpu':>7} {'new cpu':>7} {'ratio':>6} | "
+        f"{'old wall':>8} {'new wall':>8} | {'old-dipy':>9} {'new-dipy':>9}",
+    ]
+    for name, data, mask in cases:
+        k = max(1, min(dipy_volumes, data.shape[3]))
+        print(f"[{name}] dipy on {k} volume(s) ...", file=sys.stderr, flush=True)
+        ref_out = run_dipy(np.ascontiguousarray(data[..., :k]))
+        gmax = float(np.max(np.abs(ref_out)))
+        for use_mask in (False, True):
+            kwargs = {"workers": workers, **({"mask": mask} if use_mask else {})}
+            best = {"old": [np.inf, np.inf], "new": [np.inf, np.inf]}
+            outs = {}
+            for _ in range(repeats):
+                for key, fn in (("old", old.gibbs_removal_fast), ("new", gibbs_removal_fast)):
+                    print(f"[{name}] {key} mask={use_mask} ...", file=sys.stderr, flush=True)
+                    out, t, cpu = timed(lambda d: fn(d, slice_axis=2, n_points=3, **kwargs), data)
+                    best[key] = [min(best[key][0], cpu), min(best[key][1], t)]
+                    outs[key] = out
+            region = mask[..., None] if use_mask else np.ones(data.shape[:3] + (1,), bool)
+            region = np.broadcast_to(region, ref_out.shape)
+            rel = {key: float(np.max(np.abs(outs[key][..., :k].astype(np.float64) - ref_out)[region]) / gmax)
+                   for key in outs}
+            lines.append(
+                f"{name:<16} {'x'.join(map(str, data.shape)):<14} {'yes' if use_mask else 'no':<6} | "
+                f"{best['old'][0]:>7.1f} {best['new'][0]:>7.1f} {best['old'][0] / best['new'][0]:>5.2f}x | "
+                f"{best['old'][1]:>8.1f} {best['new'][1]:>8.1f} | {rel['old']:>9.1e} {rel['new']:>9.1e}"
+            )
+    lines += [
+        f"old-dipy / new-dipy: max |result - dipy gibbs_removal| / image max, over the first {dipy_volumes} "
+        "volume(s): overall without mask, inside the mask with it. ratio = old CPU / new CPU.",
+        f"load average at end: {load_average()}",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -228,7 +298,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nifti", type=Path, nargs="*", default=[], help="DWI series (.bval beside it), slices on axis 2")
     parser.add_argument("--save", type=Path, default=RESULTS, help=f"where to write the table (default {RESULTS})")
     parser.add_argument("--no-save", action="store_true", help="do not write the table")
+    parser.add_argument("--compare-old", action="store_true", help="old (git --old-ref) vs new gibbs_removal_fast")
+    parser.add_argument("--old-ref", default="HEAD", help="git revision of the old version (default HEAD)")
+    parser.add_argument("--workers", type=int, default=2, help="workers for --compare-old (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each for --compare-old (default 2)")
     args = parser.parse_args(argv)
+
+    if args.compare_old:
+        cases = []
+        for name in args.sizes:
+            data = ringing_data(SIZES[name])
+            cases.append((name, data, head_region(data)))
+        for path in args.nifti:
+            import nibabel as nib
+
+            from csttool_nipype.science.preprocess import processing_region
+
+            data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+            bval = Path(str(path).removesuffix(".gz").removesuffix(".nii") + ".bval")
+            cases.append((path.name.split(".")[0][:16], data, processing_region(data, np.loadtxt(bval))))
+        text = compare_old(cases, args.old_ref, args.workers, args.repeats, args.dipy_volumes)
+        print(text)
+        if not args.no_save:
+            args.save.parent.mkdir(parents=True, exist_ok=True)
+            args.save.write_text(text + "\n")
+        return 0
 
     header = machine_line()
     rows = []

@@ -90,7 +90,7 @@ def test_gzip_truncation_is_really_detected_by_reading(tmp_path):
         np.asarray(nib.load(nifti).dataobj)
 
 
-@pytest.mark.parametrize("flag, value", [("--seeds-per-voxel", "0"), ("--fa-threshold", "1.5"), ("--step-size", "-1")])
+@pytest.mark.parametrize("flag, value", [("--seed-density", "0"), ("--fa-threshold", "1.5"), ("--step-size", "-1")])
 def test_option_values_the_config_rejects_are_usage_errors(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--dwi", str(tmp_path / "x.nii.gz"), "--out", str(tmp_path / "out"), flag, value])
@@ -103,10 +103,10 @@ def test_tracking_and_cst_flags_reach_the_config_and_its_hash():
     from csttool_nipype.cli.main import build_parser, pipeline_config_from_args
     from csttool_nipype.config import PipelineConfig
 
-    args = build_parser().parse_args(["run", "--dwi", "x.nii.gz", "--out", "o", "--seeds-per-voxel", "5",
+    args = build_parser().parse_args(["run", "--dwi", "x.nii.gz", "--out", "o", "--seed-density", "0.2",
                                       "--fa-threshold", "0.15", "--max-angle", "30", "--cst-clip-end", "last",
                                       "--metrics-weighting", "voxel"])
     config = pipeline_config_from_args(args)
-    assert (config.seeds_per_voxel, config.fa_threshold, config.max_angle_deg) == (5, 0.15, 30.0)
+    assert (config.seed_density, config.fa_threshold, config.max_angle_deg) == (0.2, 0.15, 30.0)
     assert (config.cst_clip_end, config.metrics_weighting) == ("last", "voxel")
     assert config.config_hash() != PipelineConfig().config_hash()

@@ -1,11 +1,15 @@
 """gibbs_removal_fast: dipy's Gibbs-ringing removal (Kellner 2016), vectorised.
 
 The reference is ``dipy.denoise.gibbs.gibbs_removal(..., num_processes=1)`` on the same
-data. The contract is a tolerance (max abs difference <= 1e-5 x image max); on one
-machine the results are in fact bit-identical, because the vectorised code performs the
-same floating-point operations in the same order and precision as dipy (checked
-separately below, so that a platform where batched and per-slice FFTs round
-differently shows up as that test alone failing).
+data, always computed here by dipy itself.
+
+* float64 input: the same floating-point operations in the same order and precision as
+  dipy, so the result is bit-identical (checked; the contract is ``TOL``).
+* float32 input (the pipeline's): one packed inverse FFT per shift pair and a few
+  reordered sums, i.e. the same method rounded differently, which flips a few near-ties
+  of the total-variation comparison (as dipy's own float32 and float64 results differ).
+  The contract is ``TOL32`` on the maximum and ``RMS32`` on the root mean square of the
+  difference, relative to the image maximum.
 """
 
 import numpy as np
@@ -16,11 +20,24 @@ from scipy import ndimage as ndi
 from csttool_nipype.science.gibbs import gibbs_removal_fast
 
 SHAPE = (32, 30, 6, 3)          # in-plane 32 x 30 (non-square), 6 slices, 3 volumes
-TOL = 1e-5                       # max |ours - dipy| / image max (achieved: 0)
+TOL = 1e-5                       # float64: max |ours - dipy| / image max (achieved: 0)
+#: float32: max |ours - dipy| / image max. Where the local total variation is nearly flat
+#: in the shift, a rounding difference can change the chosen shift of one sample ("near-tie
+#: flip"), which moves that sample by up to ~1 % and its neighbours (through the k-space
+#: combination) by less; dipy's own float32 and float64 results differ the same way (up
+#: to 7.8e-3 on the masked phantom below). Measured without mask: 1.3e-3 on the phantom,
+#: up to 4.7e-3 on its small crops (a flip in a small image), 1.0e-4 on the masked
+#: phantom, 5.9e-4 on the Philips scan (b0 + DWI); benchmarks/bench_gibbs.py --compare-old:
+#: 3.3e-3 on the 128x128x60x33 clinical-size phantom, 3.0e-4 on the Canon scan.
+TOL32 = 1e-2
+#: float32: root mean square of (ours - dipy) / image max (measured: 1.3e-5 on the phantom,
+#: <= 1.8e-4 on its crops, 1.7e-6 on the Philips scan).
+RMS32 = 3e-4
 #: With ``mask``: max |ours - dipy| inside the mask / image max. Measured (mask = brain
-#: mask dilated by 4 voxels, all volumes): 3.9e-4 on the masked phantom below (2 %
-#: background noise), 3.3e-4 on the 128x128x60x33 clinical-size phantom, 4.4e-4 (Philips)
-#: and 1.7e-4 (Canon) on the real scans (see gibbs_removal_fast's Notes).
+#: mask dilated by 4 voxels) with float32 input: 3.9e-4 on the masked phantom below (2 %
+#: background noise), 5.9e-4 (Philips) and 3.0e-4 (Canon) on the real scans, but 3.3e-3 on
+#: the 128x128x60x33 clinical-size phantom (a near-tie flip inside the mask, see TOL32 and
+#: gibbs_removal_fast's Notes).
 MASK_TOL = 1e-3
 
 
@@ -93,21 +110,32 @@ def ours(phantom):
     return gibbs_removal_fast(phantom[0], slice_axis=2, n_points=3)
 
 
+def _rms_rel_diff(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)) / np.max(np.abs(b)))
+
+
 # --------------------------------------------------------------------------- vs dipy
 def test_matches_dipy_on_ringing_phantom(phantom, dipy_ref, ours):
     data, _ = phantom
     assert ours.shape == data.shape and ours.dtype == np.float32
     assert np.isfinite(ours).all()
-    assert _max_rel_diff(ours, dipy_ref) <= TOL
-    rel_rms = np.sqrt(np.mean((ours.astype(float) - dipy_ref) ** 2) / np.mean(dipy_ref.astype(float) ** 2))
-    assert rel_rms <= 1e-7
+    assert _max_rel_diff(ours, dipy_ref) <= TOL32                # achieved 1.3e-3
+    assert _rms_rel_diff(ours, dipy_ref) <= RMS32 / 10           # achieved 1.3e-5
+    # almost all voxels agree to float32 rounding-level accuracy
+    close = np.abs(ours.astype(float) - dipy_ref) <= 1e-4 * np.max(dipy_ref)
+    assert close.mean() >= 0.995                                 # achieved 0.99925
     # it did something: ringing removal changes the image by far more than the tolerance
-    assert _max_rel_diff(ours, data) > 1e-2
+    assert _max_rel_diff(ours, data) > 10 * TOL32
 
 
-def test_bit_identical_to_dipy(ours, dipy_ref):
-    """Same operations, same order, same precision as dipy: equal to the last bit here."""
-    np.testing.assert_array_equal(ours, dipy_ref)
+def test_float64_bit_identical_to_dipy(phantom):
+    """float64: same operations, same order, same precision as dipy: equal to the last bit here."""
+    data = phantom[0].astype(np.float64)
+    got = gibbs_removal_fast(data, slice_axis=2, n_points=3)
+    assert got.dtype == np.float64
+    ref = _dipy(data, slice_axis=2, n_points=3)
+    assert _max_rel_diff(got, ref) <= TOL
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_reduces_ringing_like_dipy(phantom, dipy_ref, ours):
@@ -124,7 +152,7 @@ def test_reduces_ringing_like_dipy(phantom, dipy_ref, ours):
     before = energy(data)
     ratio_ours, ratio_dipy = energy(ours) / before, energy(dipy_ref) / before
     assert ratio_ours < 0.7                       # achieved 0.53 (0.48 without the noise)
-    assert abs(ratio_ours - ratio_dipy) <= 1e-6 * ratio_dipy
+    assert abs(ratio_ours - ratio_dipy) <= 1e-3 * ratio_dipy
 
 
 @pytest.mark.parametrize(
@@ -138,20 +166,36 @@ def test_shapes_and_slice_axes_match_dipy(phantom, ndim, slice_axis):
     ref = _dipy(sub, slice_axis=slice_axis)
     got = gibbs_removal_fast(sub, slice_axis=slice_axis)
     assert got.shape == sub.shape and got.dtype == np.float32
-    assert _max_rel_diff(got, ref) <= TOL
+    assert _max_rel_diff(got, ref) <= TOL32
+    assert _rms_rel_diff(got, ref) <= RMS32
 
 
 @pytest.mark.parametrize("n_points", [1, 2, 5])
 def test_n_points_match_dipy(phantom, n_points):
     sub = phantom[0][:, :, 1:3, 0]
-    assert _max_rel_diff(gibbs_removal_fast(sub, n_points=n_points), _dipy(sub, n_points=n_points)) <= TOL
+    got, ref = gibbs_removal_fast(sub, n_points=n_points), _dipy(sub, n_points=n_points)
+    assert _max_rel_diff(got, ref) <= TOL32
+    assert _rms_rel_diff(got, ref) <= RMS32
+    sub64 = sub.astype(np.float64)
+    np.testing.assert_array_equal(gibbs_removal_fast(sub64, n_points=n_points), _dipy(sub64, n_points=n_points))
+
+
+@pytest.mark.parametrize("shape", [(31, 29), (32, 29), (31, 30)])
+def test_odd_sizes_match_dipy(phantom, shape):
+    """Odd in-plane lengths have no Nyquist term (handled separately for even lengths)."""
+    sub = np.ascontiguousarray(phantom[0][:shape[0], :shape[1], 2:4, 1])
+    got, ref = gibbs_removal_fast(sub), _dipy(sub)
+    assert _max_rel_diff(got, ref) <= TOL32
+    assert _rms_rel_diff(got, ref) <= RMS32
 
 
 def test_float64_matches_dipy(phantom):
     sub = phantom[0][:, :, 1:3, 2].astype(np.float64)
     got = gibbs_removal_fast(sub, slice_axis=2)
     assert got.dtype == np.float64
-    assert _max_rel_diff(got, _dipy(sub, slice_axis=2)) <= TOL
+    ref = _dipy(sub, slice_axis=2)
+    assert _max_rel_diff(got, ref) <= TOL
+    np.testing.assert_array_equal(got, ref)                   # bit-identical (same arithmetic)
 
 
 def test_non_finite_spread_like_dipy(phantom):
@@ -162,7 +206,7 @@ def test_non_finite_spread_like_dipy(phantom):
     assert np.isnan(got[:, :, 0]).any() and np.isfinite(got[:, :, 1]).all()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
     finite = np.isfinite(ref)
-    assert np.max(np.abs(got[finite] - ref[finite])) <= TOL * np.max(np.abs(ref[finite]))
+    assert np.max(np.abs(got[finite] - ref[finite])) <= TOL32 * np.max(np.abs(ref[finite]))
 
 
 # --------------------------------------------------------------------------- behaviour
@@ -209,7 +253,7 @@ def test_mask_matches_dipy_inside(masked_phantom):
     # work was skipped: outside the region the result is not dipy's
     assert err[~region].max() > MASK_TOL
     # the unmasked result is dipy's
-    assert _max_rel_diff(gibbs_removal_fast(data), ref) <= TOL
+    assert _max_rel_diff(gibbs_removal_fast(data), ref) <= TOL32          # achieved 1.0e-4
 
 
 def test_mask_all_true_is_unmasked_and_empty_slices_keep_input(phantom, ours):
@@ -235,7 +279,8 @@ def test_mask_all_true_is_unmasked_and_empty_slices_keep_input(phantom, ours):
 
 
 @pytest.mark.realdata
-def test_mask_matches_dipy_inside_on_a_real_scan(shared_data):
+def test_matches_dipy_on_a_real_scan(shared_data):
+    """Without and with mask, against dipy, on a b0 and a DWI of the Philips scan."""
     nib = pytest.importorskip("nibabel")
     from csttool_nipype.science.preprocess import processing_region
 
@@ -244,10 +289,13 @@ def test_mask_matches_dipy_inside_on_a_real_scan(shared_data):
     data = np.asarray(img.dataobj, dtype=np.float32)
     region = processing_region(data, np.loadtxt(f"{base}.bval"))
     sub = np.ascontiguousarray(data[..., [0, 8]])             # b0 + a DWI (80x80x40 each)
-    ref = gibbs_removal_fast(sub)                             # == dipy (tests above)
-    got = gibbs_removal_fast(sub, mask=region, workers=2)
+    ref = _dipy(sub, slice_axis=2)
+    got = gibbs_removal_fast(sub, workers=2)
+    assert _max_rel_diff(got, ref) <= TOL32                   # achieved 5.9e-4
+    assert _rms_rel_diff(got, ref) <= RMS32 / 10              # achieved 1.7e-6
+    masked = gibbs_removal_fast(sub, mask=region, workers=2)
     assert region.mean() < 0.5
-    assert np.max(np.abs(got.astype(float) - ref)[region]) <= MASK_TOL * np.max(ref)   # achieved 4.4e-4 (16 volumes)
+    assert np.max(np.abs(masked.astype(float) - ref)[region]) <= MASK_TOL * np.max(ref)
 
 
 def test_input_untouched_and_inplace(phantom, ours):

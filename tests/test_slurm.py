@@ -183,10 +183,10 @@ def test_slurm_graph_failure_cancels_what_depends_on_it(slurm, tmp_path):
 
 # ----------------------------------------------------------------------------- BIDS App on SLURM
 #: Options of the integration run: every stage, without the optional preprocessing steps,
-#: registration on a 3 mm template grid and one tracking seed per voxel, on 3 mm phantoms
+#: registration on a 3 mm template grid and about one tracking seed per voxel, on 3 mm phantoms
 #: (about a minute per run on two cores).
 PIPELINE = ["--denoise-method", "none", "--no-gibbs", "--no-motion-correction", "--template-resolution", "3",
-            "--seeds-per-voxel", "1"]
+            "--seed-density", "0.04"]
 
 
 @pytest.fixture(scope="module")

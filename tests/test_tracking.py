@@ -185,6 +185,35 @@ def test_seed_points_fill_their_voxels(field):
     assert not np.array_equal(seeds, seed_points(mask, field["affine"], seeds_per_voxel=3, seed=6))
 
 
+def test_fractional_seeds_per_voxel(field):
+    """n + f seeds per voxel: n everywhere plus one more in a fraction f of the voxels, reproducibly;
+    the whole-number part keeps the positions of the whole-number case."""
+    mask = field["left"]
+    n_vox = int(mask.sum())
+    seeds = seed_points(mask, field["affine"], seeds_per_voxel=1.25, seed=5)
+    extra = len(seeds) - n_vox
+    # binomial(n_vox, 0.25): within 4 standard deviations of its mean
+    assert abs(extra - 0.25 * n_vox) <= 4 * np.sqrt(n_vox * 0.25 * 0.75)
+    assert np.array_equal(seeds, seed_points(mask, field["affine"], seeds_per_voxel=1.25, seed=5))
+    inv = np.linalg.inv(field["affine"])
+    vox = seeds @ inv[:3, :3].T + inv[:3, 3]
+    assert mask[tuple(np.rint(vox).astype(int).T)].all()
+    # within 1e-6 of a whole number: exactly the whole-number seeds
+    assert np.array_equal(seed_points(mask, field["affine"], seeds_per_voxel=3 * (1 + 1e-9), seed=5),
+                          seed_points(mask, field["affine"], seeds_per_voxel=3, seed=5))
+    with pytest.raises(Exception, match="positive"):
+        seed_points(mask, field["affine"], seeds_per_voxel=0)
+
+
+def test_seed_density_is_per_mm3():
+    from csttool_nipype.science.tracking import seeds_per_voxel_for_density
+
+    assert seeds_per_voxel_for_density(1 / 9, np.diag([3.0, 3.0, 3.0, 1.0])) == pytest.approx(3.0)
+    oblique = np.diag([1.75, 1.75, 2.5, 1.0])
+    oblique[:3, :3] = oblique[:3, :3] @ np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]])  # rotated axes
+    assert seeds_per_voxel_for_density(1 / 9, oblique) == pytest.approx(1.75 * 1.75 * 2.5 / 9)
+
+
 def test_seed_mask_restricts_seeding(field):
     seed_mask = np.zeros_like(field["left"])
     seed_mask[..., 15:18] = True

@@ -45,7 +45,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = 
                    default=d.tracking_method, help="tractography (default: deterministic)")
     D = PipelineConfig()
     for flag, name, kind, text in (
-        ("--seeds-per-voxel", "seeds_per_voxel", int, "seeds per brain voxel with FA above the threshold"),
+        ("--seed-density", "seed_density", float, "whole-brain seeds per mm³ where FA is above the threshold "
+         "(1/9: 3 per 3 mm voxel)"),
+        ("--mppca-stride", "mppca_patch_stride", int, "MP-PCA patch centres every X voxels per axis (1: dipy's "
+         "every voxel)"),
         ("--step-size", "step_size_mm", float, "tracking step, mm"),
         ("--fa-threshold", "fa_threshold", float, "tracking stops (and seeding needs) FA above this"),
         ("--max-angle", "max_angle_deg", float, "largest turn per step, degrees"),

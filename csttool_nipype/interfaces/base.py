@@ -34,6 +34,13 @@ class DWIOutputSpec(TraitedSpec):
     out_bvec = File(exists=True, desc="b-vectors (FSL convention)")
 
 
+def load_mask(path) -> np.ndarray:
+    """A mask image (any non-zero voxel is in it) as a bool array in its voxel order."""
+    import nibabel as nib
+
+    return np.asarray(nib.load(path).dataobj) > 0
+
+
 def load_inputs(inputs):
     """Load the DWI triplet of an interface's inputs as a ``DWIData`` (validated)."""
     from ..science.dwi_io import load_dwi

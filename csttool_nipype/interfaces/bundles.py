@@ -10,13 +10,13 @@ import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
 from ..config import PipelineConfig
-from .base import VersionedInputSpec
+from .base import VersionedInputSpec, load_mask
 
 
 def load_rois(rois_json: str) -> dict[str, np.ndarray]:
     """ROI masks from the ``rois.json`` index written by the ROI interface ({name: path})."""
     index = json.loads(Path(rois_json).read_text())
-    return {name: np.asarray(nib.load(path).dataobj) > 0 for name, path in index.items()}
+    return {name: load_mask(path) for name, path in index.items()}
 
 
 _D = PipelineConfig()  # defaults: one source of truth

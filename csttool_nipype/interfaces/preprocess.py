@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from .base import DWIInputSpec, DWIOutputSpec, ThreadsDWIInputSpec, VersionedInputSpec, load_inputs, save_map, save_outputs, write_json
+from ..config import PipelineConfig
+from .base import (DWIInputSpec, DWIOutputSpec, ThreadsDWIInputSpec, VersionedInputSpec, load_inputs, load_mask,
+                   save_map, save_outputs, write_json)
+
+_D = PipelineConfig()  # defaults: one source of truth
 
 
 def _replace_data(dwi, data, bvecs_voxel=None):
@@ -20,7 +23,7 @@ def _replace_data(dwi, data, bvecs_voxel=None):
 
 
 def _optional_mask(path) -> np.ndarray | None:
-    return np.asarray(nib.load(path).dataobj) > 0 if isdefined(path) else None
+    return load_mask(path) if isdefined(path) else None
 
 
 class _RegionThreadsInputSpec(ThreadsDWIInputSpec):
@@ -50,6 +53,8 @@ class ProcessingRegion(SimpleInterface):
 # --------------------------------------------------------------------------- denoise
 class _DenoiseInputSpec(_RegionThreadsInputSpec):
     method = traits.Enum("patch2self", "nlmeans", "mppca", "none", usedefault=True)
+    mppca_patch_stride = traits.Int(_D.mppca_patch_stride, usedefault=True,
+                                    desc="MP-PCA: patch centres on every n-th voxel per axis")
 
 
 class _DenoiseOutputSpec(DWIOutputSpec):
@@ -69,6 +74,7 @@ class Denoise(SimpleInterface):
         data, info = denoise(
             dwi.data, dwi.bvals, dwi.bvecs_voxel, method=self.inputs.method, mask=_optional_mask(self.inputs.in_mask),
             b0_threshold=self.inputs.b0_threshold, workers=self.inputs.num_threads,
+            mppca_patch_stride=self.inputs.mppca_patch_stride,
         )
         save_outputs(_replace_data(dwi, data), runtime.cwd, "dwi_denoised", self._results)
         self._results["out_report"] = write_json(info, Path(runtime.cwd) / "denoise.json")

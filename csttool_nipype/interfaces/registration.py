@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import Directory, File, SimpleInterface, TraitedSpec, traits
 
-from .base import VersionedInputSpec, write_json
+from .base import VersionedInputSpec, load_mask, write_json
 
 
 class _RegisterInputSpec(VersionedInputSpec):
@@ -38,7 +38,7 @@ class RegisterToMNI(SimpleInterface):
 
         fa_img = nib.load(self.inputs.in_fa)
         fa = np.asarray(fa_img.dataobj, np.float32)
-        mask = np.asarray(nib.load(self.inputs.in_mask).dataobj) > 0
+        mask = load_mask(self.inputs.in_mask)
         result = register_to_mni(fa, mask, fa_img.affine, template_resolution_mm=self.inputs.template_resolution_mm,
                                  syn=self.inputs.syn)
         cwd = Path(runtime.cwd)
@@ -83,7 +83,7 @@ class CSTRois(SimpleInterface):
         from ..science.rois import coverage, cst_rois
 
         ref = nib.load(self.inputs.in_reference)
-        mask = np.asarray(nib.load(self.inputs.in_mask).dataobj) > 0
+        mask = load_mask(self.inputs.in_mask)
         result = load_registration(self.inputs.in_registration)
         rois = cst_rois(result, ref.shape[:3], ref.affine, mask=mask)
         cwd = Path(runtime.cwd)

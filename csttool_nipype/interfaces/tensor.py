@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
 
-from .base import ThreadsDWIInputSpec, load_inputs, save_map
+from .base import ThreadsDWIInputSpec, load_inputs, load_mask, save_map
 
 SCALARS = ("fa", "md", "rd", "ad")
 
@@ -39,7 +38,7 @@ class FitTensor(SimpleInterface):
         from ..science.tensor import fit_tensor, tensor_qc_png
 
         dwi = load_inputs(self.inputs)
-        mask = np.asarray(nib.load(self.inputs.in_mask).dataobj) > 0
+        mask = load_mask(self.inputs.in_mask)
         maps = fit_tensor(
             dwi.data, dwi.bvals, dwi.bvecs_voxel, mask, fit_method=self.inputs.fit_method,
             b0_threshold=self.inputs.b0_threshold, affine=dwi.affine, workers=self.inputs.num_threads,

@@ -9,7 +9,7 @@ import numpy as np
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from ..config import TRACKING_METHODS, PipelineConfig
-from .base import VersionedInputSpec
+from .base import VersionedInputSpec, load_mask
 
 
 _D = PipelineConfig()  # defaults: one source of truth
@@ -23,7 +23,7 @@ class _TrackInputSpec(VersionedInputSpec):
     in_bval = File(exists=True)
     in_bvec = File(exists=True)
     method = traits.Enum(*TRACKING_METHODS, usedefault=True)  # first one is the default
-    seeds_per_voxel = traits.Int(_D.seeds_per_voxel, usedefault=True, desc="seeds per seed voxel")
+    seed_density = traits.Float(_D.seed_density, usedefault=True, desc="seeds per mm³ of the seed region")
     step_size_mm = traits.Float(_D.step_size_mm, usedefault=True, desc="step length, mm")
     fa_threshold = traits.Float(_D.fa_threshold, usedefault=True, desc="stop (and seed) where FA is at or below this")
     max_angle_deg = traits.Float(_D.max_angle_deg, usedefault=True, desc="largest turn per step, degrees")
@@ -47,12 +47,12 @@ class Track(SimpleInterface):
     output_spec = _TrackOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.tracking import save_trk, track
+        from ..science.tracking import save_trk, seeds_per_voxel_for_density, track
 
         fa_img = nib.load(self.inputs.in_fa)
         fa = np.asarray(fa_img.dataobj, np.float32)
         v1 = np.asarray(nib.load(self.inputs.in_v1).dataobj, np.float32)
-        mask = np.asarray(nib.load(self.inputs.in_mask).dataobj) > 0
+        mask = load_mask(self.inputs.in_mask)
         extra = {}
         if self.inputs.method == "probabilistic":
             from ..science.dwi_io import load_dwi
@@ -62,7 +62,8 @@ class Track(SimpleInterface):
             dwi = load_dwi(self.inputs.in_dwi, self.inputs.in_bval, self.inputs.in_bvec)
             extra = {"data": dwi.data, "bvals": dwi.bvals, "bvecs_voxel": dwi.bvecs_voxel}
         streamlines = track(
-            v1, fa, mask, fa_img.affine, seeds_per_voxel=self.inputs.seeds_per_voxel,
+            v1, fa, mask, fa_img.affine,
+            seeds_per_voxel=seeds_per_voxel_for_density(self.inputs.seed_density, fa_img.affine),
             step_size_mm=self.inputs.step_size_mm, fa_threshold=self.inputs.fa_threshold,
             max_angle_deg=self.inputs.max_angle_deg, min_length_mm=self.inputs.min_length_mm,
             max_length_mm=self.inputs.max_length_mm, method=self.inputs.method, seed=self.inputs.seed,

@@ -150,6 +150,7 @@ def denoise(
     n_coils: int = 1,
     p2s_tensor_constraint: bool = True,
     workers: int | None = None,
+    mppca_patch_stride: int = 1,
 ) -> tuple[np.ndarray, dict]:
     """Denoise a 4D diffusion series.
 
@@ -201,6 +202,9 @@ def denoise(
         Patch2Self variant (see above); False gives plain Patch2Self (linear domain).
     workers : int, optional
         Threads for mppca (default ``OMP_NUM_THREADS``); never changes the result.
+    mppca_patch_stride : int
+        mppca only: patch centres on every n-th voxel of each axis (1: every voxel, dipy's
+        result; see :func:`csttool_nipype.science.mppca.mppca_fast`).
 
     Returns
     -------
@@ -234,7 +238,7 @@ def denoise(
     elif method_key == "nlmeans":
         out, info = _denoise_nlmeans(arr, bvals, bvecs_voxel, mask, n_coils, b0_threshold)
     else:
-        out, info = _denoise_mppca(arr, mask, workers=workers)
+        out, info = _denoise_mppca(arr, mask, workers=workers, patch_stride=mppca_patch_stride)
 
     out = np.asarray(out, dtype=np.float32)
     if mask is not None:
@@ -421,7 +425,7 @@ def _env_threads() -> int:
     return max(1, min(n, os.cpu_count() or 1))
 
 
-def _denoise_mppca(arr, mask, implementation: str = "fast", workers: int | None = None):
+def _denoise_mppca(arr, mask, implementation: str = "fast", workers: int | None = None, patch_stride: int = 1):
     """MP-PCA (Veraart 2016) as dipy 1.12 ``mppca`` computes it.
 
     ``implementation="fast"`` (the default) uses
@@ -431,10 +435,14 @@ def _denoise_mppca(arr, mask, implementation: str = "fast", workers: int | None 
     faster, with ``workers`` threads (default ``OMP_NUM_THREADS``, 1 if unset; the result
     does not depend on it). ``"dipy"`` calls ``dipy.denoise.localpca.mppca`` (the
     reference). With a ``mask``, patches are centred on the mask dilated by the patch
-    radius, so that every voxel of the mask gets exactly its whole-image value.
+    radius, so that every voxel of the mask gets exactly its whole-image value (with
+    ``patch_stride`` 1; a coarser lattice of centres starts at the corner of that region).
     """
     radius = _mppca_patch_radius(arr.shape[-1])
-    params = {"patch_radius": radius, "pca_method": "eig", "implementation": implementation}
+    params = {"patch_radius": radius, "pca_method": "eig", "implementation": implementation,
+              "patch_stride": int(patch_stride)}
+    if implementation == "dipy" and patch_stride != 1:
+        raise ValueError("dipy's mppca centres a patch on every voxel (patch_stride 1)")
     region = mask
     if mask is not None:
         # every patch that covers a mask voxel is centred within `radius` of it: with those
@@ -460,6 +468,7 @@ def _denoise_mppca(arr, mask, implementation: str = "fast", workers: int | None 
             out[box], sigma_map[box] = mppca_fast(
                 arr[box], mask=mask[box] if mask is not None else None, patch_radius=radius,
                 return_sigma=True, out_dtype=np.float32, workers=workers or _env_threads(),
+                patch_stride=int(patch_stride),
             )
         else:
             raise ValueError(f"unknown MP-PCA implementation {implementation!r} (fast, dipy)")

@@ -142,7 +142,13 @@ def principal_direction(evecs_or_v1: np.ndarray) -> np.ndarray:
     return out
 
 
-def seed_points(seed_mask: np.ndarray, affine: np.ndarray, *, seeds_per_voxel: int = 1, seed: int = 0) -> np.ndarray:
+def seeds_per_voxel_for_density(seed_density: float, affine: np.ndarray) -> float:
+    """Seeds per voxel that give ``seed_density`` seeds per mm³ on a grid (``|det(affine)|`` mm³ voxels)."""
+    volume = abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3])))
+    return float(seed_density) * volume
+
+
+def seed_points(seed_mask: np.ndarray, affine: np.ndarray, *, seeds_per_voxel: float = 1, seed: int = 0) -> np.ndarray:
     """Random seed positions inside the voxels of a mask, in world space.
 
     Seed voxels are visited in world (z, y, x) order of their centres and each seed is
@@ -151,24 +157,32 @@ def seed_points(seed_mask: np.ndarray, affine: np.ndarray, *, seeds_per_voxel: i
     axes and mapped to the closest voxel axes. The same mask stored with flipped or
     permuted axes therefore gives the same world positions, in the same order.
 
+    A fractional ``seeds_per_voxel`` = n + f gives each voxel n seeds plus one more with
+    probability f (drawn, in the same voxel order, from a second generator seeded with
+    ``(seed, 1)``, so the offsets' stream is the same as for whole numbers). Values within
+    1e-6 of a whole number count as that number.
+
     Parameters
     ----------
     seed_mask : ndarray of bool, shape (X, Y, Z)
         Voxels to seed.
     affine : ndarray, shape (4, 4)
         Voxel-to-world (RAS+ mm) affine.
-    seeds_per_voxel : int
-        Seeds drawn in each voxel (>= 1).
+    seeds_per_voxel : float
+        Mean number of seeds per voxel (> 0); see :func:`seeds_per_voxel_for_density`.
     seed : int
         Random generator seed.
 
     Returns
     -------
-    seeds : ndarray, shape (n_voxels * seeds_per_voxel, 3)
+    seeds : ndarray, shape (n_seeds, 3)
         World RAS+ coordinates in mm.
     """
-    if int(seeds_per_voxel) < 1:
-        raise InputError(None, f"seeds_per_voxel must be at least 1, got {seeds_per_voxel}")
+    per_voxel = float(seeds_per_voxel)
+    if not per_voxel > 0:
+        raise InputError(None, f"seeds per voxel must be positive, got {seeds_per_voxel}")
+    if abs(per_voxel - round(per_voxel)) < 1e-6:
+        per_voxel = float(round(per_voxel))
     affine = np.asarray(affine, float)
     ijk = np.argwhere(np.asarray(seed_mask, bool)).astype(float)
     if len(ijk) == 0:
@@ -177,7 +191,11 @@ def seed_points(seed_mask: np.ndarray, affine: np.ndarray, *, seeds_per_voxel: i
     # Round so that rounding noise between storage orders cannot change the order.
     key = np.round(centres, 3)
     order = np.lexsort((key[:, 0], key[:, 1], key[:, 2]))
-    ijk = np.repeat(ijk[order], int(seeds_per_voxel), axis=0)
+    whole, fraction = divmod(per_voxel, 1.0)
+    counts = np.full(len(order), int(whole))
+    if fraction > 0:
+        counts += np.random.default_rng([seed, 1]).random(len(order)) < fraction
+    ijk = np.repeat(ijk[order], counts, axis=0)
     rng = np.random.default_rng(seed)
     offsets_world_axes = rng.uniform(-0.5, 0.5, size=ijk.shape)
     ornt = io_orientation(affine)
@@ -266,7 +284,7 @@ def track(
     affine: np.ndarray,
     *,
     seed_mask: np.ndarray | None = None,
-    seeds_per_voxel: int = 1,
+    seeds_per_voxel: float = 1,
     step_size_mm: float = 0.5,
     fa_threshold: float = 0.2,
     max_angle_deg: float = 45.0,
@@ -295,8 +313,9 @@ def track(
     seed_mask : ndarray of bool, shape (X, Y, Z), optional
         Where to seed; always intersected with ``mask & (fa > fa_threshold)``, which is
         also the default (whole-brain seeding).
-    seeds_per_voxel : int
-        Seeds per seed voxel, at random positions within the voxel.
+    seeds_per_voxel : float
+        Mean seeds per seed voxel, at random positions within the voxel (fractions: see
+        :func:`seed_points`; :func:`seeds_per_voxel_for_density` converts a density per mm³).
     step_size_mm : float
         Step length in mm.
     fa_threshold : float

@@ -90,7 +90,8 @@ def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthread
         return node
 
     if config.denoise_method != "none":
-        denoise = threaded(pe.Node(Denoise(method=config.denoise_method, b0_threshold=b0_thr), name="denoise",
+        denoise = threaded(pe.Node(Denoise(method=config.denoise_method, b0_threshold=b0_thr,
+                                           mppca_patch_stride=config.mppca_patch_stride), name="denoise",
                                    mem_gb=3 * mem_gb))
         chain(denoise)
         wf.connect(denoise, "out_report", record, "denoise_report")
@@ -124,7 +125,12 @@ def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthread
 def _methods_text(config: PipelineConfig) -> str:
     steps = []
     if config.denoise_method != "none":
-        steps.append(f"denoised with {config.denoise_method} as implemented in DIPY")
+        if config.denoise_method == "mppca":
+            lattice = ("a patch centred on every voxel" if config.mppca_patch_stride == 1 else
+                       f"patch centres {config.mppca_patch_stride} voxels apart along each axis")
+            steps.append(f"denoised with Marchenko-Pastur PCA (Veraart et al., 2016; DIPY's algorithm, {lattice})")
+        else:
+            steps.append(f"denoised with {config.denoise_method} as implemented in DIPY")
     if config.gibbs:
         steps.append("corrected for Gibbs ringing with the sub-voxel shift method (Kellner et al., 2016)")
     if config.motion_correction:

@@ -25,14 +25,14 @@ def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: 
               if config.tracking_method == "deterministic" else
               "probabilistic tracking on constant-solid-angle ODFs")
     wf.__desc__ = (
-        f"Whole-brain {method} (DIPY LocalTracking) was seeded {config.seeds_per_voxel} time(s) per brain voxel "
-        f"with FA > {config.fa_threshold:g}, step {config.step_size_mm:g} mm, stopping at FA ≤ "
+        f"Whole-brain {method} (DIPY LocalTracking) was seeded at {config.seed_density:.3g} seeds per mm³ "
+        f"(random positions) in the brain where FA > {config.fa_threshold:g}, step {config.step_size_mm:g} mm, stopping at FA ≤ "
         f"{config.fa_threshold:g} or turns over {config.max_angle_deg:g}°, keeping streamlines of "
         f"{config.min_length_mm:g}–{config.max_length_mm:g} mm; the random seed was fixed ({config.seed})."
     )
     inputnode = pe.Node(IdentityInterface(fields=["fa", "v1", "mask", "dwi", "bval", "bvec"]), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["tractogram", "n_streamlines"]), name="outputnode")
-    track = pe.Node(Track(method=config.tracking_method, seeds_per_voxel=config.seeds_per_voxel,
+    track = pe.Node(Track(method=config.tracking_method, seed_density=config.seed_density,
                           step_size_mm=config.step_size_mm, fa_threshold=config.fa_threshold,
                           max_angle_deg=config.max_angle_deg, min_length_mm=config.min_length_mm,
                           max_length_mm=config.max_length_mm, seed=config.seed),
