@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
+from _machine import machine_line, publish, warm_array_cache  # noqa: E402 (benchmarks/ on sys.path)
 
 
 def run_batch(raw: Path, out: Path, nprocs: int, stages: str) -> tuple[float, dict]:
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     write_bids_dataset(raw, args.subjects, spec=PhantomSpec(voxel_size=3.0, snr=30.0, rotation_deg=10,
                                                             translation_mm=5, motion_deg=1.0), seed=0)
     lines = [f"# csttool-nipype batch benchmark ({args.subjects} phantom subjects, 3 mm, 31 volumes, "
-             f"stages up to {args.stages})", f"# {machine_line()}", ""]
+             f"stages up to {args.stages})", f"# {machine_line()}", f"# {warm_array_cache()}", ""]
     walls, per_stage, peaks = {}, defaultdict(list), []
     for nprocs in (1, 2):
         wall, dones = run_batch(raw, args.out / f"out{nprocs}", nprocs, args.stages)

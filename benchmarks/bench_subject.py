@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
+from _machine import machine_line, publish, warm_array_cache  # noqa: E402 (benchmarks/ on sys.path)
 from bench_batch import stage_of
 
 from csttool_nipype.config import available_cpus
@@ -90,13 +90,14 @@ def main(argv=None) -> int:
     parser.add_argument("--nprocs", type=int, default=available_cpus(),
                         help="cores for the subject (default: all available, as `csttool run` uses)")
     args = parser.parse_args(argv)
+    header, cache = machine_line(), warm_array_cache()
     results = {case: run_case(case, args.out / case, args.nprocs) for case in args.cases}
     ran = {c: r for c, r in results.items() if r}
     order = ["import", "denoise", "gibbs", "motion", "mask", "tensor", "registration", "tracking", "cst",
              "metrics", "outputs", "report"]
     lines = [f"# csttool-nipype per-subject benchmark (default options, one subject alone, --nprocs {args.nprocs}: "
              "MultiProc inside the subject, that many threads for multithreaded nodes)",
-             f"# {machine_line()}", "",
+             f"# {header}", f"# {cache}", "",
              "| stage: node time (s) / node peak memory (MB) | "
              + " | ".join(f"{c} {r['shape']}" for c, r in ran.items()) + " |",
              "|---|" + "---|" * len(ran)]
