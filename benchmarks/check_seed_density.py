@@ -28,7 +28,7 @@ import pandas as pd
 from csttool_nipype.cli.main import main as csttool_main
 from csttool_nipype.config import PipelineConfig
 from csttool_nipype.science.bundles import resample_streamlines
-from csttool_nipype.science.phantom import LesionSpec, PhantomSpec, make_phantom, write_phantom
+from csttool_nipype.science.phantom import LesionSpec, PhantomSpec, make_phantom, on_truth_grid, write_phantom
 from csttool_nipype.science.profiles import orient_inferior_superior
 from csttool_nipype.science.tracking import load_trk
 
@@ -48,18 +48,6 @@ def _node_times(work: Path) -> dict[str, float]:
     return times
 
 
-def _on_grid(img, phantom) -> np.ndarray:
-    shape = phantom.truth["fa"].shape
-    ijk = np.indices(shape).reshape(3, -1)
-    world = phantom.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
-    src = np.rint(np.linalg.inv(img.affine) @ world)[:3].astype(int)
-    data = np.asarray(img.dataobj)
-    inside = np.all((src >= 0) & (src < np.array(data.shape[:3])[:, None]), axis=0)
-    out = np.zeros(ijk.shape[1], data.dtype)
-    out[inside] = data[tuple(src[:, inside])]
-    return out.reshape(shape)
-
-
 def measure(phantom, out: Path) -> dict:
     dwi = out / "sub-01" / "dwi"
     summary = pd.read_csv(dwi / "sub-01_desc-summary_metrics.tsv", sep="\t").iloc[0]
@@ -68,7 +56,7 @@ def measure(phantom, out: Path) -> dict:
     row = {"fa_li": summary["fa_mean_li"], **_node_times(out / "_work")}
     for side in ("left", "right"):
         density = nib.load(dwi / f"sub-01_space-dwi_bundle-CST{side}_param-density_dwimap.nii.gz")
-        found = _on_grid(density, phantom) > 0
+        found = on_truth_grid(density, phantom) > 0
         true = truth[f"cst_{side}"]
         row[f"n_{side}"] = int(summary[f"streamline_count_{side}"])
         row[f"dice_{side}"] = 2.0 * (found & true).sum() / (found.sum() + true.sum())

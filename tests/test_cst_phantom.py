@@ -33,7 +33,7 @@ import pytest
 
 from csttool_nipype.cli.main import main
 from csttool_nipype.science.bundles import resample_streamlines
-from csttool_nipype.science.phantom import LesionSpec, PhantomSpec, make_phantom, write_phantom
+from csttool_nipype.science.phantom import LesionSpec, PhantomSpec, make_phantom, on_truth_grid, write_phantom
 from csttool_nipype.science.profiles import orient_inferior_superior
 from csttool_nipype.science.tracking import load_trk
 
@@ -114,19 +114,6 @@ def per_run_and_side(test):
     return test
 
 
-def _on_truth_grid(img, phantom) -> np.ndarray:
-    """Values of an output image at the world positions of the truth grid's voxel centres."""
-    shape = phantom.truth["fa"].shape
-    ijk = np.indices(shape).reshape(3, -1)
-    world = phantom.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
-    src = np.rint(np.linalg.inv(img.affine) @ world)[:3].astype(int)
-    data = np.asarray(img.dataobj)
-    inside = np.all((src >= 0) & (src < np.array(data.shape[:3])[:, None]), axis=0)
-    out = np.zeros(ijk.shape[1], data.dtype)
-    out[inside] = data[tuple(src[:, inside])]
-    return out.reshape(shape)
-
-
 def _dice(a, b) -> float:
     return float(2.0 * (a & b).sum() / (a.sum() + b.sum()))
 
@@ -135,7 +122,7 @@ def _dice(a, b) -> float:
 def test_extracted_cst_overlaps_the_true_cst_of_its_side(run_name, side, request):
     run = request.getfixturevalue(run_name)
     truth = run.phantom.truth
-    found = _on_truth_grid(run.density(side), run.phantom) > 0
+    found = on_truth_grid(run.density(side), run.phantom) > 0
     other = "right" if side == "left" else "left"
     dice = _dice(found, truth[f"cst_{side}"])
     assert dice >= 0.6, f"{run_name} {side}: Dice {dice:.3f} with the true CST"

@@ -13,7 +13,8 @@ from scipy.spatial.transform import Rotation
 from csttool_nipype import data
 from csttool_nipype.science import gradients
 from csttool_nipype.science.phantom import (
-    COMPARTMENTS, S0_CSF, S0_GM, S0_WM, LesionSpec, PhantomSpec, make_phantom, write_bids_dataset, write_phantom,
+    COMPARTMENTS, S0_CSF, S0_GM, S0_WM, LesionSpec, PhantomSpec, make_phantom, on_truth_grid, write_bids_dataset,
+    write_phantom,
 )
 
 FEW = dict(n_directions=6)                       # fast: 7 volumes
@@ -171,6 +172,22 @@ def test_storage_orientation_does_not_change_world_content():
         fa, _ = gradients.reorient_array(ph.truth["fa"], ph.affine, "RAS")
         np.testing.assert_allclose(fa, ras.truth["fa"], atol=1e-6)
         np.testing.assert_allclose(gradients.voxel_to_world(ph.bvecs_voxel, ph.affine), g_world, atol=1e-9)
+
+
+def test_on_truth_grid_undoes_any_storage_order():
+    """An output stored in another voxel order (here the truth FA flipped and permuted to LPS
+    and PSR, and a 4D map) comes back exactly on the truth grid; outside the image it is 0."""
+    ph = phantom(orientation="LAS", **POSED, **FEW)
+    truth = ph.truth["fa"].astype(np.float32)
+    for codes in ("LPS", "PSR"):
+        stored, affine = gradients.reorient_array(truth, ph.affine, codes)
+        np.testing.assert_array_equal(on_truth_grid(nib.Nifti1Image(stored, affine), ph), truth)
+        both, _ = gradients.reorient_array(np.stack([truth, 2 * truth], axis=-1), ph.affine, codes)
+        np.testing.assert_array_equal(on_truth_grid(nib.Nifti1Image(both, affine), ph)[..., 1], 2 * truth)
+    cropped = nib.Nifti1Image(truth[:10], ph.affine)       # covers the first 10 planes of axis 0 only
+    out = on_truth_grid(cropped, ph)
+    np.testing.assert_array_equal(out[:10], truth[:10])
+    assert not out[10:].any()
 
 
 def test_noise_is_rician_with_the_stated_sigma():

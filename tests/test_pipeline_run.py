@@ -8,7 +8,7 @@ import pytest
 
 from csttool_nipype.cli.main import main
 from csttool_nipype.science import gradients
-from csttool_nipype.science.phantom import PhantomSpec, make_phantom, write_phantom
+from csttool_nipype.science.phantom import PhantomSpec, make_phantom, on_truth_grid, write_phantom
 
 pytestmark = pytest.mark.slow
 
@@ -25,18 +25,6 @@ def phantom_run(tmp_path_factory):
                  "--subject-id", "sub-01", "--no-gibbs"])
     assert code == 0
     return ph, out / "sub-01"
-
-
-def _world_resample(img, target_shape, target_affine):
-    """Nearest-neighbour values of ``img`` at the world positions of a target grid's voxels."""
-    ijk = np.indices(target_shape).reshape(3, -1)
-    world = target_affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
-    src = np.rint(np.linalg.inv(img.affine) @ world)[:3].astype(int)
-    data = np.asarray(img.dataobj)
-    inside = np.all((src >= 0) & (src < np.array(data.shape[:3])[:, None]), axis=0)
-    out = np.zeros(ijk.shape[1], data.dtype)
-    out[inside] = data[tuple(src[:, inside])]
-    return out.reshape(target_shape)
 
 
 def test_outputs_have_bids_derivative_names_and_sidecars(phantom_run):
@@ -59,7 +47,7 @@ def test_fa_matches_truth_in_world_space(phantom_run):
     """FA from the full pipeline (LPS input, moved head) equals the truth where the tract is pure."""
     ph, sub = phantom_run
     fa_img = nib.load(sub / "dwi" / "sub-01_space-dwi_model-tensor_param-fa_dwimap.nii.gz")
-    fa_on_truth_grid = _world_resample(fa_img, ph.truth["fa"].shape, ph.affine)
+    fa_on_truth_grid = on_truth_grid(fa_img, ph)
     for structure in ("cst_left", "cst_right", "callosum"):
         core = ph.truth[structure] & (ph.truth[f"f_{structure}"] > 0.9)
         assert core.sum() > 20, structure
@@ -73,9 +61,7 @@ def test_principal_direction_points_along_the_cst(phantom_run):
     v1_img = nib.load(sub / "dwi" / "sub-01_space-dwi_model-tensor_param-v1_dwimap.nii.gz")
     v1_world = gradients.voxel_to_world(np.asarray(v1_img.dataobj).reshape(-1, 3), v1_img.affine)
     v1_world = v1_world.reshape(v1_img.shape)
-    comps = [_world_resample(nib.Nifti1Image(v1_world[..., i], v1_img.affine), ph.truth["fa"].shape, ph.affine)
-             for i in range(3)]
-    v1_on_truth = np.stack(comps, axis=-1)
+    v1_on_truth = on_truth_grid(nib.Nifti1Image(v1_world, v1_img.affine), ph)   # 4D: the vector axis is kept
     core = ph.truth["cst_left"] | ph.truth["cst_right"]
     cosine = np.abs(np.sum(v1_on_truth[core] * ph.truth["v1_world"][core], axis=-1))
     assert np.median(cosine) > 0.9

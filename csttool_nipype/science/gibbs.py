@@ -137,21 +137,8 @@ def _min_tv(
         (dipy's order, so the sums are bit-identical to dipy's).
     """
     p = n_points
-    if periodic:
-        n = x.shape[0]
-        core = dpad[p:p + n]
-        # |x[i+1] - x[i]| equals dipy's |x[i] - x[i+1]| exactly (IEEE negation is exact)
-        np.subtract(x[1:], x[:-1], out=core[:-1])
-        np.subtract(x[:1], x[-1:], out=core[-1:])
-        np.abs(core, out=core)
-        dpad[:p] = dpad[n:n + p]
-        dpad[p + n:] = dpad[p:2 * p]
-    else:
-        n = x.shape[0] - 2 * p
-        diffs = dpad[:n + 2 * p - 1]                 # the last row of dpad is not used
-        np.subtract(x[1:], x[:-1], out=diffs)
-        np.abs(diffs, out=diffs)
-        core = dpad[p:p + n]
+    n = _abs_differences(x, p, dpad, periodic)
+    core = dpad[p:p + n]
     # with d = dpad shifted by p: right neighbours d[j], d[j+1], ...; left d[j-1], d[j-2], ...
     res = ntv[:n]
     if p == 1:
@@ -173,6 +160,31 @@ def _min_tv(
     return np.minimum(right, left, out=res)
 
 
+def _abs_differences(x: np.ndarray, p: int, dpad: np.ndarray, periodic: bool) -> int:
+    """Absolute neighbour differences of ``x`` (along axis 0) into ``dpad``; returns N.
+
+    Periodic: ``dpad[p + i] = |x[i+1] - x[i]|`` for the N = len(x) samples (wrapping
+    around), with ``p`` rows of periodic padding on each side. Otherwise ``x`` carries
+    ``p`` samples of context on each side: ``dpad[i] = |x[i+1] - x[i]|`` and N =
+    len(x) - 2p. ``|x[i+1] - x[i]|`` equals dipy's ``|x[i] - x[i+1]|`` exactly (IEEE
+    negation is exact).
+    """
+    if periodic:
+        n = x.shape[0]
+        core = dpad[p:p + n]
+        np.subtract(x[1:], x[:-1], out=core[:-1])
+        np.subtract(x[:1], x[-1:], out=core[-1:])
+        np.abs(core, out=core)
+        dpad[:p] = dpad[n:n + p]
+        dpad[p + n:] = dpad[p:2 * p]
+        return n
+    n = x.shape[0] - 2 * p
+    diffs = dpad[:n + 2 * p - 1]                 # the last row of dpad is not used
+    np.subtract(x[1:], x[:-1], out=diffs)
+    np.abs(diffs, out=diffs)
+    return n
+
+
 def _min_tv_fast(x: np.ndarray, n_points: int, dpad: np.ndarray, tsum: np.ndarray, periodic: bool = True) -> np.ndarray:
     """:func:`_min_tv` with one sliding sum for both sides (float32 path).
 
@@ -184,19 +196,7 @@ def _min_tv_fast(x: np.ndarray, n_points: int, dpad: np.ndarray, tsum: np.ndarra
     N rows receive (and are returned as) ``min(TV_right, TV_left)``.
     """
     p = n_points
-    if periodic:
-        n = x.shape[0]
-        core = dpad[p:p + n]
-        np.subtract(x[1:], x[:-1], out=core[:-1])
-        np.subtract(x[:1], x[-1:], out=core[-1:])
-        np.abs(core, out=core)
-        dpad[:p] = dpad[n:n + p]
-        dpad[p + n:] = dpad[p:2 * p]
-    else:
-        n = x.shape[0] - 2 * p
-        diffs = dpad[:n + 2 * p - 1]
-        np.subtract(x[1:], x[:-1], out=diffs)
-        np.abs(diffs, out=diffs)
+    n = _abs_differences(x, p, dpad, periodic)
     # d[j] = dpad[p + j]: right sum of j = T[j] = sum dpad[p + j .. 2p + j - 1],
     # left sum of j = sum dpad[j .. p + j - 1] = T[j - p]; T over rows -p .. n - 1
     t = tsum[:n + p]

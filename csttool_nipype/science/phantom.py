@@ -1181,6 +1181,24 @@ def _ensure_description(root: Path, name: str, dataset_type: str) -> None:
         _write_json(path, content)
 
 
+def on_truth_grid(img, phantom: Phantom) -> np.ndarray:
+    """Values of an output image at the phantom's truth-grid voxels, for comparing with the truth.
+
+    Nearest neighbour at each truth voxel's world (RAS+ mm) centre, 0 where that falls
+    outside ``img``; works whatever either grid's orientation. ``img`` is a nibabel image
+    (3D, or 4D with the extra axis kept).
+    """
+    shape = phantom.truth["fa"].shape
+    ijk = np.indices(shape).reshape(3, -1)
+    world = phantom.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
+    src = np.rint(np.linalg.inv(img.affine) @ world)[:3].astype(int)
+    data = np.asarray(img.dataobj)
+    inside = np.all((src >= 0) & (src < np.array(data.shape[:3])[:, None]), axis=0)
+    out = np.zeros((ijk.shape[1],) + data.shape[3:], data.dtype)
+    out[inside] = data[tuple(src[:, inside])]
+    return out.reshape(shape + data.shape[3:])
+
+
 def write_phantom(phantom: Phantom, out_dir, subject: str = "sub-01", session: str | None = None) -> dict[str, Path]:
     """Write one phantom subject as BIDS raw data plus its ground truth.
 
