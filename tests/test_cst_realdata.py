@@ -149,9 +149,10 @@ def _canon(side: str, run_scan) -> tuple[dict[str, np.ndarray], str]:
 
 
 #: Not all cross-scan agreement targets are met yet (left / right; axial PA, sagittal, axial
-#: AP DICOM): mean FA 0.513, 0.520, 0.497 / 0.517, 0.517, 0.519; volume 13527, 11340, 12663 /
-#: 11016, 11826, 15390 mm3; streamlines 698, 384, 508 / 446, 219, 604. Right FA and left volume
-#: agree; left FA (the AP scan is 0.016-0.023 lower), right volume and both counts do not. Of
+#: AP DICOM; measured 2026-11-26): mean FA 0.519, 0.519, 0.498 / 0.512, 0.512, 0.516; volume
+#: 13770, 12042, 13311 / 12393, 11988, 15417 mm3; streamlines 698, 410, 515 / 483, 217, 654.
+#: Right FA and left volume agree; left FA (the AP scan is 0.021 lower), right volume and both
+#: counts do not. Of
 #: the streamlines through brainstem and capsule, 37-77 % (right) reach the precentral gyrus
 #: depending on the scan: with 12 directions at 3 mm, tensor streamlines stop or turn where
 #: the CST crosses callosal and association fibres. The pending ones are expected failures
