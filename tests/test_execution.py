@@ -42,3 +42,28 @@ def test_successful_workflow_runs(tmp_path):
     graph = run_workflow(wf, tmp_path / "work", tmp_path / "crash")
     (done,) = list(graph.nodes())
     assert done.result.outputs.y == 42
+
+
+def test_multiproc_run_freezes_the_heap_only_while_it_runs(tmp_path, monkeypatch):
+    """The objects alive before the run are out of the scheduler's garbage collections while
+    Nipype runs (MultiProc collects before every pass), and collected normally afterwards."""
+    import gc
+
+    from csttool_nipype.config import ExecutionConfig
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(gc.get_freeze_count())
+        return 0
+
+    monkeypatch.setattr(gc, "collect", spy)
+    wf = pe.Workflow(name="frozen")
+    first = pe.Node(Function(input_names=["x"], output_names=["y"], function=_adds), name="first",
+                    run_without_submitting=True)
+    second = pe.Node(Function(input_names=["x"], output_names=["y"], function=_adds), name="second")
+    first.inputs.x = 1
+    wf.connect(first, "y", second, "x")
+    run_workflow(wf, tmp_path / "work", tmp_path / "crash", ExecutionConfig(plugin="MultiProc", nprocs=2))
+    assert len(seen) >= 2 and all(count > 0 for count in seen[1:])   # [0]: the collection before freezing
+    assert gc.get_freeze_count() == 0
