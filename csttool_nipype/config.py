@@ -76,8 +76,10 @@ class PipelineConfig:
     preproc_region : str
         ``"brain"``: denoising and Gibbs removal work only inside the brain mask of the raw
         series dilated by 4 voxels (which holds the final brain mask and everything
-        motion correction interpolates into it; MP-PCA there equals its whole-image
-        result), skipping the background - 2-4x less work at clinical fields of view.
+        motion correction interpolates into it; with ``mppca_patch_stride`` 1, MP-PCA
+        there equals its whole-image result; with a coarser stride the lattice of patch
+        centres starts at the region's corner), skipping the background - 2-4x less work
+        at clinical fields of view.
         ``"all"``: the whole field of view.
     tensor_fit_method : str
         dipy ``TensorModel`` fit method.
