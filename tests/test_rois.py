@@ -202,3 +202,29 @@ def test_coverage_plain_dict_and_errors():
     assert not cov["cst_covered"]  # the other required ROIs are absent
     with pytest.raises(ValueError):
         roi_mod.coverage({"brainstem": roi[:-1]}, mask)
+
+
+def test_cropped_atlas_maps_keep_a_margin_of_zeros():
+    """The cached ROI maps are cropped to the brain and atlas box: every map is 0 in the
+    margin left around it, so trilinear sampling sees exactly the whole grid's values."""
+    names, volumes, box_mm, crop_affine = roi_mod._prepared_maps()
+    shape, mni_affine = data.mni_grid()
+    start = np.rint(np.linalg.inv(mni_affine) @ crop_affine[:, 3])[:3].astype(int)
+    stop = start + np.array(volumes[0].shape)
+    assert np.allclose(crop_affine[:3, :3], mni_affine[:3, :3])
+    assert (start >= 0).all() and (stop <= np.array(shape)).all()
+    margin = roi_mod._CROP_MARGIN
+    for name, vol in zip(names, volumes):
+        assert vol.any(), name
+        for axis in range(3):
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis] = slice(0, margin)
+            hi[axis] = slice(vol.shape[axis] - margin, None)
+            if start[axis] > 0:
+                assert not vol[tuple(lo)].any(), f"{name}: values at the lower crop edge of axis {axis}"
+            if stop[axis] < shape[axis]:
+                assert not vol[tuple(hi)].any(), f"{name}: values at the upper crop edge of axis {axis}"
+    # the brain box the maps were cropped to lies inside the crop
+    corners = nib.affines.apply_affine(np.linalg.inv(crop_affine), box_mm)
+    assert (corners >= -1e-6).all() and (corners <= np.array(volumes[0].shape) - 1 + 1e-6).all()

@@ -131,6 +131,11 @@ def _load_maps():
     return maps, brain, np.asarray(affine, float)
 
 
+#: Voxels of zeros kept around the maps' bounding box when they are cropped (>= 1 keeps
+#: trilinear sampling at the box edge identical to sampling the whole grid).
+_CROP_MARGIN = 2
+
+
 @functools.lru_cache(maxsize=1)
 def _prepared_maps():
     """The MNI-space probability maps of every ROI and prior (z-slabs applied).
@@ -141,10 +146,13 @@ def _prepared_maps():
     Returns
     -------
     names : tuple of str
-    volumes : tuple of ndarray, float32, read-only (1 mm MNI grid)
+    volumes : tuple of ndarray, float32, read-only
+        On the 1 mm MNI grid cropped to ``box_mm`` plus :data:`_CROP_MARGIN` voxels (every
+        map is 0 outside the box).
     box_mm : ndarray, (8, 3)
         MNI corners (mm) of the bounding box of the brain and of every map.
     mni_affine : ndarray, (4, 4)
+        Voxel-to-MNI (mm) affine of the cropped grid.
     """
     from csttool_nipype import array_cache, data
 
@@ -183,8 +191,14 @@ def _compute_prepared_maps() -> dict:
         lo.append(int(hit[0]))
         hi.append(int(hit[-1]))
     box = np.array(np.meshgrid(*[[a, b] for a, b in zip(lo, hi)])).reshape(3, -1).T
-    return {**{f"map_{name}": vol for name, vol in zip(names, volumes)},
-            "box_mm": nib.affines.apply_affine(mni_affine, box), "affine": np.asarray(mni_affine, float)}
+    # every map is 0 outside that box: keep the box and a margin of zeros, so trilinear
+    # sampling (0 beyond the edges) gives exactly what the whole grid gives, at half the size
+    start = np.maximum(np.array(lo) - _CROP_MARGIN, 0)
+    stop = np.minimum(np.array(hi) + _CROP_MARGIN + 1, mni_shape)
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+    crop_affine = np.asarray(mni_affine, float) @ nib.affines.from_matvec(np.eye(3), start)
+    return {**{f"map_{name}": np.ascontiguousarray(vol[crop]) for name, vol in zip(names, volumes)},
+            "box_mm": nib.affines.apply_affine(mni_affine, box), "affine": crop_affine}
 
 
 def _work_grid(result, shape, affine, mni_corners):
