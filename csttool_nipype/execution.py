@@ -162,8 +162,8 @@ def _frozen_heap():
 
     Nipype's MultiProc scheduler runs a full ``gc.collect()`` before every submission pass
     and after every node it runs itself; with dipy, scipy and matplotlib imported (before
-    the workers fork) one pass walked ~2 million objects, 0.19 s each time: 11 s of a 40 s
-    subject spent in the scheduler while cores waited. ``gc.freeze`` moves the current
+    the workers fork) one pass walked ~150 000 objects, 0.14-0.19 s each time: ~6 s of a
+    40 s subject spent in the scheduler while cores waited. ``gc.freeze`` moves the current
     objects to a generation collections skip (they live for the whole run anyway), so the
     passes only look at what the run creates; ``gc.unfreeze`` afterwards.
     """

@@ -196,14 +196,6 @@ def _template_1mm():
     return wm, brain, aff, (lo, hi)
 
 
-def _template_sources() -> list:
-    """Installed data files :func:`load_template` reads (for the on-disk cache key)."""
-    from csttool_nipype import data
-
-    return [data.template_path("mni_icbm152_wm_sym_09a"), data.template_path("mni_icbm152_gm_sym_09a"),
-            *data.atlas_path("harvard_oxford"), *data.atlas_path("juelich")]
-
-
 @functools.lru_cache(maxsize=4)
 def load_template(resolution_mm: float = 2.0) -> Template:
     """MNI template (WM and brain fractions) cropped to the brain and resampled.
@@ -228,7 +220,7 @@ def load_template(resolution_mm: float = 2.0) -> Template:
         raise ValueError(f"template resolution must be positive, got {resolution_mm}")
     arrays = array_cache.cached_arrays(
         f"template-{resolution_mm:g}mm", lambda: _compute_template(resolution_mm),
-        code_files=[__file__, data.__file__], data_files=_template_sources(),
+        code_files=[__file__, data.__file__], data_files=data.tissue_and_atlas_files(),
     )
     affine = np.array(arrays["affine"])
     affine.setflags(write=False)

@@ -156,10 +156,8 @@ def _prepared_maps():
     """
     from csttool_nipype import array_cache, data
 
-    sources = [data.template_path("mni_icbm152_wm_sym_09a"), data.template_path("mni_icbm152_gm_sym_09a"),
-               *data.atlas_path("harvard_oxford"), *data.atlas_path("juelich")]
     arrays = array_cache.cached_arrays("cst-roi-maps", _compute_prepared_maps,
-                                       code_files=[__file__, data.__file__], data_files=sources)
+                                       code_files=[__file__, data.__file__], data_files=data.tissue_and_atlas_files())
     names = (*_ROI_SOURCES, *_PRIOR_SOURCES)
     return names, tuple(arrays[f"map_{name}"] for name in names), np.array(arrays["box_mm"]), np.array(arrays["affine"])
 
