@@ -15,14 +15,21 @@ from .workflows.outputs import write_dataset_description
 LOGGER = logging.getLogger(__name__)
 
 
-def check_inputs(inputs: DWIInputs) -> None:
+def check_inputs(inputs: DWIInputs, read: bool = True) -> None:
     """Fail fast, before any workflow is built, on input that cannot work.
 
-    A NIfTI series is fully read and validated (catches truncated files, count
-    mismatches, missing b0...). A DICOM source is only checked to exist and hold
-    files; its conversion errors surface from the import node.
+    With ``read`` a NIfTI series is fully read and validated (catches truncated files,
+    count mismatches, missing b0...). Without it (batch jobs: the workflow's import node
+    reads the series anyway, and its failure carries the same one-line reason and
+    category) only the files' existence is checked. A DICOM source is only checked to
+    exist and hold files; its conversion errors surface from the import node.
     """
     if inputs.nifti:
+        if not read:
+            for name in (inputs.nifti, inputs.bval, inputs.bvec, inputs.sidecar):
+                if name and not Path(name).is_file():
+                    raise InputError(name, "does not exist")
+            return
         from .science.dwi_io import import_dwi
 
         with tempfile.TemporaryDirectory(prefix="csttool-check-") as tmp:
