@@ -109,6 +109,11 @@ def main(argv=None) -> int:
                      f"{'' if nprocs != 1 else f'{100 * overhead:.1f}% (wall − Σ node and report time)'} |")
     plan = planning_time(1000, args.out / "bids1000")
     lines += ["", f"planning a 1000-subject BIDS tree (discovery + jobs): {plan:.2f} s"]
+    overhead = (walls[1] - node_sum) / walls[1]
+    verdict = {True: "met", False: "not met"}
+    lines += ["", "targets (issue #7): "
+              f"nprocs 2 ≤ 0.6× nprocs 1: {verdict[walls[2] / walls[1] <= 0.6]}; "
+              f"engine overhead ≤ 5 %: {verdict[overhead <= 0.05]}; planning ≤ 5 s: {verdict[plan <= 5.0]}"]
     publish("\n".join(lines), "batch.txt")
     return 0
 

@@ -74,7 +74,8 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
                                 resource_monitor=resource_monitor)
     started = time.time()
     graph = run_workflow(wf, work_dir, crash_dir, execution, stop_on_first_crash=stop_on_first_crash)
-    result = {"duration_s": time.time() - started, "node_durations_s": node_durations(graph)}
+    result = {"duration_s": time.time() - started, "node_durations_s": node_durations(graph),
+              "node_busy_s": busy_time(node_intervals(graph))}
     if resource_monitor:
         result["node_peak_mem_gb"] = node_peak_memory(graph)
     from .reports import try_write_subject_report   # into stage_dir: promoted and checksummed with the rest
@@ -131,6 +132,36 @@ def node_peak_memory(graph) -> dict[str, float]:
         if value is not None:
             out[node.fullname] = float(value)
     return out
+
+
+def node_intervals(graph) -> list[tuple[float, float]]:
+    """(start, end) in POSIX seconds of every executed node (cached nodes have none)."""
+    from datetime import datetime
+
+    out = []
+    for node in graph.nodes():
+        try:
+            runtime = node.result.runtime
+            out.append((datetime.fromisoformat(runtime.startTime).timestamp(),
+                        datetime.fromisoformat(runtime.endTime).timestamp()))
+        except Exception:  # noqa: BLE001 - no stored result or no times
+            continue
+    return out
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """Seconds during which at least one interval is open (the union's length).
+
+    The part of a subject's wall time spent inside nodes; the rest is process start,
+    the workflow's construction, Nipype's engine between nodes and the report.
+    """
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
 
 
 def node_durations(graph) -> dict[str, float]:

@@ -1,7 +1,9 @@
 """Subjects become engine jobs: options merge per subject, and hashes change only where options do."""
 
+import pytest
+
 from csttool_nipype.batch.subjects import SubjectSpec
-from csttool_nipype.subject_job import make_jobs
+from csttool_nipype.subject_job import busy_time, make_jobs
 
 
 def _specs(**per_subject):
@@ -22,3 +24,13 @@ def test_global_option_change_touches_everyone_and_bad_options_are_invalid_jobs(
     jobs = make_jobs(_specs(s3={"denoise_method": "bm4d"}), {})
     assert jobs[2].invalid and "denoise_method" in jobs[2].invalid and not jobs[0].invalid
     assert jobs[0].payload["options"]["stages"][-1] == "metrics"
+
+
+@pytest.mark.parametrize("intervals, busy", [
+    ([], 0.0),
+    ([(0.0, 2.0), (5.0, 6.0)], 3.0),              # a gap between nodes is not busy
+    ([(0.0, 4.0), (1.0, 2.0), (3.0, 7.0)], 7.0),  # overlapping nodes count once
+    ([(3.0, 7.0), (0.0, 4.0)], 7.0),              # any order
+])
+def test_busy_time_is_the_length_of_the_union(intervals, busy):
+    assert busy_time(intervals) == pytest.approx(busy)
