@@ -69,5 +69,21 @@ def main(jobfile: str) -> int:
     return 0 if record["status"] == "SUCCESS" else 1
 
 
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown.
+
+    Called once the result file is written: with DIPY, Nipype and matplotlib loaded the
+    normal clean-up of modules and objects takes ~0.8 s per job and does nothing the
+    orchestrator needs. Logs and standard streams are flushed first.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    exit_now(main(sys.argv[1]))
