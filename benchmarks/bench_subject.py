@@ -68,7 +68,7 @@ def run_case(case: str, out: Path, nprocs: int) -> dict | None:
     t0 = time.perf_counter()
     with open(out / "console.txt", "w") as sink:
         run_cohort(specs, global_options, out / "derivatives",
-                   CohortOptions(nprocs=nprocs, execution={"resource_monitor": True}), BatchConsole(sink))
+                   CohortOptions(nprocs=nprocs), BatchConsole(sink))
     wall = time.perf_counter() - t0
     done = json.loads((out / "derivatives" / "sub-01" / "_done.json").read_text())
     stages, memory = defaultdict(float), defaultdict(float)
@@ -127,8 +127,8 @@ def main(argv=None) -> int:
     lines.append("| job peak RSS (MB) | " + " | ".join(f"{r['peak_rss_mb'] or float('nan'):.0f}" for r in ran.values()) + " |")
     lines.append("\nNode times overlap when independent nodes run at once (registration with tracking), so "
                  "their sum can exceed the wall time (\"time with a node running\" counts such overlap once); the wall time also holds process start, the Nipype "
-                 "engine, promotion and the subject's HTML report. Node peak memory: Nipype's resource monitor "
-                 "(0.5 s sampling); job peak RSS: the largest resident set of one process of the subject job (the job process or one Nipype worker; with MultiProc two workers may peak together).")
+                 "engine, promotion and the subject's HTML report. Node peak memory: the peak resident set of the process running the node while it ran "
+                 "(the kernel's high-water mark, reset at the node's start; helper processes it forked included); job peak RSS: the largest resident set of one process of the subject job (the job process or one Nipype worker; with MultiProc two workers may peak together).")
     for case, r in ran.items():
         if case in TARGETS and r["wall"] > TARGETS[case][0]:
             top = sorted(((sec, st) for st, sec in r["stages"].items()), reverse=True)[:4]

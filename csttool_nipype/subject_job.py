@@ -50,9 +50,9 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     ``plugin`` (default: Linear, or MultiProc when the job has several cores),
     ``plugin_args``, ``mem_gb`` and ``stop_on_first_crash`` go to
     :func:`~csttool_nipype.execution.run_workflow`; ``write_graph`` also draws the
-    workflow into ``stage_dir/figures``; ``resource_monitor`` records each node's peak memory
-    (Nipype's resource monitor). Returns per-node durations (seconds) for the reports, and
-    per-node peak memory (GB) when monitored.
+    workflow into ``stage_dir/figures``; ``resource_monitor`` switches on Nipype's resource
+    monitor (its samples replace the nodes' own peaks). Returns per-node durations (seconds)
+    for the reports, per-node peak memory (GB) and the job's peak resident memory (MB).
     """
     from pathlib import Path
 
@@ -76,8 +76,9 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     graph = run_workflow(wf, work_dir, crash_dir, execution, stop_on_first_crash=stop_on_first_crash)
     result = {"duration_s": time.time() - started, "node_durations_s": node_durations(graph),
               "node_busy_s": busy_time(node_intervals(graph))}
-    if resource_monitor:
-        result["node_peak_mem_gb"] = node_peak_memory(graph)
+    peaks = node_peak_memory(graph)   # every stage interface records its own (see peak_memory)
+    if peaks:
+        result["node_peak_mem_gb"] = peaks
     from .reports import try_write_subject_report   # into stage_dir: promoted and checksummed with the rest
 
     key = payload["subject"] + (f"/{payload['session']}" if payload.get("session") else "")
@@ -85,7 +86,20 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     try_write_subject_report(stage_dir, key=key, config=config.to_dict(), node_durations=result["node_durations_s"],
                              log_file=next(Path(crash_dir).parent.glob("*.log"), None))
     result["report_s"] = time.time() - report_started
+    result["peak_rss_mb"] = round(max([own_peak_rss_mb(), *(1024.0 * gb for gb in peaks.values())]), 1)
     return result
+
+
+def own_peak_rss_mb() -> float:
+    """Largest resident set (MB) of this process and its reaped children so far (``ru_maxrss``).
+
+    The stage interfaces reset the high-water mark of the process that runs them, so a
+    job's peak is the larger of this and its nodes' peaks.
+    """
+    import resource
+
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
 
 
 #: Heavy modules the stage interfaces import when they run (2-4 s of imports per process).

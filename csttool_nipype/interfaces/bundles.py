@@ -7,10 +7,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import File, TraitedSpec, traits
 
 from ..config import PipelineConfig
-from .base import VersionedInputSpec, load_mask
+from .base import StageInterface, VersionedInputSpec, load_mask
 
 
 def load_rois(rois_json: str) -> dict[str, np.ndarray]:
@@ -40,7 +40,7 @@ class _ExtractOutputSpec(TraitedSpec):
     out_right_density = File(exists=True, desc="streamline count per voxel, right")
 
 
-class ExtractCST(SimpleInterface):
+class ExtractCST(StageInterface):
     """Keep brainstem→precentral streamlines per side, clean outliers (``science.bundles.extract_cst``).
 
     Streamlines are cut to run from the brainstem to where they first reach the precentral

@@ -7,11 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
-from nipype.interfaces.base import (BaseInterfaceInputSpec, DynamicTraitedSpec, File, SimpleInterface, Str, TraitedSpec,
+from nipype.interfaces.base import (BaseInterfaceInputSpec, DynamicTraitedSpec, File, Str, TraitedSpec,
                                     isdefined, traits)
 from nipype.interfaces.io import add_traits
 
-from .base import write_json
+from .base import StageInterface, write_json
 
 
 def bids_derivative_name(subject: str, suffix: str, extension: str, session: str | None = None, **entities) -> str:
@@ -94,7 +94,7 @@ class _DerivativeNamesOutputSpec(TraitedSpec):
     figures = traits.List(File(exists=True), desc="named files for the figures/ folder")
 
 
-class DerivativeNames(SimpleInterface):
+class DerivativeNames(StageInterface):
     """Copy several files to their BIDS-derivative names (with sidecars) in one node.
 
     One input per field (``fields``, named like the keys of ``specs``); the named files

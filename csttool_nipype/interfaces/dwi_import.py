@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nipype.interfaces.base import File, SimpleInterface, Str, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import File, Str, TraitedSpec, isdefined, traits
 
-from .base import VersionedInputSpec, write_json
+from .base import StageInterface, VersionedInputSpec, write_json
 
 
 class _ImportDWIInputSpec(VersionedInputSpec):
@@ -27,7 +27,7 @@ class _ImportDWIOutputSpec(TraitedSpec):
     slice_axis = traits.Int(desc="voxel axis of out_dwi across which slices were acquired")
 
 
-class ImportDWI(SimpleInterface):
+class ImportDWI(StageInterface):
     """Read, validate and reorient one diffusion series (see ``science.dwi_io.import_dwi``)."""
 
     input_spec = _ImportDWIInputSpec

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import File, SimpleInterface, Str, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import File, Str, TraitedSpec, isdefined, traits
 
 from ..config import PipelineConfig
-from .base import VersionedInputSpec, write_json
+from .base import StageInterface, VersionedInputSpec, write_json
 
 SCALARS = ("fa", "md", "rd", "ad")
 
@@ -47,7 +47,7 @@ class _MetricsOutputSpec(TraitedSpec):
     out_json = File(exists=True, desc="the summary row as JSON")
 
 
-class CSTMetrics(SimpleInterface):
+class CSTMetrics(StageInterface):
     """Metrics of both CSTs (``science.profiles``).
 
     Bundle means (FA, MD, RD, AD) are streamline-weighted by default (each voxel counted

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 
 from ..config import PipelineConfig
-from .base import (DWIInputSpec, DWIOutputSpec, ThreadsDWIInputSpec, VersionedInputSpec, load_inputs, load_mask,
-                   save_map, save_outputs, write_json)
+from .base import (DWIInputSpec, DWIOutputSpec, StageInterface, ThreadsDWIInputSpec, VersionedInputSpec,
+                   load_inputs, load_mask, save_map, save_outputs, write_json)
 
 _D = PipelineConfig()  # defaults: one source of truth
 
@@ -35,7 +35,7 @@ class _RegionOutputSpec(TraitedSpec):
     out_mask = File(exists=True, desc="uint8 mask, DWI grid")
 
 
-class ProcessingRegion(SimpleInterface):
+class ProcessingRegion(StageInterface):
     """Dilated brain mask of the raw series: where preprocessing must be right (``science.preprocess.processing_region``)."""
 
     input_spec = DWIInputSpec
@@ -61,7 +61,7 @@ class _DenoiseOutputSpec(DWIOutputSpec):
     out_report = File(exists=True, desc="JSON: method, parameters, noise estimate")
 
 
-class Denoise(SimpleInterface):
+class Denoise(StageInterface):
     """Denoise a DWI series (``science.preprocess.denoise``)."""
 
     input_spec = _DenoiseInputSpec
@@ -88,7 +88,7 @@ class _GibbsInputSpec(_RegionThreadsInputSpec):
     num_processes = traits.Int(1, usedefault=True, desc="dipy processes (1 avoids spawn)")
 
 
-class GibbsUnring(SimpleInterface):
+class GibbsUnring(StageInterface):
     """Remove Gibbs ringing slice by slice (``science.preprocess.gibbs_unring``)."""
 
     input_spec = _GibbsInputSpec
@@ -113,7 +113,7 @@ class _MotionOutputSpec(DWIOutputSpec):
     out_report = File(exists=True, desc="JSON: per-volume rotation/translation, framewise displacement")
 
 
-class MotionCorrect(SimpleInterface):
+class MotionCorrect(StageInterface):
     """Rigid motion correction with b-vector rotation (``science.motion.motion_correct``)."""
 
     input_spec = ThreadsDWIInputSpec
@@ -145,7 +145,7 @@ class _MaskOutputSpec(TraitedSpec):
     out_b0 = File(exists=True, desc="mean b0 (float32), DWI grid")
 
 
-class BrainMask(SimpleInterface):
+class BrainMask(StageInterface):
     """Brain mask from the mean b0 (``science.preprocess.brain_mask``)."""
 
     input_spec = _MaskInputSpec
@@ -176,7 +176,7 @@ class _PreprocRecordOutputSpec(TraitedSpec):
     out_report = File(exists=True, desc="JSON: what preprocessing did, including motion summary")
 
 
-class PreprocRecord(SimpleInterface):
+class PreprocRecord(StageInterface):
     """Merge the stage reports into one preprocessing record (JSON)."""
 
     input_spec = _PreprocRecordInputSpec

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import Directory, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import Directory, File, TraitedSpec, traits
 
-from .base import VersionedInputSpec, load_mask, write_json
+from .base import StageInterface, VersionedInputSpec, load_mask, write_json
 
 
 class _RegisterInputSpec(VersionedInputSpec):
@@ -26,7 +26,7 @@ class _RegisterOutputSpec(TraitedSpec):
     out_qc = File(exists=True, desc="PNG: template WM outline over the subject FA")
 
 
-class RegisterToMNI(SimpleInterface):
+class RegisterToMNI(StageInterface):
     """Affine + SyN registration of the subject FA to the MNI template (``science.registration``)."""
 
     input_spec = _RegisterInputSpec
@@ -72,7 +72,7 @@ ROI_LABELS = {"brainstem": 1, "precentral_left": 2, "precentral_right": 3, "caps
               "peduncle_left": 6, "peduncle_right": 7, "midline": 8}
 
 
-class CSTRois(SimpleInterface):
+class CSTRois(StageInterface):
     """Warp the atlas ROIs to the subject (``science.rois.cst_rois``) and check coverage."""
 
     input_spec = _RoisInputSpec

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import File, TraitedSpec, traits
 
-from .base import ThreadsDWIInputSpec, load_inputs, load_mask, save_map
+from .base import StageInterface, ThreadsDWIInputSpec, load_inputs, load_mask, save_map
 
 SCALARS = ("fa", "md", "rd", "ad")
 
@@ -28,7 +28,7 @@ class _FitTensorOutputSpec(TraitedSpec):
     out_qc = File(exists=True, desc="QC PNG: FA and colour FA, three planes")
 
 
-class FitTensor(SimpleInterface):
+class FitTensor(StageInterface):
     """Fit the diffusion tensor inside the mask (``science.tensor.fit_tensor``)."""
 
     input_spec = _FitTensorInputSpec

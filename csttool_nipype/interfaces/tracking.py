@@ -6,10 +6,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 
 from ..config import TRACKING_METHODS, PipelineConfig
-from .base import VersionedInputSpec, load_mask
+from .base import StageInterface, VersionedInputSpec, load_mask
 
 
 _D = PipelineConfig()  # defaults: one source of truth
@@ -40,7 +40,7 @@ class _TrackOutputSpec(TraitedSpec):
     n_streamlines = traits.Int()
 
 
-class Track(SimpleInterface):
+class Track(StageInterface):
     """Whole-brain tractography (``science.tracking.track``)."""
 
     input_spec = _TrackInputSpec
