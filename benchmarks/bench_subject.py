@@ -75,6 +75,7 @@ def run_case(case: str, out: Path, nprocs: int) -> dict | None:
     for node, secs in done["result"].get("node_durations_s", {}).items():
         stages[stage_of(node)] += secs
     stages["report"] = done["result"].get("report_s", 0.0)
+    memory["report"] = 1024 * done["result"].get("report_peak_mem_gb", float("nan"))
     for node, gb in done["result"].get("node_peak_mem_gb", {}).items():
         memory[stage_of(node)] = max(memory[stage_of(node)], gb * 1024)
     shape = nib.load(src["nifti"]).shape

@@ -57,6 +57,7 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     from pathlib import Path
 
     from .execution import run_workflow, write_graphs
+    from .peak_memory import PeakMemory
     from .run import check_inputs
     from .workflows.base import DWIInputs, init_subject_wf
 
@@ -83,9 +84,14 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
 
     key = payload["subject"] + (f"/{payload['session']}" if payload.get("session") else "")
     report_started = time.time()
-    try_write_subject_report(stage_dir, key=key, config=config.to_dict(), node_durations=result["node_durations_s"],
-                             log_file=next(Path(crash_dir).parent.glob("*.log"), None))
+    with PeakMemory() as report_peak:
+        try_write_subject_report(stage_dir, key=key, config=config.to_dict(),
+                                 node_durations=result["node_durations_s"],
+                                 log_file=next(Path(crash_dir).parent.glob("*.log"), None))
     result["report_s"] = time.time() - report_started
+    if report_peak.gb is not None:
+        result["report_peak_mem_gb"] = report_peak.gb
+        peaks = {**peaks, "report": report_peak.gb}
     result["peak_rss_mb"] = round(max([own_peak_rss_mb(), *(1024.0 * gb for gb in peaks.values())]), 1)
     return result
 
