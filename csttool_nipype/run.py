@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 from .config import ExecutionConfig, PipelineConfig
 from .errors import InputError
-from .execution import run_workflow
+from .execution import WorkflowFailed, run_workflow
 from .workflows.base import DWIInputs, init_subject_wf
 from .workflows.outputs import write_dataset_description
 
 LOGGER = logging.getLogger(__name__)
 
 
-def check_inputs(inputs: DWIInputs, read: bool = True) -> None:
-    """Fail fast, before any workflow is built, on input that cannot work.
+def check_inputs(inputs: DWIInputs) -> None:
+    """Fail before any workflow is built when an input file or folder is missing.
 
-    With ``read`` a NIfTI series is fully read and validated (catches truncated files,
-    count mismatches, missing b0...). Without it (batch jobs: the workflow's import node
-    reads the series anyway, and its failure carries the same one-line reason and
-    category) only the files' existence is checked. A DICOM source is only checked to
-    exist and hold files; its conversion errors surface from the import node.
+    Only existence is checked: the workflow's import node reads and validates the series
+    (truncated files, count mismatches, missing b0, unconvertible DICOM), once, and its
+    failure carries the same one-line reason naming the file.
     """
     if inputs.nifti:
-        if not read:
-            for name in (inputs.nifti, inputs.bval, inputs.bvec, inputs.sidecar):
-                if name and not Path(name).is_file():
-                    raise InputError(name, "does not exist")
-            return
-        from .science.dwi_io import import_dwi
-
-        with tempfile.TemporaryDirectory(prefix="csttool-check-") as tmp:
-            import_dwi(nifti=inputs.nifti, bval=inputs.bval, bvec=inputs.bvec, sidecar=inputs.sidecar,
-                       work_dir=tmp)
+        for name in (inputs.nifti, inputs.bval, inputs.bvec, inputs.sidecar):
+            if name and not Path(name).is_file():
+                raise InputError(name, "does not exist")
         return
     path = Path(inputs.dicom)
     if not path.exists():
@@ -70,7 +60,13 @@ def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineCon
         from .subject_job import preload_modules
 
         preload_modules()
-    graph = run_workflow(wf, work_dir, work_dir / "crash", execution)
+    fresh = not work_dir.exists()
+    try:
+        graph = run_workflow(wf, work_dir, work_dir / "crash", execution)
+    except WorkflowFailed as exc:
+        if fresh and exc.category == "invalid input":
+            _remove_work_dir(work_dir, output_dir)   # nothing was computed: leave no trace
+        raise
     write_dataset_description(output_dir)
     from .reports import try_write_subject_report
     from .subject_job import node_durations
@@ -79,6 +75,19 @@ def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineCon
     try_write_subject_report(output_dir / sub / ses if ses else output_dir / sub, config=config.to_dict(),
                              node_durations=node_durations(graph) if hasattr(graph, "nodes") else None)
     return output_dir / sub
+
+
+def _remove_work_dir(work_dir: Path, output_dir: Path) -> None:
+    """Delete a work folder this run created, and ``output_dir/_work`` if that is then empty."""
+    import shutil
+
+    shutil.rmtree(work_dir, ignore_errors=True)
+    parent = work_dir.parent
+    if parent != output_dir and parent.parent == output_dir:
+        try:
+            parent.rmdir()
+        except OSError:   # other subjects' work folders are in it
+            pass
 
 
 def write_graphs(wf, folder: Path) -> list[Path]:

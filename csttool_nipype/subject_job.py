@@ -63,7 +63,7 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
 
     config = PipelineConfig.from_dict(payload["options"])
     inputs = DWIInputs(**payload["inputs"])
-    check_inputs(inputs, read=False)   # the import node reads (and validates) the series once
+    check_inputs(inputs)   # exists; the import node reads and validates the series, once
     if n_procs > 1:
         preload_modules()
     wf = init_subject_wf(payload["subject"], inputs, stage_dir, config, session=payload.get("session"),

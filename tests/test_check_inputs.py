@@ -1,5 +1,5 @@
-"""``check_inputs``: the full up-front read (``csttool run``) and the existence check
-that batch jobs use (their import node reads the series)."""
+"""``check_inputs``: an existence check before the workflow is built; the import node
+reads and validates the series (once)."""
 
 from __future__ import annotations
 
@@ -22,13 +22,8 @@ def truncated(tmp_path):
     return DWIInputs(nifti=str(nifti), bval=str(tmp_path / "dwi.bval"), bvec=str(tmp_path / "dwi.bvec"))
 
 
-def test_full_read_names_the_broken_file(truncated):
-    with pytest.raises(InputError, match=r"dwi\.nii\.gz"):
-        check_inputs(truncated)
-
-
 def test_existence_check_leaves_reading_to_the_import_node(truncated):
-    check_inputs(truncated, read=False)   # no error: the workflow's import node reports it
+    check_inputs(truncated)   # no error: the workflow's import node reports it (test_cli_errors)
 
 
 @pytest.mark.parametrize("missing", ["bval", "bvec", "nifti"])
@@ -36,5 +31,5 @@ def test_existence_check_names_a_missing_file(truncated, missing):
     gone = getattr(truncated, missing)
     os.remove(gone)
     with pytest.raises(InputError, match="does not exist") as info:
-        check_inputs(truncated, read=False)
+        check_inputs(truncated)
     assert str(gone) in str(info.value)

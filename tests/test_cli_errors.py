@@ -58,6 +58,7 @@ def test_bad_nifti_inputs_fail_in_one_line(case, tmp_path, capsys):
     assert named in err[0] and str(nifti.parent) in err[0]
     assert "Traceback" not in err[0]
     assert not (out / "sub-01").exists()
+    assert not (out / "_work").exists(), "a run that computed nothing leaves no work folder"
 
 
 def test_empty_dicom_folder(tmp_path, capsys):
