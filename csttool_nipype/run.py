@@ -69,11 +69,11 @@ def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineCon
         raise
     write_dataset_description(output_dir)
     from .reports import try_write_subject_report
-    from .subject_job import node_durations
+    from .subject_job import node_durations, node_runtimes
 
     ses = session if not session or session.startswith("ses-") else f"ses-{session}"
     try_write_subject_report(output_dir / sub / ses if ses else output_dir / sub, config=config.to_dict(),
-                             node_durations=node_durations(graph) if hasattr(graph, "nodes") else None)
+                             node_durations=node_durations(node_runtimes(graph)) if hasattr(graph, "nodes") else None)
     return output_dir / sub
 
 

@@ -75,9 +75,10 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
                                 resource_monitor=resource_monitor)
     started = time.time()
     graph = run_workflow(wf, work_dir, crash_dir, execution, stop_on_first_crash=stop_on_first_crash)
-    result = {"duration_s": time.time() - started, "node_durations_s": node_durations(graph),
-              "node_busy_s": busy_time(node_intervals(graph))}
-    peaks = node_peak_memory(graph)   # every stage interface records its own (see peak_memory)
+    runtimes = node_runtimes(graph)   # each node's result file read once
+    result = {"duration_s": time.time() - started, "node_durations_s": node_durations(runtimes),
+              "node_busy_s": busy_time(node_intervals(runtimes))}
+    peaks = node_peak_memory(runtimes)   # every stage interface records its own (see peak_memory)
     if peaks:
         result["node_peak_mem_gb"] = peaks
     from .reports import try_write_subject_report   # into stage_dir: promoted and checksummed with the rest
@@ -141,30 +142,41 @@ def _job_threads(n_procs: int) -> int:
         return max(1, n_procs)
 
 
-def node_peak_memory(graph) -> dict[str, float]:
-    """Peak memory (GB, Nipype's resource monitor) of every executed node that has one."""
+def node_runtimes(graph) -> dict:
+    """``runtime`` of every executed (or cached) node of an executed Nipype graph, by full name.
+
+    Each node's result file is read once here (Nipype's ``node.result`` reads it on every
+    access); nodes without a stored result are left out.
+    """
     out = {}
     for node in graph.nodes():
         try:
-            value = getattr(node.result.runtime, "mem_peak_gb", None)
-        except Exception:  # noqa: BLE001 - no stored result
+            out[node.fullname] = node.result.runtime
+        except Exception:  # noqa: BLE001 - a node without a stored result has no runtime
             continue
-        if value is not None:
-            out[node.fullname] = float(value)
     return out
 
 
-def node_intervals(graph) -> list[tuple[float, float]]:
-    """(start, end) in POSIX seconds of every executed node (cached nodes have none)."""
+def node_peak_memory(runtimes: dict) -> dict[str, float]:
+    """Peak memory (GB) of every node whose runtime has one (see :class:`~csttool_nipype.interfaces.base.StageInterface`)."""
+    out = {}
+    for name, runtime in runtimes.items():
+        value = getattr(runtime, "mem_peak_gb", None)
+        if value is not None:
+            out[name] = float(value)
+    return out
+
+
+def node_intervals(runtimes: dict) -> list[tuple[float, float]]:
+    """(start, end) in POSIX seconds of every node with recorded times."""
     from datetime import datetime
 
     out = []
-    for node in graph.nodes():
+    for runtime in runtimes.values():
         try:
-            runtime = node.result.runtime
             out.append((datetime.fromisoformat(runtime.startTime).timestamp(),
                         datetime.fromisoformat(runtime.endTime).timestamp()))
-        except Exception:  # noqa: BLE001 - no stored result or no times
+        except (AttributeError, TypeError, ValueError):  # a cached node has no times
             continue
     return out
 
@@ -184,13 +196,6 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def node_durations(graph) -> dict[str, float]:
-    """Wall time of every executed (or cached: 0) node of an executed Nipype graph."""
-    out = {}
-    for node in graph.nodes():
-        try:
-            runtime = node.result.runtime
-            out[node.fullname] = float(getattr(runtime, "duration", 0.0) or 0.0)
-        except Exception:  # noqa: BLE001 - a node without a stored result simply has no timing
-            continue
-    return out
+def node_durations(runtimes: dict) -> dict[str, float]:
+    """Wall time (s) of every node in ``runtimes`` (cached nodes: 0)."""
+    return {name: float(getattr(runtime, "duration", 0.0) or 0.0) for name, runtime in runtimes.items()}
