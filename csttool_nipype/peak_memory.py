@@ -60,3 +60,13 @@ class PeakMemory:
         children = _children_maxrss_kib()
         peak = max(hwm, children if children > self._children else 0)
         self.gb = peak / 1024.0**2
+
+
+def process_peak_mb() -> float:
+    """Largest resident set (MB) of this process and of its reaped children so far (``ru_maxrss``).
+
+    A :class:`PeakMemory` block resets this process's mark, so a process that used one
+    takes the larger of this and the blocks' peaks.
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux
+    return max(own, _children_maxrss_kib()) / 1024.0

@@ -57,7 +57,7 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     from pathlib import Path
 
     from .execution import run_workflow, write_graphs
-    from .peak_memory import PeakMemory
+    from .peak_memory import PeakMemory, process_peak_mb
     from .run import check_inputs
     from .workflows.base import DWIInputs, init_subject_wf
 
@@ -93,20 +93,9 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     if report_peak.gb is not None:
         result["report_peak_mem_gb"] = report_peak.gb
         peaks = {**peaks, "report": report_peak.gb}
-    result["peak_rss_mb"] = round(max([own_peak_rss_mb(), *(1024.0 * gb for gb in peaks.values())]), 1)
+    # the stage interfaces reset the mark of the process running them: take the larger
+    result["peak_rss_mb"] = round(max([process_peak_mb(), *(1024.0 * gb for gb in peaks.values())]), 1)
     return result
-
-
-def own_peak_rss_mb() -> float:
-    """Largest resident set (MB) of this process and its reaped children so far (``ru_maxrss``).
-
-    The stage interfaces reset the high-water mark of the process that runs them, so a
-    job's peak is the larger of this and its nodes' peaks.
-    """
-    import resource
-
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
 
 
 #: Heavy modules the stage interfaces import when they run (2-4 s of imports per process).

@@ -12,11 +12,12 @@ import importlib
 import json
 import logging
 import os
-import resource
 import sys
 import time
 import traceback
 from pathlib import Path
+
+from csttool_nipype.peak_memory import process_peak_mb
 
 
 def load_function(dotted: str):
@@ -58,10 +59,7 @@ def main(jobfile: str) -> int:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         record = {"status": "FAILED", "category": categorize(exc), "reason": reason}
     record["duration_s"] = time.time() - started
-    # peak resident memory of this job's process and its finished children (Linux: KiB)
-    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    record["peak_rss_mb"] = round(peak_kib / 1024.0, 1)
+    record["peak_rss_mb"] = round(process_peak_mb(), 1)   # this job's process and its finished children
     tmp = result_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str))
     os.replace(tmp, result_file)
