@@ -101,6 +101,17 @@ class PipelineConfig:
         and 0.33x the extraction time (``benchmarks/check_seed_density.py``).
     step_size_mm, fa_threshold, max_angle_deg, min_length_mm, max_length_mm
         Whole-brain tractography stopping and length parameters.
+    tracking_smoothing_mm : float
+        Gaussian sigma (mm) of the smoothing of the tensor field that deterministic tracking
+        follows (its directions, and the FA that seeds and stops it); streamline ends are
+        trimmed back to where the fitted FA is above the threshold, and the metrics always
+        use the unsmoothed maps. 0 (default) tracks the fitted tensors as they are. See
+        ``science.tracking.smoothed_tensor_field`` for what 3 mm does on the Canon scans
+        and why it is not the default (it blurs the narrow brainstem part of the tract).
+    cst_midline : {"reject", "cut"}
+        A CST streamline that crosses the midline above the decussation is dropped whole
+        (default, as AFQ does) or cut there, keeping its longest piece that still runs
+        from the brainstem to the precentral gyrus; see ``science.bundles.extract_cst``.
     cst_min_length_mm : float
         Shortest streamline kept in a CST.
     cst_clip_end : {"first", "last"}
@@ -137,8 +148,10 @@ class PipelineConfig:
     max_angle_deg: float = 45.0
     min_length_mm: float = 20.0
     max_length_mm: float = 250.0
+    tracking_smoothing_mm: float = 0.0
     cst_min_length_mm: float = 40.0
     cst_clip_end: str = "first"
+    cst_midline: str = "reject"
     metrics_weighting: str = "streamlines"
     min_streamlines: int = 10
     min_registration_dice: float = 0.5
@@ -161,6 +174,10 @@ class PipelineConfig:
             raise ValueError(f"tracking_method must be one of {', '.join(TRACKING_METHODS)}")
         if self.cst_clip_end not in ("first", "last"):
             raise ValueError("cst_clip_end must be 'first' or 'last'")
+        if self.cst_midline not in ("cut", "reject"):
+            raise ValueError("cst_midline must be 'cut' or 'reject'")
+        if not self.tracking_smoothing_mm >= 0:
+            raise ValueError("tracking_smoothing_mm must be ≥ 0")
         if self.metrics_weighting not in ("streamlines", "voxel"):
             raise ValueError("metrics_weighting must be 'streamlines' or 'voxel'")
         if self.preproc_region not in PREPROC_REGIONS:

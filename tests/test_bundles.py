@@ -11,6 +11,7 @@ from csttool_nipype.science.bundles import (
     bundle_mask,
     clean_bundle,
     clip_to_rois,
+    cut_at_midline,
     density_map,
     dice,
     extract_cst,
@@ -135,6 +136,40 @@ def test_extract_cst_orients_from_brainstem_and_keeps_small_bundles():
     for s in bundle:
         np.testing.assert_allclose(s, LEFT_OK)
         assert s.dtype == np.float64
+
+
+# enters the brainstem on the right, crosses to the left inside it (x = 35 at z ~ 3), then
+# runs up the left tract: a left CST streamline whose lowest part tracking took across
+PONS_CROSSING = _line((41, 9, 1), (31, 9, 5), (21, 9, 29), (13, 9, 54))
+
+
+def test_cut_at_midline_splits_where_a_streamline_crosses():
+    rois = _rois()
+    pieces, parent = cut_at_midline([LEFT_OK, CROSSING, PONS_CROSSING, RIGHT_OK], rois, AFFINE, side="left")
+    assert parent.tolist() == [0, 1, 2]  # RIGHT_OK lies wholly right of the midline: no piece
+    whole, below, upper = (pieces.points[pieces.ids == i] for i in range(3))
+    np.testing.assert_array_equal(whole, LEFT_OK)
+    assert np.all(below[:, 0] <= MID) and np.all(upper[:, 0] <= MID)
+    # each piece is the streamline's own run of points on the left
+    np.testing.assert_array_equal(below, CROSSING[CROSSING[:, 0] <= MID])
+    np.testing.assert_array_equal(upper, PONS_CROSSING[PONS_CROSSING[:, 0] <= MID])
+
+
+def test_extract_cst_cut_keeps_the_part_of_a_crossing_streamline_on_its_side():
+    rois = _rois()
+    sl = [LEFT_OK, PONS_CROSSING, WANDERING, CROSSING]
+    assert len(extract_cst(sl, rois, AFFINE, side="left", clip=False)) == 1  # "reject": only LEFT_OK
+    bundle = extract_cst(sl, rois, AFFINE, side="left", clip=False, midline="cut")
+    # PONS_CROSSING keeps its part from the midline (still in the brainstem) up; WANDERING's
+    # upper piece starts above the brainstem and CROSSING's lower piece never reaches the
+    # cortex, so neither is rescued
+    assert len(bundle) == 2
+    np.testing.assert_allclose(bundle[0], LEFT_OK)
+    kept = bundle[1]
+    np.testing.assert_array_equal(kept, PONS_CROSSING[PONS_CROSSING[:, 0] <= MID])
+    assert kept[0, 2] < 6.0  # starts inside the brainstem slab (z < 6 mm)
+    with pytest.raises(InputError, match="midline"):
+        extract_cst(sl, rois, AFFINE, side="left", midline="keep")
 
 
 def test_clip_to_rois_cuts_what_lies_beyond_the_rois():

@@ -84,6 +84,11 @@ def test_scalar_maps_match_analytic_values(block):
     dots = np.abs(np.sum(out["v1"] * tv1, axis=-1))
     assert np.all(dots[aniso] > 0.9999)
     np.testing.assert_array_equal(out["v1"], out["evecs"][..., :, 0])
+    # the six elements are those of the tensors the signal was made from (voxel axes)
+    truth = np.array([_tensor(ev, v if np.any(v) else (1.0, 0, 0))
+                      for ev, v in zip(tev.reshape(-1, 3), tv1.reshape(-1, 3))]).reshape(tev.shape[:3] + (3, 3))
+    lower = truth[..., [0, 0, 1, 0, 1, 2], [0, 1, 1, 2, 2, 2]]
+    np.testing.assert_allclose(out["tensor"], lower, rtol=1e-3, atol=1e-8)
 
 
 def test_zero_outside_mask_and_degenerate_voxels(block):

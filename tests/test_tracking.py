@@ -17,6 +17,7 @@ from csttool_nipype.science.tracking import (
     principal_direction,
     save_trk,
     seed_points,
+    smoothed_tensor_field,
     streamline_lengths,
     track,
 )
@@ -367,3 +368,97 @@ def test_streamline_lengths_of_a_sequence_match_the_per_streamline_sum(tractogra
     expected = [float(np.linalg.norm(np.diff(np.asarray(s), axis=0), axis=1).sum()) for s in tractogram]
     assert np.array_equal(streamline_lengths(tractogram), expected)
     assert np.array_equal(streamline_lengths(tractogram[::3]), expected[::3])
+
+
+def _tensor_field(shape, evals, direction):
+    """Six-element tensor field (Dxx, Dxy, Dyy, Dxz, Dyz, Dzz) of one tensor everywhere."""
+    v1 = np.asarray(direction, float) / np.linalg.norm(direction)
+    helper = np.array([0.0, 0.0, 1.0]) if abs(v1[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    v2 = np.cross(v1, helper)
+    v2 /= np.linalg.norm(v2)
+    frame = np.stack([v1, v2, np.cross(v1, v2)], axis=1)
+    d = frame @ np.diag(evals) @ frame.T
+    return np.broadcast_to(d[[0, 0, 1, 0, 1, 2], [0, 1, 1, 2, 2, 2]], tuple(shape) + (6,)).copy()
+
+
+def test_smoothed_tensor_field_without_smoothing_is_the_tensors_own_fa_and_direction():
+    evals = np.array([1.7e-3, 0.3e-3, 0.2e-3])
+    tensor = _tensor_field((4, 5, 6), evals, (1.0, 2.0, 0.5))
+    mask = np.ones((4, 5, 6), bool)
+    mask[0] = False
+    fa, v1 = smoothed_tensor_field(tensor, mask, np.diag([2.0, 2.0, 2.0, 1.0]), 0.0)
+    mean = evals.mean()
+    expected_fa = np.sqrt(1.5 * ((evals - mean) ** 2).sum() / (evals ** 2).sum())
+    np.testing.assert_allclose(fa[mask], expected_fa, rtol=1e-9)
+    assert np.all(fa[~mask] == 0) and np.all(v1[~mask] == 0)
+    direction = np.array([1.0, 2.0, 0.5]) / np.linalg.norm([1.0, 2.0, 0.5])
+    np.testing.assert_allclose(np.abs(v1[mask] @ direction), 1.0, atol=1e-9)
+
+
+def test_smoothing_lets_a_noisy_voxel_follow_its_neighbours_and_keeps_a_uniform_field():
+    evals = np.array([1.7e-3, 0.3e-3, 0.3e-3])
+    shape = (9, 9, 9)
+    tensor = _tensor_field(shape, evals, (0.0, 1.0, 0.0))
+    mask = np.zeros(shape, bool)
+    mask[1:8, 1:8, 1:8] = True
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    uniform_fa, uniform_v1 = smoothed_tensor_field(tensor, mask, affine, 2.0)
+    # normalised convolution: a uniform field stays the same up to the mask's edge
+    np.testing.assert_allclose(uniform_fa[mask], smoothed_tensor_field(tensor, mask, affine, 0.0)[0][mask], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(uniform_v1[mask][:, 1]), 1.0, atol=1e-9)
+    # one voxel whose fit points along x (a crossing or noise): unsmoothed it would turn a
+    # streamline by 90 degrees; smoothed over a 2 mm sigma it points along y like its neighbours
+    tensor[4, 4, 4] = _tensor_field((1,), evals, (1.0, 0.0, 0.0))[0]
+    raw = smoothed_tensor_field(tensor, mask, affine, 0.0)[1]
+    assert abs(raw[4, 4, 4, 0]) == pytest.approx(1.0)
+    fa, v1 = smoothed_tensor_field(tensor, mask, affine, 2.0)
+    assert abs(v1[4, 4, 4, 1]) > 0.99
+    assert 0 < fa[4, 4, 4] < uniform_fa[4, 4, 4]  # the disagreement lowers its anisotropy
+    with pytest.raises(InputError, match="tensor"):
+        smoothed_tensor_field(tensor[..., :3], mask, affine, 2.0)
+
+
+def test_end_fa_trims_streamline_ends_back_to_where_it_is_above_the_threshold(field, tractogram):
+    f = field
+    # a second FA map that is 0 in the top quarter of the tracts (world z above z_cut)
+    z = f["xyz"][..., 2]
+    z_cut = float(np.percentile(z[f["left"] | f["right"]], 75))
+    end_fa = np.where(z > z_cut, 0.0, f["fa"])
+    trimmed = track(f["v1"], f["fa"], f["mask"], f["affine"], end_fa=end_fa, min_length_mm=0.0)
+    untrimmed = track(f["v1"], f["fa"], f["mask"], f["affine"], min_length_mm=0.0)
+    assert max(s[:, 2].max() for s in untrimmed) > z_cut + 2 * VOXEL  # tracking itself runs on
+    # kept streamlines end where end_fa (trilinear) is still above the threshold: within a
+    # voxel of the cut plane
+    assert len(trimmed) > 0.5 * len(untrimmed)
+    assert max(s[:, 2].max() for s in trimmed) <= z_cut + VOXEL
+    with pytest.raises(InputError, match="end_fa"):
+        track(f["v1"], f["fa"], f["mask"], f["affine"], end_fa=end_fa[:-1])
+
+
+def test_track_interface_follows_the_smoothed_tensor_field(tmp_path, monkeypatch, field):
+    from csttool_nipype.interfaces.tracking import Track
+
+    f = field
+    monkeypatch.chdir(tmp_path)
+    # tensors with the field's FA and direction: axially symmetric, MD 0.8e-3 mm²/s
+    fa = np.clip(f["fa"], 0.0, 0.9)
+    md = 0.8e-3
+    # λ∥ = md (1 + 2a), λ⊥ = md (1 - a) has FA = 3a / sqrt(3 + 6a²), so a = FA / sqrt(3 - 2 FA²)
+    lam_par = md * (1 + 2 * fa / np.sqrt(3 - 2 * fa ** 2))
+    lam_perp = (3 * md - lam_par) / 2
+    v = f["v1"]
+    d = lam_perp[..., None, None] * np.eye(3) + (lam_par - lam_perp)[..., None, None] * v[..., :, None] * v[..., None, :]
+    tensor = d[..., [0, 0, 1, 0, 1, 2], [0, 1, 1, 2, 2, 2]]
+    paths = {}
+    for name, arr in (("fa", f["fa"]), ("v1", v), ("mask", f["mask"].astype(np.uint8)), ("tensor", tensor)):
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(arr, np.float32), f["affine"]), paths[name])
+    smoothed = Track(in_fa=paths["fa"], in_v1=paths["v1"], in_mask=paths["mask"], in_tensor=paths["tensor"],
+                     smoothing_mm=2.0, seed_density=0.5).run()
+    streamlines = load_trk(smoothed.outputs.out_trk)
+    assert smoothed.outputs.n_streamlines == len(streamlines) > 0
+    # the smoothed field still runs along the tracts: streamlines stay in them
+    inside = np.concatenate([_near(f["left"] | f["right"], s, f["affine"]) for s in streamlines])
+    assert inside.mean() > 0.95
+    with pytest.raises(ValueError, match="in_tensor"):
+        Track(in_fa=paths["fa"], in_v1=paths["v1"], in_mask=paths["mask"], smoothing_mm=2.0).run()

@@ -34,3 +34,21 @@ def test_subject_workflow_has_every_stage_and_a_datasink(tmp_path):
     assert any(n.endswith("fit_tensor") for n in names)
     assert any(n.endswith("datasink") for n in names)
     assert wf.name == "single_subject_01_wf"
+
+
+def test_tracking_and_extraction_options_reach_their_nodes(tmp_path):
+    from csttool_nipype.workflows.tractography import init_cst_wf, init_tracking_wf
+
+    config = PipelineConfig(tracking_smoothing_mm=2.5, cst_midline="cut")
+    track = init_tracking_wf(config).get_node("track")
+    assert track.inputs.smoothing_mm == 2.5
+    assert "2.5 mm (sigma) Gaussian" in init_tracking_wf(config).__desc__
+    assert init_cst_wf(config, "01").get_node("extract_cst").inputs.midline == "cut"
+    # both change the config hash (cached results are not reused across them)
+    assert len({c.config_hash() for c in (PipelineConfig(), config, PipelineConfig(cst_midline="cut"))}) == 3
+    # the subject workflow hands the tensor elements to the tracking node
+    (tmp_path / "x.nii.gz").write_bytes(b"")
+    wf = init_subject_wf("01", DWIInputs(nifti=str(tmp_path / "x.nii.gz")), str(tmp_path / "out"), config=config)
+    edges = [(u.fullname, v.fullname, d) for u, v, d in wf._graph.edges(data=True)]
+    assert any(u.endswith("tensor_wf") and v.endswith("tracking_wf") and
+               ("outputnode.tensor", "inputnode.tensor") in d["connect"] for u, v, d in edges)

@@ -54,6 +54,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = 
         ("--max-angle", "max_angle_deg", float, "largest turn per step, degrees"),
         ("--min-length", "min_length_mm", float, "shortest whole-brain streamline kept, mm"),
         ("--max-length", "max_length_mm", float, "longest whole-brain streamline kept, mm"),
+        ("--tracking-smoothing", "tracking_smoothing_mm", float, "Gaussian sigma of the tensor-field smoothing "
+         "that deterministic tracking follows, mm (0: none)"),
         ("--cst-min-length", "cst_min_length_mm", float, "shortest CST streamline, mm"),
         ("--min-streamlines", "min_streamlines", int, "fewer CST streamlines on a side raise a flag"),
         ("--template-resolution", "template_resolution_mm", float, "MNI template grid for registration, mm"),
@@ -63,6 +65,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = 
     g.add_argument("--cst-clip-end", dest="cst_clip_end", choices=("first", "last"), default=d.cst_clip_end,
                    help="cut CST streamlines where they first reach the precentral gyrus or at their last point "
                         f"in it (default: {D.cst_clip_end})")
+    g.add_argument("--cst-midline", dest="cst_midline", choices=("cut", "reject"), default=d.cst_midline,
+                   help="cut a CST streamline where it crosses the midline above the decussation, or drop it "
+                        f"(default: {D.cst_midline})")
     g.add_argument("--preproc-region", dest="preproc_region", choices=PREPROC_REGIONS, default=d.preproc_region,
                    help="denoise and unring only a dilated brain mask of the raw series, or the whole field of "
                         f"view (default: {D.preproc_region})")

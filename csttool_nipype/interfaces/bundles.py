@@ -31,6 +31,9 @@ class _ExtractInputSpec(VersionedInputSpec):
     clip_end = traits.Enum(_D.cst_clip_end, *sorted({"first", "last"} - {_D.cst_clip_end}), usedefault=True,
                            desc="cut each streamline where it first reaches the precentral ROI ('first') "
                                 "or at its last point in it ('last')")
+    midline = traits.Enum(_D.cst_midline, *sorted({"cut", "reject"} - {_D.cst_midline}), usedefault=True,
+                          desc="cut a streamline where it crosses the midline above the decussation ('cut') "
+                               "or drop it ('reject')")
 
 
 class _ExtractOutputSpec(TraitedSpec):
@@ -67,7 +70,7 @@ class ExtractCST(StageInterface):
         for side in ("left", "right"):
             bundle = extract_cst(streamlines, rois, ref.affine, side=side, min_length_mm=self.inputs.min_length_mm,
                                  min_streamlines=self.inputs.min_streamlines, clip_end=self.inputs.clip_end,
-                                 midline_layer="right")
+                                 midline_layer="right", midline=self.inputs.midline)
             self._results[f"out_{side}"] = str(save_trk(bundle, ref, cwd / f"cst_{side}.trk"))
             density = density_map(bundle, ref.shape[:3], ref.affine).astype(np.int32)
             path = cwd / f"cst_{side}_density.nii.gz"

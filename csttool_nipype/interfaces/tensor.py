@@ -25,6 +25,7 @@ class _FitTensorOutputSpec(TraitedSpec):
     out_colorfa = File(exists=True, desc="colour FA, RGB = |world x|,|y|,|z| × FA, 4D (X,Y,Z,3)")
     out_v1 = File(exists=True, desc="principal eigenvector in voxel axes, 4D (X,Y,Z,3)")
     out_evals = File(exists=True, desc="eigenvalues λ1≥λ2≥λ3 (mm²/s), 4D (X,Y,Z,3)")
+    out_tensor = File(exists=True, desc="tensor Dxx,Dxy,Dyy,Dxz,Dyz,Dzz (mm²/s), voxel axes, 4D (X,Y,Z,6)")
     out_qc = File(exists=True, desc="QC PNG: FA and colour FA, three planes")
 
 
@@ -44,7 +45,8 @@ class FitTensor(StageInterface):
             b0_threshold=self.inputs.b0_threshold, affine=dwi.affine, workers=self.inputs.num_threads,
         )
         cwd = Path(runtime.cwd)
-        for key, name in [*((s, s) for s in SCALARS), ("color_fa", "colorfa"), ("v1", "v1"), ("evals", "evals")]:
+        for key, name in [*((s, s) for s in SCALARS), ("color_fa", "colorfa"), ("v1", "v1"), ("evals", "evals"),
+                          ("tensor", "tensor")]:
             self._results[f"out_{name}"] = save_map(np.asarray(maps[key], np.float32), dwi.affine, cwd, name)
         self._results["out_qc"] = str(
             tensor_qc_png(maps["fa"], maps["color_fa"], mask, cwd / "tensor_qc.png", title="DTI")

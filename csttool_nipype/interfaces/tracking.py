@@ -18,6 +18,8 @@ _D = PipelineConfig()  # defaults: one source of truth
 class _TrackInputSpec(VersionedInputSpec):
     in_fa = File(exists=True, mandatory=True, desc="FA map")
     in_v1 = File(exists=True, mandatory=True, desc="principal eigenvector, voxel axes (X,Y,Z,3)")
+    in_tensor = File(exists=True, desc="tensor elements Dxx,Dxy,Dyy,Dxz,Dyz,Dzz, voxel axes (X,Y,Z,6); "
+                                       "needed when smoothing_mm > 0 (deterministic method)")
     in_mask = File(exists=True, mandatory=True, desc="brain mask")
     in_dwi = File(exists=True, desc="DWI (probabilistic method only)")
     in_bval = File(exists=True)
@@ -27,6 +29,8 @@ class _TrackInputSpec(VersionedInputSpec):
     step_size_mm = traits.Float(_D.step_size_mm, usedefault=True, desc="step length, mm")
     fa_threshold = traits.Float(_D.fa_threshold, usedefault=True, desc="stop (and seed) where FA is at or below this")
     max_angle_deg = traits.Float(_D.max_angle_deg, usedefault=True, desc="largest turn per step, degrees")
+    smoothing_mm = traits.Float(_D.tracking_smoothing_mm, usedefault=True,
+                                desc="Gaussian sigma (mm) of the tensor field tracked (deterministic); 0: none")
     min_length_mm = traits.Float(_D.min_length_mm, usedefault=True)
     max_length_mm = traits.Float(_D.max_length_mm, usedefault=True)
     seed = traits.Int(_D.seed, usedefault=True, desc="RNG seed (bit-identical reruns)")
@@ -47,13 +51,21 @@ class Track(StageInterface):
     output_spec = _TrackOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.tracking import save_trk, seeds_per_voxel_for_density, track
+        from ..science.tracking import save_trk, seeds_per_voxel_for_density, smoothed_tensor_field, track
 
         fa_img = nib.load(self.inputs.in_fa)
         fa = np.asarray(fa_img.dataobj, np.float32)
         v1 = np.asarray(nib.load(self.inputs.in_v1).dataobj, np.float32)
         mask = load_mask(self.inputs.in_mask)
         extra = {}
+        if self.inputs.method == "deterministic" and self.inputs.smoothing_mm > 0:
+            if not isdefined(self.inputs.in_tensor):
+                raise ValueError("tensor-field smoothing needs in_tensor")
+            tensor = np.asarray(nib.load(self.inputs.in_tensor).dataobj, np.float64)
+            # directions, seeding and stopping from the smoothed field; streamline ends
+            # trimmed back to where the fitted FA is above the threshold
+            extra["end_fa"] = fa
+            fa, v1 = smoothed_tensor_field(tensor, mask, fa_img.affine, self.inputs.smoothing_mm)
         if self.inputs.method == "probabilistic":
             from ..science.dwi_io import load_dwi
 

@@ -323,37 +323,22 @@ def _side_sign(side: str) -> float:
     return -1.0 if side == "left" else 1.0  # RAS+: left hemisphere has smaller x
 
 
-def select_cst(
-    streamlines,
-    rois: Mapping[str, np.ndarray],
-    affine: np.ndarray,
-    *,
-    side: str,
-    min_length_mm: float = 40.0,
-    midline_tolerance_mm: float = 0.0,
-    midline_layer: str = "centre",
-) -> np.ndarray:
-    """Indices of the streamlines that pass the ROI, length and midline rules of one side.
-
-    Parameters are those of :func:`extract_cst`.
+def _midline_rule(packed: _Packed, rois, affine, *, side: str, midline_tolerance_mm: float, midline_layer: str):
+    """Points on the wrong side of the mid-sagittal plane, the exclusion ROI, the plane.
 
     Returns
     -------
-    indices : ndarray of int
-        Positions in ``streamlines``, ascending.
+    wrong : ndarray of bool, (P,)
+        Points past the plane (by more than the tolerance) above the ``midline`` ROI's
+        lowest voxel; see :func:`extract_cst`.
+    exclusion : ndarray of bool or None
+        The voxels a streamline of ``side`` may not touch (``midline`` or, with
+        ``midline_layer="right"`` on the right side, its mirror layer).
+    point, normal : ndarray
+        The plane (world mm), normal pointing right.
     """
     sign = _side_sign(side)
-    for key in ("brainstem", f"precentral_{side}"):
-        if rois.get(key) is None:
-            raise InputError(None, f"ROI {key!r} is missing")
-    n = len(streamlines)
-    if n == 0:
-        return np.zeros(0, dtype=np.intp)
-    packed = _Packed.of(streamlines)
-    points, ids = packed.points, packed.ids
-    lengths = packed.segment_lengths()
-    keep = lengths >= min_length_mm
-
+    points = packed.points
     point, normal = midline_plane(rois, affine)
     exclusion = None if rois.get("midline") is None else np.asarray(rois["midline"], bool)
     if midline_layer not in ("centre", "right"):
@@ -384,6 +369,88 @@ def select_cst(
         aff = np.asarray(affine, float)
         lowest = float((np.argwhere(np.asarray(rois["midline"], bool)) @ aff[:3, :3].T + aff[:3, 3])[:, 2].min())
         wrong &= points[:, 2] >= lowest
+    return wrong, exclusion, point, normal
+
+
+def _check_side_rois(rois, side: str) -> None:
+    _side_sign(side)
+    for key in ("brainstem", f"precentral_{side}"):
+        if rois.get(key) is None:
+            raise InputError(None, f"ROI {key!r} is missing")
+
+
+def cut_at_midline(
+    streamlines,
+    rois: Mapping[str, np.ndarray],
+    affine: np.ndarray,
+    *,
+    side: str,
+    midline_tolerance_mm: float = 0.0,
+    midline_layer: str = "centre",
+) -> tuple[_Packed, np.ndarray]:
+    """The pieces of every streamline that stay on one side of the midline.
+
+    Each streamline is cut at the points where it is past the mid-sagittal plane (or
+    touches the exclusion layer), by the rule :func:`select_cst` uses to drop whole
+    streamlines; the pieces in between (two points or more) are returned.
+
+    Returns
+    -------
+    pieces : _Packed
+        The pieces, in order of their streamline and along it (world mm).
+    parent : ndarray of int, (n_pieces,)
+        The streamline each piece comes from.
+    """
+    _check_side_rois(rois, side)
+    packed = _Packed.of(streamlines)
+    if len(packed) == 0:
+        return packed, np.zeros(0, dtype=np.intp)
+    wrong, exclusion, _, _ = _midline_rule(packed, rois, affine, side=side,
+                                           midline_tolerance_mm=midline_tolerance_mm, midline_layer=midline_layer)
+    if exclusion is not None and exclusion.any():
+        wrong = wrong | _VoxelLookup(packed.points, affine).in_roi(exclusion)
+    ids = packed.ids
+    new_run = np.ones(len(ids), dtype=bool)
+    new_run[1:] = (ids[1:] != ids[:-1]) | (wrong[1:] != wrong[:-1])
+    run_start = np.flatnonzero(new_run)
+    run_len = np.diff(np.append(run_start, len(ids)))
+    good = ~wrong[run_start] & (run_len >= 2)
+    starts, counts = run_start[good], run_len[good]
+    rows = np.arange(int(counts.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return _Packed(packed.points[rows], counts), ids[starts]
+
+
+def select_cst(
+    streamlines,
+    rois: Mapping[str, np.ndarray],
+    affine: np.ndarray,
+    *,
+    side: str,
+    min_length_mm: float = 40.0,
+    midline_tolerance_mm: float = 0.0,
+    midline_layer: str = "centre",
+) -> np.ndarray:
+    """Indices of the streamlines that pass the ROI, length and midline rules of one side.
+
+    Parameters are those of :func:`extract_cst`.
+
+    Returns
+    -------
+    indices : ndarray of int
+        Positions in ``streamlines``, ascending.
+    """
+    _check_side_rois(rois, side)
+    n = len(streamlines)
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    packed = _Packed.of(streamlines)
+    ids = packed.ids
+    lengths = packed.segment_lengths()
+    keep = lengths >= min_length_mm
+
+    wrong, exclusion, point, normal = _midline_rule(packed, rois, affine, side=side,
+                                                     midline_tolerance_mm=midline_tolerance_mm,
+                                                     midline_layer=midline_layer)
     crosses = np.bincount(ids[wrong], minlength=n) > 0
     keep &= ~crosses
 
@@ -600,6 +667,7 @@ def extract_cst(
     min_length_mm: float = 40.0,
     midline_tolerance_mm: float = 0.0,
     midline_layer: str = "centre",
+    midline: str = "reject",
     clip: bool = True,
     clip_end: str = "last",
     clean: bool = True,
@@ -642,6 +710,17 @@ def extract_cst(
         it touches the mirror layer just left of the plane. With ``"centre"`` on such an
         ROI the right CST, but not the left, would lose every streamline running in the
         voxels next to the midline (at the vertex, the paracentral lobule).
+    midline : {"reject", "cut"}
+        What happens to a streamline that crosses the midline above the decussation:
+        ``"reject"`` (default, as AFQ does) drops it; ``"cut"`` cuts it there
+        (:func:`cut_at_midline`) and keeps its longest piece that still passes the ROI and
+        length rules. At 3 mm, tensor tracking in the pons can turn from a corticospinal
+        streamline into the transverse pontine fibres, which cross the midline: on one of
+        three scans of one head (Canon, sagittal) rejection dropped 65 % of the right CST's
+        streamlines against 8-20 % elsewhere; cutting keeps the part above the turn. On
+        those three scans it brought the right side's counts from ±52 % of their mean to
+        ±28 % but the left's from ±29 % to ±33 % and the volumes from ±8 / ±16 % to
+        ±12 / ±18 %, so rejection stays the default.
     clip : bool
         Cut every streamline to the stretch from its first point in the brainstem ROI
         to its last point in the precentral ROI (:func:`clip_to_rois`), as AFQ clips
@@ -669,8 +748,21 @@ def extract_cst(
         (with ``clip``, in the brainstem ROI).
     """
     packed = _Packed.of(streamlines)  # callers extracting both sides may pass one _Packed for both
-    selected = select_cst(packed, rois, affine, side=side, min_length_mm=min_length_mm,
-                          midline_tolerance_mm=midline_tolerance_mm, midline_layer=midline_layer)
+    if midline not in ("reject", "cut"):
+        raise InputError(None, f"midline must be 'reject' or 'cut', got {midline!r}")
+    if midline == "cut":
+        packed, parent = cut_at_midline(packed, rois, affine, side=side, midline_tolerance_mm=midline_tolerance_mm,
+                                        midline_layer=midline_layer)
+        rois = {key: roi for key, roi in rois.items() if key != "midline"}
+        selected = select_cst(packed, rois, affine, side=side, min_length_mm=min_length_mm,
+                              midline_tolerance_mm=np.inf)
+        # one piece per streamline: its longest one that passes
+        order = np.lexsort((-packed.segment_lengths()[selected], parent[selected]))
+        first_of_parent = np.unique(parent[selected][order], return_index=True)[1]
+        selected = np.sort(selected[order][first_of_parent])
+    else:
+        selected = select_cst(packed, rois, affine, side=side, min_length_mm=min_length_mm,
+                              midline_tolerance_mm=midline_tolerance_mm, midline_layer=midline_layer)
     bundle = _orient_packed(packed.select(selected), rois, affine, side=side)
     if clip and len(bundle):
         if clip_end not in ("last", "first"):

@@ -145,8 +145,28 @@ def fit_tensor(
         "evals": evals.astype(np.float32),
         "evecs": evecs.astype(np.float32),
         "v1": v1.astype(np.float32),
+        "tensor": tensor_components(evals, evecs).astype(np.float32),
         "color_fa": color_fa.astype(np.float32),
     }
+
+
+def tensor_components(evals: np.ndarray, evecs: np.ndarray) -> np.ndarray:
+    """The six distinct tensor elements from its eigen-decomposition.
+
+    Parameters
+    ----------
+    evals : ndarray, (..., 3)
+        Eigenvalues (mm²/s).
+    evecs : ndarray, (..., 3, 3)
+        Eigenvectors in columns (dipy layout), in voxel axes.
+
+    Returns
+    -------
+    tensor : ndarray, (..., 6)
+        Dxx, Dxy, Dyy, Dxz, Dyz, Dzz (dipy's lower-triangular order) in voxel axes, mm²/s.
+    """
+    d = np.einsum("...ik,...k,...jk->...ij", evecs, evals, evecs)
+    return np.stack([d[..., 0, 0], d[..., 0, 1], d[..., 1, 1], d[..., 0, 2], d[..., 1, 2], d[..., 2, 2]], axis=-1)
 
 
 def _fit_blocks(model, signal: np.ndarray, workers: int) -> tuple[np.ndarray, np.ndarray]:

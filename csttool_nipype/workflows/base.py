@@ -100,7 +100,7 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
     if config.runs("tensor"):
         tensor_wf = init_tensor_wf(config, mem_gb=mem_gb, omp_nthreads=omp_nthreads)
         _link(wf, preproc_wf, tensor_wf, ["dwi", "bval", "bvec", "mask"])
-        outputs += [(tensor_wf, f, f) for f in TENSOR_OUTPUTS if f != "qc"] + [(tensor_wf, "qc", "tensor_qc")]
+        outputs += [(tensor_wf, f, f) for f in TENSOR_OUTPUTS if f not in ("qc", "tensor")] + [(tensor_wf, "qc", "tensor_qc")]
     if config.runs("register"):
         reg_wf = init_registration_wf(config)
         _link(wf, tensor_wf, reg_wf, ["fa"])
@@ -110,7 +110,7 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
                     (reg_wf, "coverage", "coverage")]
     if config.runs("track"):
         track_wf = init_tracking_wf(config, mem_gb=mem_gb, omp_nthreads=omp_nthreads)
-        _link(wf, tensor_wf, track_wf, ["fa", "v1"])
+        _link(wf, tensor_wf, track_wf, ["fa", "v1", "tensor"])
         _link(wf, preproc_wf, track_wf, ["mask", "dwi", "bval", "bvec"])
         outputs.append((track_wf, "tractogram", "tractogram"))
     if config.runs("cst"):

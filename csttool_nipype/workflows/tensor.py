@@ -8,7 +8,7 @@ from nipype.pipeline import engine as pe
 from ..config import PipelineConfig
 from ..interfaces.tensor import FitTensor
 
-TENSOR_OUTPUTS = ["fa", "md", "rd", "ad", "colorfa", "v1", "evals", "qc"]
+TENSOR_OUTPUTS = ["fa", "md", "rd", "ad", "colorfa", "v1", "evals", "tensor", "qc"]
 
 
 def init_tensor_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: int = 1, name: str = "tensor_wf"):
@@ -26,6 +26,8 @@ def init_tensor_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: in
     colorfa, v1, evals
         Colour FA (RGB = world R-L, A-P, S-I), principal eigenvector (voxel axes),
         eigenvalues.
+    tensor
+        The tensor's six elements (voxel axes), for tractography; not a derivative.
     qc
         PNG with FA and colour FA in three planes.
     """

@@ -17,31 +17,36 @@ METRICS_OUTPUTS = ["profiles", "summary", "summary_json"]
 def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: int = 1, name: str = "tracking_wf"):
     """Whole-brain tractography.
 
-    Inputs: ``fa``, ``v1`` (voxel axes), ``mask``, and ``dwi``/``bval``/``bvec`` (probabilistic only).
+    Inputs: ``fa``, ``v1`` (voxel axes), ``tensor`` (six elements, voxel axes; smoothed for
+    deterministic tracking), ``mask``, and ``dwi``/``bval``/``bvec`` (probabilistic only).
     Outputs: ``tractogram`` (.trk, RAS+ mm).
     """
     wf = pe.Workflow(name=name)
     method = ("deterministic tracking along the tensor's principal eigenvector"
               if config.tracking_method == "deterministic" else
               "probabilistic tracking on constant-solid-angle ODFs")
+    smoothing = (f" of the tensor field smoothed with a {config.tracking_smoothing_mm:g} mm (sigma) Gaussian"
+                 if config.tracking_smoothing_mm > 0 and config.tracking_method == "deterministic" else "")
     wf.__desc__ = (
-        f"Whole-brain {method} (DIPY LocalTracking) was seeded at {config.seed_density:.3g} seeds per mm³ "
+        f"Whole-brain {method}{smoothing} (DIPY LocalTracking) was seeded at {config.seed_density:.3g} seeds per mm³ "
         f"(random positions) in the brain where FA > {config.fa_threshold:g}, step {config.step_size_mm:g} mm, stopping at FA ≤ "
         f"{config.fa_threshold:g} or turns over {config.max_angle_deg:g}°, keeping streamlines of "
         f"{config.min_length_mm:g}–{config.max_length_mm:g} mm; the random seed was fixed ({config.seed})."
     )
-    inputnode = pe.Node(IdentityInterface(fields=["fa", "v1", "mask", "dwi", "bval", "bvec"]), name="inputnode")
+    inputnode = pe.Node(IdentityInterface(fields=["fa", "v1", "tensor", "mask", "dwi", "bval", "bvec"]),
+                        name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["tractogram", "n_streamlines"]), name="outputnode")
     track = pe.Node(Track(method=config.tracking_method, seed_density=config.seed_density,
                           step_size_mm=config.step_size_mm, fa_threshold=config.fa_threshold,
                           max_angle_deg=config.max_angle_deg, min_length_mm=config.min_length_mm,
-                          max_length_mm=config.max_length_mm, seed=config.seed),
+                          max_length_mm=config.max_length_mm, smoothing_mm=config.tracking_smoothing_mm,
+                          seed=config.seed),
                     name="track", mem_gb=2 * mem_gb + 1.0)
     # seed blocks tracked in several processes (same result); one core is left to the
     # (single-threaded) MNI registration, which runs at the same time
     track.n_procs = track.inputs.num_threads = max(1, omp_nthreads - 1)
     wf.connect([
-        (inputnode, track, [("fa", "in_fa"), ("v1", "in_v1"), ("mask", "in_mask")]),
+        (inputnode, track, [("fa", "in_fa"), ("v1", "in_v1"), ("tensor", "in_tensor"), ("mask", "in_mask")]),
         (track, outputnode, [("out_trk", "tractogram"), ("n_streamlines", "n_streamlines")]),
     ])
     if config.tracking_method == "probabilistic":
@@ -70,7 +75,8 @@ def init_cst_wf(config: PipelineConfig, subject: str, session: str | None = None
     fields = ["tractogram", "rois", "fa", "md", "rd", "ad", "quality", "coverage"]
     inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=CST_OUTPUTS + METRICS_OUTPUTS), name="outputnode")
-    extract = pe.Node(ExtractCST(min_length_mm=config.cst_min_length_mm, clip_end=config.cst_clip_end),
+    extract = pe.Node(ExtractCST(min_length_mm=config.cst_min_length_mm, clip_end=config.cst_clip_end,
+                                 midline=config.cst_midline),
                       name="extract_cst", mem_gb=2.0)
     wf.connect([
         (inputnode, extract, [("tractogram", "in_trk"), ("rois", "in_rois"), ("fa", "in_reference")]),
