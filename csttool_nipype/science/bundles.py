@@ -415,9 +415,8 @@ def cut_at_midline(
     run_start = np.flatnonzero(new_run)
     run_len = np.diff(np.append(run_start, len(ids)))
     good = ~wrong[run_start] & (run_len >= 2)
-    starts, counts = run_start[good], run_len[good]
-    rows = np.arange(int(counts.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
-    return _Packed(packed.points[rows], counts), ids[starts]
+    starts, parent = run_start[good], ids[run_start[good]]
+    return packed.select(parent, first=starts - packed.starts[parent], count=run_len[good]), parent
 
 
 def select_cst(
