@@ -52,3 +52,10 @@ def test_tracking_and_extraction_options_reach_their_nodes(tmp_path):
     edges = [(u.fullname, v.fullname, d) for u, v, d in wf._graph.edges(data=True)]
     assert any(u.endswith("tensor_wf") and v.endswith("tracking_wf") and
                ("outputnode.tensor", "inputnode.tensor") in d["connect"] for u, v, d in edges)
+    # ... and the tracking node reads it only when it smooths
+    def track_inputs(cfg):
+        wf = init_tracking_wf(cfg)
+        return {dst for _, v, d in wf._graph.edges(data=True) if v.name == "track" for _, dst in d["connect"]}
+
+    assert "in_tensor" in track_inputs(config)
+    assert "in_tensor" not in track_inputs(PipelineConfig())

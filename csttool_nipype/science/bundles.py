@@ -111,10 +111,9 @@ class _Packed:
         idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.intp)
         first = np.zeros(len(idx), dtype=np.intp) if first is None else np.asarray(first, dtype=np.intp)
         count = self.counts[idx] if count is None else np.asarray(count, dtype=np.intp)
-        total = int(count.sum())
-        out_starts = np.cumsum(count) - count
-        rows = np.arange(total, dtype=np.intp) + np.repeat(self.starts[idx] + first - out_starts, count)
-        return _Packed(self.points[rows], count)
+        from .tracking import _run_rows
+
+        return _Packed(self.points[_run_rows(self.starts[idx] + first, count)], count)
 
     def reversed_where(self, flip: np.ndarray) -> "_Packed":
         """The same streamlines, those where ``flip`` is true with their points reversed."""
@@ -453,10 +452,25 @@ def select_cst(
     crosses = np.bincount(ids[wrong], minlength=n) > 0
     keep &= ~crosses
 
+    candidates = np.flatnonzero(keep)
+    selected, required = _through_rois(packed, candidates, rois, affine, side=side, exclusion=exclusion)
+    LOGGER.info(
+        "CST %s: %d streamlines, %d long enough, %d on their side of the midline (x=%.1f mm, normal %s), "
+        "%d through %s",
+        side, n, int((lengths >= min_length_mm).sum()), len(candidates), point[0], np.round(normal, 3),
+        len(selected), "+".join(required),
+    )
+    return selected
+
+
+def _through_rois(packed: _Packed, candidates: np.ndarray, rois, affine, *, side: str,
+                  exclusion: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """The ``candidates`` (indices into ``packed``) that pass through the brainstem, the
+    side's precentral gyrus and, when given, its capsule waypoint, without touching
+    ``exclusion``; and the names of the ROIs required."""
     required = ["brainstem", f"precentral_{side}"]
     if rois.get(f"capsule_{side}") is not None:
         required.append(f"capsule_{side}")
-    candidates = np.flatnonzero(keep)
     subset = packed.select(candidates)
     lookup = _VoxelLookup(subset.points, affine)  # one nearest-voxel pass for every ROI test
     ok = np.ones(len(candidates), dtype=bool)
@@ -464,13 +478,7 @@ def select_cst(
         ok &= _any_per_streamline(subset.ids, lookup.in_roi(rois[key]), len(subset))
     if exclusion is not None:
         ok &= ~_any_per_streamline(subset.ids, lookup.in_roi(exclusion), len(subset))
-    LOGGER.info(
-        "CST %s: %d streamlines, %d long enough, %d on their side of the midline (x=%.1f mm, normal %s), "
-        "%d through %s",
-        side, n, int((lengths >= min_length_mm).sum()), len(candidates), point[0], np.round(normal, 3),
-        int(ok.sum()), "+".join(required),
-    )
-    return candidates[ok]
+    return candidates[ok], required
 
 
 def clip_to_rois(bundle, rois: Mapping[str, np.ndarray], affine: np.ndarray, *, side: str,
@@ -752,11 +760,13 @@ def extract_cst(
     if midline == "cut":
         packed, parent = cut_at_midline(packed, rois, affine, side=side, midline_tolerance_mm=midline_tolerance_mm,
                                         midline_layer=midline_layer)
-        rois = {key: roi for key, roi in rois.items() if key != "midline"}
-        selected = select_cst(packed, rois, affine, side=side, min_length_mm=min_length_mm,
-                              midline_tolerance_mm=np.inf)
+        lengths = packed.segment_lengths()
+        selected, required = _through_rois(packed, np.flatnonzero(lengths >= min_length_mm), rois, affine,
+                                           side=side)
+        LOGGER.info("CST %s: %d pieces on their side of the midline, %d long enough and through %s",
+                    side, len(packed), len(selected), "+".join(required))
         # one piece per streamline: its longest one that passes
-        order = np.lexsort((-packed.segment_lengths()[selected], parent[selected]))
+        order = np.lexsort((-lengths[selected], parent[selected]))
         first_of_parent = np.unique(parent[selected][order], return_index=True)[1]
         selected = np.sort(selected[order][first_of_parent])
     else:

@@ -165,8 +165,9 @@ def tensor_components(evals: np.ndarray, evecs: np.ndarray) -> np.ndarray:
     tensor : ndarray, (..., 6)
         Dxx, Dxy, Dyy, Dxz, Dyz, Dzz (dipy's lower-triangular order) in voxel axes, mm²/s.
     """
-    d = np.einsum("...ik,...k,...jk->...ij", evecs, evals, evecs)
-    return np.stack([d[..., 0, 0], d[..., 0, 1], d[..., 1, 1], d[..., 0, 2], d[..., 1, 2], d[..., 2, 2]], axis=-1)
+    from dipy.reconst.dti import lower_triangular, vec_val_vect
+
+    return lower_triangular(vec_val_vect(evecs, evals))
 
 
 def _fit_blocks(model, signal: np.ndarray, workers: int) -> tuple[np.ndarray, np.ndarray]:

@@ -178,6 +178,7 @@ def smoothed_tensor_field(tensor: np.ndarray, mask: np.ndarray, affine: np.ndarr
     v1 : ndarray, float64, (X, Y, Z, 3)
         Their principal eigenvectors, voxel axes, 0 outside the mask.
     """
+    from dipy.reconst.dti import fractional_anisotropy, from_lower_triangular
     from scipy import ndimage
 
     tensor = np.asarray(tensor, np.float64)
@@ -192,17 +193,11 @@ def smoothed_tensor_field(tensor: np.ndarray, mask: np.ndarray, affine: np.ndarr
         for k in range(6):
             tensor[..., k] = ndimage.gaussian_filter(tensor[..., k], sigma, mode="constant")
         tensor = np.where(mask[..., None], tensor / np.maximum(weight, 1e-12)[..., None], 0.0)
-    d = tensor[mask]
-    full = np.stack([np.stack([d[:, 0], d[:, 1], d[:, 3]], -1),
-                     np.stack([d[:, 1], d[:, 2], d[:, 4]], -1),
-                     np.stack([d[:, 3], d[:, 4], d[:, 5]], -1)], axis=-2)
-    evals, evecs = np.linalg.eigh(full)  # ascending
-    evals = np.clip(evals, 0.0, None)
-    mean = evals.mean(axis=1, keepdims=True)
-    norm = np.sqrt((evals ** 2).sum(axis=1))
-    fa_in = np.sqrt(1.5 * ((evals - mean) ** 2).sum(axis=1)) / np.where(norm > 0, norm, 1.0)
+    evals, evecs = np.linalg.eigh(from_lower_triangular(tensor[mask]))  # ascending
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fa_in = fractional_anisotropy(np.clip(evals, 0.0, None))
     fa = np.zeros(mask.shape)
-    fa[mask] = np.clip(np.where(norm > 0, fa_in, 0.0), 0.0, 1.0)
+    fa[mask] = np.clip(np.nan_to_num(fa_in, nan=0.0, posinf=0.0, neginf=0.0), 0.0, 1.0)
     v1 = np.zeros(mask.shape + (3,))
     v1[mask] = evecs[:, :, 2]
     return fa, v1
@@ -540,20 +535,39 @@ def _track_block(job: _TrackingJob, seeds: np.ndarray) -> tuple[np.ndarray, np.n
     counts = np.fromiter((len(sl) for sl in tracked), dtype=np.intp, count=len(tracked))
     points = np.concatenate(tracked)
     del tracked
+    points, counts = _within_lengths(points, counts, job.min_length, job.max_length)
+    return points, counts, n_total
+
+
+def _within_lengths(points: np.ndarray, counts: np.ndarray, min_length_mm: float,
+                    max_length_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The packed streamlines whose arc length (mm) is within the limits, in order.
+
+    Lengths within :data:`_LENGTH_RECHECK_MM` of a limit are summed again streamline by
+    streamline, as dipy's ``length`` does, so the packed sum's rounding never decides.
+    """
+    if len(counts) == 0:
+        return points, counts
     lengths = _packed_lengths(points, counts)
-    keep = (lengths >= job.min_length) & (lengths <= job.max_length)
-    near = (np.abs(lengths - job.min_length) < _LENGTH_RECHECK_MM) | (
-        np.abs(lengths - job.max_length) < _LENGTH_RECHECK_MM)
+    keep = (lengths >= min_length_mm) & (lengths <= max_length_mm)
+    near = (np.abs(lengths - min_length_mm) < _LENGTH_RECHECK_MM) | (
+        np.abs(lengths - max_length_mm) < _LENGTH_RECHECK_MM)
     if near.any():
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
         for i in np.flatnonzero(near):
             sl = points[offsets[i]:offsets[i] + counts[i]]
             length = float(np.linalg.norm(np.diff(sl, axis=0), axis=1).sum())
-            keep[i] = job.min_length <= length <= job.max_length
+            keep[i] = min_length_mm <= length <= max_length_mm
     if keep.all():
-        return points, counts, n_total
-    point_keep = np.repeat(keep, counts)
-    return points[point_keep], counts[keep], n_total
+        return points, counts
+    return points[np.repeat(keep, counts)], counts[keep]
+
+
+def _run_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Row indices of consecutive runs: ``counts[i]`` rows from ``starts[i]``, run after run."""
+    counts = np.asarray(counts, dtype=np.intp)
+    out_starts = np.cumsum(counts) - counts
+    return np.arange(int(counts.sum()), dtype=np.intp) + np.repeat(np.asarray(starts, np.intp) - out_starts, counts)
 
 
 def _packed_lengths(points: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -568,7 +582,7 @@ def _trim_ends(points: np.ndarray, counts: np.ndarray, fa: np.ndarray, affine: n
                min_length_mm: float, max_length_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Packed streamlines cut back to their outermost points where ``fa`` > ``threshold``
     (trilinear, world points through ``affine``); those then outside the length limits
-    (or with fewer than two points) are dropped. Order is kept."""
+    (:func:`_within_lengths`) or with fewer than two points are dropped. Order is kept."""
     from scipy import ndimage
 
     if len(counts) == 0:
@@ -577,7 +591,8 @@ def _trim_ends(points: np.ndarray, counts: np.ndarray, fa: np.ndarray, affine: n
     starts = np.cumsum(counts) - counts
     ids = np.repeat(np.arange(len(counts)), counts)
     local = np.arange(len(points), dtype=np.intp) - starts[ids]
-    vox = np.asarray(points, np.float64) @ np.linalg.inv(affine)[:3, :3].T + np.linalg.inv(affine)[:3, 3]
+    inv = np.linalg.inv(affine)
+    vox = np.asarray(points, np.float64) @ inv[:3, :3].T + inv[:3, 3]
     above = ndimage.map_coordinates(fa, vox.T, order=1, mode="constant", cval=0.0, prefilter=False) > threshold
     first = np.full(len(counts), -1, dtype=np.intp)
     last = np.full(len(counts), -1, dtype=np.intp)
@@ -588,19 +603,8 @@ def _trim_ends(points: np.ndarray, counts: np.ndarray, fa: np.ndarray, affine: n
     np.maximum.at(last, hit_ids, local[above])
     keep = (first >= 0) & (last > first)
     new_counts = (last - first + 1)[keep]
-    rows = np.arange(int(new_counts.sum()), dtype=np.intp) + np.repeat(
-        starts[keep] + first[keep] - (np.cumsum(new_counts) - new_counts), new_counts)
-    points, counts = points[rows], new_counts
-    if len(counts) == 0:
-        return points, counts
-    lengths = _packed_lengths(points, counts)
-    ok = (lengths >= min_length_mm - _LENGTH_RECHECK_MM) & (lengths <= max_length_mm + _LENGTH_RECHECK_MM)
-    if ok.all():
-        return points, counts
-    starts = np.cumsum(counts) - counts
-    rows = np.concatenate([np.arange(a, a + c) for a, c in zip(starts[ok], counts[ok])]) if ok.any() else \
-        np.zeros(0, dtype=np.intp)
-    return points[rows], counts[ok]
+    points = points[_run_rows(starts[keep] + first[keep], new_counts)]
+    return _within_lengths(points, new_counts, min_length_mm, max_length_mm)
 
 
 def _track_block_of_job(bounds: tuple[int, int]):

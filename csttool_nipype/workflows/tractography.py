@@ -17,8 +17,8 @@ METRICS_OUTPUTS = ["profiles", "summary", "summary_json"]
 def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: int = 1, name: str = "tracking_wf"):
     """Whole-brain tractography.
 
-    Inputs: ``fa``, ``v1`` (voxel axes), ``tensor`` (six elements, voxel axes; smoothed for
-    deterministic tracking), ``mask``, and ``dwi``/``bval``/``bvec`` (probabilistic only).
+    Inputs: ``fa``, ``v1`` (voxel axes), ``tensor`` (six elements, voxel axes; used only with
+    tensor-field smoothing), ``mask``, and ``dwi``/``bval``/``bvec`` (probabilistic only).
     Outputs: ``tractogram`` (.trk, RAS+ mm).
     """
     wf = pe.Workflow(name=name)
@@ -46,9 +46,11 @@ def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: 
     # (single-threaded) MNI registration, which runs at the same time
     track.n_procs = track.inputs.num_threads = max(1, omp_nthreads - 1)
     wf.connect([
-        (inputnode, track, [("fa", "in_fa"), ("v1", "in_v1"), ("tensor", "in_tensor"), ("mask", "in_mask")]),
+        (inputnode, track, [("fa", "in_fa"), ("v1", "in_v1"), ("mask", "in_mask")]),
         (track, outputnode, [("out_trk", "tractogram"), ("n_streamlines", "n_streamlines")]),
     ])
+    if smoothing:
+        wf.connect(inputnode, "tensor", track, "in_tensor")
     if config.tracking_method == "probabilistic":
         wf.connect(inputnode, "dwi", track, "in_dwi")
         wf.connect(inputnode, "bval", track, "in_bval")
