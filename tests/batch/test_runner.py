@@ -56,7 +56,9 @@ def test_rerun_skips_done_and_reruns_changed_config(tmp_path):
     changed = [jobs[0], Job(jobs[1].key, jobs[1].payload, "h2")]
     out = _run(tmp_path, changed)
     assert out["sub-01"].status == "SKIPPED" and out["sub-02"].status == "SUCCESS"
-    assert (tmp_path / "executions.txt").read_text().split() == ["sub-01", "sub-02", "sub-02"]
+    executed = (tmp_path / "executions.txt").read_text().split()
+    # the first run's two jobs run side by side (either may log first); the rerun runs sub-02 only
+    assert sorted(executed[:2]) == ["sub-01", "sub-02"] and executed[2:] == ["sub-02"]
     out = _run(tmp_path, changed, force=True)
     assert {o.status for o in out.values()} == {"SUCCESS"}
 
