@@ -176,3 +176,23 @@ def test_subject_report_without_images_says_what_is_missing(built):
     assert '<table id="metrics">' in html and "<h3>Tract profiles</h3>" in html
     assert "Left and right CST" not in html     # no streamlines on disk: no such figure
     assert "registration + ROIs" in html        # stage durations from _done.json
+
+
+def test_slice_titles_give_the_world_coordinate_of_the_slice_centre_on_oblique_grids():
+    """A sagittal grid tilted 20 degrees about A-P (as the Canon sagittal scan): the slice
+    through the volume's centre voxel is at the world x of that voxel, which the old
+    corner-based label put tens of mm off."""
+    from csttool_nipype.reports.figures import world_mm
+
+    t = np.deg2rad(20.0)
+    rot = np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
+    affine = np.eye(4)
+    affine[:3, :3] = 3.0 * rot
+    shape = (40, 80, 80)
+    centre = (np.array(shape) - 1) / 2.0
+    # put the volume's centre at world (10, -20, 30)
+    affine[:3, 3] = np.array([10.0, -20.0, 30.0]) - affine[:3, :3] @ centre
+    assert world_mm(affine, "sagittal", centre[0], shape) == pytest.approx(10.0)
+    assert world_mm(affine, "coronal", centre[1], shape) == pytest.approx(-20.0)
+    # one voxel step along the sagittal axis moves the centre by 3 cos(20°) mm in x
+    assert world_mm(affine, "sagittal", centre[0] + 1, shape) == pytest.approx(10.0 + 3.0 * np.cos(t))

@@ -89,13 +89,19 @@ def _letters(ax, plane: str, color: str = "yellow") -> None:
     ax.text(0.5, 0.97, top, **style)
 
 
-def world_mm(affine: np.ndarray, plane: str, index: int) -> float:
-    """World coordinate (mm) of a slice along its own axis, for titles (exact for axis-aligned affines)."""
+def world_mm(affine: np.ndarray, plane: str, index: int, shape) -> float:
+    """World coordinate (RAS+ mm) of a slice's centre along the slice's own axis, for titles.
+
+    ``shape`` is the volume's (RAS-ordered) shape; the other two voxel axes are taken at
+    their centres. On an oblique grid (a sagittal acquisition tilted 20° towards coronal)
+    the coordinate changes across the slice; its centre is what the panel shows.
+    """
+    import nibabel as nib
+
     axis = PLANES[plane][0]
-    ijk = np.zeros(4)
-    ijk[3] = 1.0
+    ijk = (np.asarray(shape[:3], float) - 1.0) / 2.0
     ijk[axis] = index
-    return float((affine @ ijk)[axis])
+    return float(nib.affines.apply_affine(affine, ijk)[axis])
 
 
 def show_map(ax, volume, plane: str, index: int, zooms, cmap="gray", vmin=None, vmax=None, **kw):
@@ -189,7 +195,7 @@ def roi_figure(fa: np.ndarray, labels: np.ndarray, zooms, affine) -> str:
         lab = plane_slice(labels, plane, index).astype(float)
         ax.imshow(np.ma.masked_where(lab == 0, lab), origin="lower", cmap=cmap, vmin=0, vmax=8, alpha=0.75,
                   aspect=_aspect(zooms, plane), interpolation="nearest")
-        ax.set_title(f"{plane} {world_mm(affine, plane, index):.0f} mm: {what}", fontsize=9)
+        ax.set_title(f"{plane} {world_mm(affine, plane, index, fa.shape):.0f} mm: {what}", fontsize=9)
     present = sorted(int(v) for v in np.unique(labels) if int(v) in ROI_LABELS)
     fig.legend(handles=[Patch(color=ROI_LABELS[v][1], label=ROI_LABELS[v][0]) for v in present],
                loc="outside lower center", ncol=min(8, max(1, len(present))), fontsize=8, frameon=False)
@@ -217,7 +223,7 @@ def cst_figure(fa: np.ndarray, zooms, affine, left, right) -> str:
         for side in sides:
             _draw_streamlines(ax, lines[side], plane, SIDE_COLORS[side], f"{side} CST")
         shown = " + ".join(f"{s} CST" for s in sides) if len(sides) == 1 else "both CSTs"
-        ax.set_title(f"{plane} {world_mm(affine, plane, index):.0f} mm ({shown})", fontsize=9)
+        ax.set_title(f"{plane} {world_mm(affine, plane, index, fa.shape):.0f} mm ({shown})", fontsize=9)
         ax.set_xlim(-0.5, plane_slice(fa, plane, index).shape[1] - 0.5)
         ax.set_ylim(-0.5, plane_slice(fa, plane, index).shape[0] - 0.5)
     counts = {side: len(sl) for side, sl in (("left", left), ("right", right))}
