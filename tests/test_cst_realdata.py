@@ -162,7 +162,9 @@ def _canon(side: str, run_scan) -> tuple[dict[str, np.ndarray], str]:
 #: no denoising / motion correction) each left two or more targets unmet (README). Over five
 #: random seeds a scan's counts vary by 1-3 %: the differences come from the scans. The options
 #: --cst-midline cut and --tracking-smoothing each fix some targets and break others
-#: (benchmarks/canon_agreement.py; README). The pending ones are expected failures (not strict),
+#: (benchmarks/canon_agreement.py; README). Five registration variants (affine only, more SyN
+#: iterations, SyN on b0) keep the scans' order; the AP and PA scans' b0 images, on one grid, differ
+#: most at the skull base (opposite distortion), which one scan cannot correct. The pending ones are expected failures (not strict),
 #: so the numbers show in every run and an improvement shows as XPASS.
 PENDING = pytest.mark.xfail(strict=False, reason="cross-scan agreement of the three Canon scans not reached yet")
 #: metric -> (how agreement is measured, limit): "spread" = max - min, "relative" = largest
