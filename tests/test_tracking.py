@@ -247,6 +247,22 @@ def test_probabilistic_tracking_is_repeatable_and_follows_the_tracts(field):
     assert not _same(first, other)
 
 
+@pytest.mark.parametrize("n_dirs, warned", [(12, True), (15, False)])
+def test_probabilistic_tracking_warns_when_the_shell_is_too_sparse(field, caplog, n_dirs, warned):
+    """12 directions support an SH order 2 ODF only (6 coefficients; order 4 needs 15)."""
+    data, bvals, bvecs = simulate_dwi(field["v1"], field["fa"], n_dirs=n_dirs)
+    seed_mask = np.zeros(field["fa"].shape, bool)
+    seed_mask[..., 17] = True
+    with caplog.at_level("WARNING", logger="csttool_nipype.science.tracking"):
+        track(field["v1"], field["fa"], field["mask"], field["affine"], method="probabilistic", data=data,
+              bvals=bvals, bvecs_voxel=bvecs, seed=3, seed_mask=seed_mask)
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warned:
+        assert any(f"{n_dirs} diffusion directions support an SH order 2 ODF" in m for m in messages), messages
+    else:
+        assert not messages
+
+
 def test_bad_arguments_raise_input_error(field):
     with pytest.raises(InputError):
         track(field["v1"], field["fa"], field["mask"], field["affine"], method="magic")
