@@ -12,7 +12,7 @@ from .batch.console import BatchConsole
 from .batch.runner import FAILED, TIMEOUT, BatchOptions, BatchRunner, Outcome
 from .batch.state import dataset_lock, write_json_atomic
 from .batch.subjects import SubjectSpec
-from .config import PipelineConfig
+from .config import DEFAULT_TIMEOUT_MINUTES, PipelineConfig
 from .reports import build_cohort_reports
 from .subject_job import JOB_FUNCTION, make_jobs
 
@@ -24,7 +24,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 @dataclass(frozen=True)
 class CohortOptions:
     nprocs: int = 1
-    timeout_minutes: float = 120.0
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES   # inf: no limit
     force: bool = False
     strict: bool = False
     dry_run: bool = False

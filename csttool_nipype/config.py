@@ -22,6 +22,22 @@ from . import __version__
 DENOISE_METHODS = ("patch2self", "nlmeans", "mppca", "none")
 PREPROC_REGIONS = ("brain", "all")
 TRACKING_METHODS = ("deterministic", "probabilistic")
+TENSOR_FIT_METHODS = ("WLS", "OLS", "NLLS", "RESTORE")
+CLIP_ENDS = ("first", "last")
+MIDLINE_RULES = ("reject", "cut")
+METRICS_WEIGHTINGS = ("streamlines", "voxel")
+#: Volumes with b ≤ this (s/mm²) count as b=0 unless ``b0_threshold`` says otherwise.
+B0_THRESHOLD = 50.0
+
+#: The original tool's preprocessing switch (``--preprocessing`` / ``--no-preprocessing``, a
+#: manifest's ``"preprocessing": true|false``): off sets these options; on turns Gibbs removal
+#: and motion correction on and keeps the denoiser (the default one if it was ``none``).
+PREPROCESSING_OFF = {"denoise_method": "none", "gibbs": False, "motion_correction": False}
+#: Per-subject time limit of a local batch when none is given (minutes; the walkthrough's
+#: 120m). 0 given on the command line means no limit.
+DEFAULT_TIMEOUT_MINUTES = 120.0
+#: Option names accepted in manifests besides the :class:`PipelineConfig` fields.
+OPTION_ALIASES = ("preprocessing",)
 
 #: Pipeline stages in order, and what each needs before it.
 STAGES = ("import", "preprocess", "tensor", "register", "track", "cst", "metrics")
@@ -44,7 +60,6 @@ def resolve_stages(requested) -> tuple[str, ...]:
             needed.add(stage)
             todo.extend(STAGE_REQUIRES[stage])
     return tuple(s for s in STAGES if s in needed)
-TENSOR_FIT_METHODS = ("WLS", "OLS", "NLLS", "RESTORE")
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ class PipelineConfig:
     gibbs: bool = True
     gibbs_slice_axis: int = -1
     motion_correction: bool = True
-    b0_threshold: float = 50.0
+    b0_threshold: float = B0_THRESHOLD
     mask_median_radius: int = 2
     mask_numpass: int = 1
     preproc_region: str = "brain"
@@ -172,14 +187,12 @@ class PipelineConfig:
             raise ValueError("b0_threshold must be ≥ 0")
         if self.tracking_method not in TRACKING_METHODS:
             raise ValueError(f"tracking_method must be one of {', '.join(TRACKING_METHODS)}")
-        if self.cst_clip_end not in ("first", "last"):
-            raise ValueError("cst_clip_end must be 'first' or 'last'")
-        if self.cst_midline not in ("cut", "reject"):
-            raise ValueError("cst_midline must be 'cut' or 'reject'")
+        for name, choices in (("cst_clip_end", CLIP_ENDS), ("cst_midline", MIDLINE_RULES),
+                              ("metrics_weighting", METRICS_WEIGHTINGS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
         if not self.tracking_smoothing_mm >= 0:
             raise ValueError("tracking_smoothing_mm must be ≥ 0")
-        if self.metrics_weighting not in ("streamlines", "voxel"):
-            raise ValueError("metrics_weighting must be 'streamlines' or 'voxel'")
         if self.preproc_region not in PREPROC_REGIONS:
             raise ValueError(f"preproc_region must be one of {', '.join(PREPROC_REGIONS)}")
         if int(self.mppca_patch_stride) != self.mppca_patch_stride or self.mppca_patch_stride < 1:
@@ -189,6 +202,18 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be > 0")
         if not 0 <= self.fa_threshold < 1:
             raise ValueError("fa_threshold must be in [0, 1)")
+        if not 0 < self.max_angle_deg <= 90:
+            raise ValueError("max_angle_deg must be in (0, 90]")
+        for name in ("min_length_mm", "cst_min_length_mm", "min_streamlines", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0")
+        if not 0 <= self.min_registration_dice <= 1:
+            raise ValueError("min_registration_dice must be in [0, 1]")
+        if self.gibbs_slice_axis not in (-1, 0, 1, 2):
+            raise ValueError("gibbs_slice_axis must be -1 (from the acquisition), 0, 1 or 2")
+        for name in ("mask_median_radius", "mask_numpass"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1")
         if self.min_length_mm > self.max_length_mm:
             raise ValueError("min_length_mm must not exceed max_length_mm")
         object.__setattr__(self, "stages", resolve_stages(tuple(self.stages)))
@@ -204,11 +229,19 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> "PipelineConfig":
-        """Build from a mapping (manifest / JSON); unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
+        """Build from a mapping (manifest / JSON).
+
+        Accepts the :data:`OPTION_ALIASES` (see :func:`expand_aliases`); unknown keys and
+        values of the wrong type (``"gibbs": "no"``) are errors naming them.
+        """
+        options = expand_aliases(options)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ValueError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown option(s): {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted([*known, *OPTION_ALIASES]))}")
+        for name, value in options.items():
+            _check_type(name, value, getattr(cls, name))
         return cls(**options)
 
     def replace(self, **changes) -> "PipelineConfig":
@@ -219,6 +252,43 @@ class PipelineConfig:
         major_minor = ".".join(__version__.split(".")[:2])
         payload = json.dumps({"options": self.to_dict(), "version": major_minor}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def expand_aliases(options: dict[str, Any]) -> dict[str, Any]:
+    """Options with ``preprocessing: true|false`` replaced by what it means.
+
+    ``false`` sets :data:`PREPROCESSING_OFF`; ``true`` turns Gibbs removal and motion
+    correction on (the denoiser stays as given, or the default). Options given by name
+    beside it win, so ``{"preprocessing": true, "gibbs": false}`` skips only Gibbs removal.
+    """
+    options = dict(options)
+    if "preprocessing" not in options:
+        return options
+    switch = options.pop("preprocessing")
+    if not isinstance(switch, bool):
+        raise ValueError(f"preprocessing must be true or false, not {switch!r}")
+    implied = dict(PREPROCESSING_OFF) if not switch else {"gibbs": True, "motion_correction": True}
+    return {**implied, **options}
+
+
+def _check_type(name: str, value: Any, default: Any) -> None:
+    """A manifest value must have its option's type (ints are accepted for floats)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:   # stages: a list of stage names
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    if not ok:
+        raise ValueError(f"{name} must be {_TYPE_WORDS[type(default)]}, not {value!r}")
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+               tuple: "a list of names"}
 
 
 def available_cpus() -> int:

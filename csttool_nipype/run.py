@@ -17,20 +17,37 @@ LOGGER = logging.getLogger(__name__)
 def check_inputs(inputs: DWIInputs) -> None:
     """Fail before any workflow is built when an input file or folder is missing.
 
-    Only existence is checked: the workflow's import node reads and validates the series
-    (truncated files, count mismatches, missing b0, unconvertible DICOM), once, and its
-    failure carries the same one-line reason naming the file.
+    Existence, and for a NIfTI the size its header gives (a volume too small or too thin
+    for the pipeline, :func:`~csttool_nipype.science.dwi_io.check_extent`). The workflow's
+    import node reads and validates the series (truncated files, count mismatches, missing
+    b0, unconvertible DICOM, the size of converted DICOM), once, and its failure carries the
+    same one-line reason naming the file.
     """
     if inputs.nifti:
         for name in (inputs.nifti, inputs.bval, inputs.bvec, inputs.sidecar):
             if name and not Path(name).is_file():
                 raise InputError(name, "does not exist")
+        _check_header_extent(inputs.nifti)
         return
     path = Path(inputs.dicom)
     if not path.exists():
         raise InputError(path, "does not exist")
     if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
         raise InputError(path, "folder is empty: no DICOM files to convert")
+
+
+def _check_header_extent(nifti) -> None:
+    """Voxel counts and field of view from the NIfTI header alone (no voxel data read)."""
+    import nibabel as nib
+
+    from .science.dwi_io import check_extent
+
+    try:
+        img = nib.load(str(nifti))
+    except Exception:  # noqa: BLE001 - unreadable headers are the import node's one-line error
+        return
+    if len(img.shape) >= 3:
+        check_extent(img.shape, img.affine, nifti)
 
 
 def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineConfig | None = None,

@@ -11,7 +11,7 @@ import pytest
 from csttool_nipype.cli.main import main
 
 
-def _write_series(folder, n_vols=8, shape=(6, 6, 4), bvals=None, write_bval=True, ndim=4):
+def _write_series(folder, n_vols=8, shape=(20, 20, 20), bvals=None, write_bval=True, ndim=4):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     data = rng.uniform(50, 100, size=(*shape, n_vols) if ndim == 4 else shape).astype(np.float32)
@@ -36,14 +36,15 @@ def _run(argv, capsys):
 
 def _cases(tmp_path):
     cases = {}
-    cases["missing bval"] = (_write_series(tmp_path / "nobval", write_bval=False), "bval")
-    cases["bval count"] = (_write_series(tmp_path / "count", n_vols=8, bvals=[0] + [1000] * 8), "dwi")
-    cases["3D image"] = (_write_series(tmp_path / "three", ndim=3), "dwi.nii.gz")
-    cases["no b0"] = (_write_series(tmp_path / "nob0", bvals=[1000] * 8), "dwi")
-    trunc = _write_series(tmp_path / "trunc", shape=(20, 20, 10))
+    cases["missing bval"] = (_write_series(tmp_path / "nobval", write_bval=False), "no b-value file")
+    cases["bval count"] = (_write_series(tmp_path / "count", n_vols=8, bvals=[0] + [1000] * 8),
+                           "counts must be equal")
+    cases["3D image"] = (_write_series(tmp_path / "three", ndim=3), "must be 4D")
+    cases["no b0"] = (_write_series(tmp_path / "nob0", bvals=[1000] * 8), "no b=0 volume")
+    trunc = _write_series(tmp_path / "trunc", shape=(24, 24, 20))
     raw = trunc.read_bytes()
     trunc.write_bytes(raw[: len(raw) // 2])
-    cases["truncated"] = (trunc, "dwi.nii.gz")
+    cases["truncated"] = (trunc, "truncated or corrupt")
     return cases
 
 
@@ -55,7 +56,7 @@ def test_bad_nifti_inputs_fail_in_one_line(case, tmp_path, capsys):
                       "--no-motion-correction", "--denoise-method", "none"], capsys)
     assert code != 0
     assert len(err) == 1, err
-    assert named in err[0] and str(nifti.parent) in err[0]
+    assert named in err[0] and str(nifti) in err[0]
     assert "Traceback" not in err[0]
     assert not (out / "sub-01").exists()
     assert not (out / "_work").exists(), "a run that computed nothing leaves no work folder"

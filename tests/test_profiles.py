@@ -89,7 +89,7 @@ def test_bundle_metrics_on_known_maps():
     bundle = _straight_bundle()
     mask = bundle_mask(bundle, SHAPE, AFFINE)
     fa[mask] = np.linspace(0.4, 0.6, int(mask.sum()))
-    m = bundle_metrics(bundle, {"fa": fa, "md": md}, AFFINE, voxel_volume_mm3=8.0)
+    m = bundle_metrics(bundle, {"fa": fa, "md": md}, AFFINE, voxel_volume_mm3=8.0, weighting="voxel")
     assert m["streamline_count"] == 40
     assert m["mean_length_mm"] == pytest.approx(80.0)
     # streamlines within |x|, |y| <= 3 mm, z 0..80 mm: voxels x,y centred at -2, 0, 2 ... (9 columns) x 41 slices
@@ -154,7 +154,7 @@ def test_end_to_end_on_a_tracked_tract():
     rois["precentral_left"][..., 29:32] = field["left"][..., 29:32]
     rois["precentral_right"][..., 29:32] = field["right"][..., 29:32]
     streamlines = track(field["v1"], fa, field["mask"], field["affine"], fa_threshold=0.2)
-    bundle = extract_cst(streamlines, rois, field["affine"], side="left")
+    bundle = extract_cst(streamlines, rois, field["affine"], side="left", clip_end="last")
     assert len(bundle) > 200
     profile = tract_profile(bundle, fa, field["affine"])
     lo = np.median([s[0, 2] for s in bundle])

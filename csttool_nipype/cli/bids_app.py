@@ -17,21 +17,23 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CsttoolError, InputError
+from ..errors import InputError
 from ..execution import PLUGINS, SLURM_PLUGINS
 from .logging_setup import setup_logging
 from .main import add_pipeline_options, explicit_options
+from .options import (
+    ArgumentParser, absolute_paths, add_timeout_option, check_pipeline_options, positive_float, positive_int, resolve_timeout,
+    run_command,
+)
 
 LOGGER = logging.getLogger("csttool-nipype")
-
-EXIT_USAGE = 2
 #: Subjects driven at once with a SLURM plugin when --nprocs is not given (each is a
 #: light local process that submits its nodes as jobs and polls the queue).
 SLURM_SUBJECTS_AT_ONCE = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="csttool-nipype", description="Corticospinal tract assessment from diffusion MRI, as a BIDS App.",
         epilog="Exit status: 0 all selected subjects succeeded (or were already done), 1 some failed, "
                "2 bad arguments.")
@@ -58,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-w", "--work-dir", "--work_dir", dest="work_dir", type=Path, metavar="WORK_DIR",
                     help="Nipype caches in WORK_DIR/sub-XX (kept, so a rerun resumes; must not be inside "
                          "bids_dir). Default: OUTPUT_DIR/sub-XX/_work, removed after success")
-    ex.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", dest="nprocs", type=int, default=None,
+    ex.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", dest="nprocs", type=positive_int, default=None,
                     help="CPUs to use here: subjects run side by side, and a single subject gets them all for "
                          "Nipype MultiProc (default 1). With SLURM: subjects driven at once (default: all "
                          f"selected, at most {SLURM_SUBJECTS_AT_ONCE})")
-    ex.add_argument("--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=int, default=None,
+    ex.add_argument("--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=positive_int, default=None,
                     help="threads per process for NumPy/BLAS (default: a subject's share of --nprocs; 1 on SLURM)")
-    ex.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=float, default=None, metavar="G",
+    ex.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=positive_float, default=None, metavar="G",
                     help="memory limit per subject for MultiProc, or largest request per SLURM job (GB)")
     ex.add_argument("--plugin", choices=PLUGINS, default=None,
                     help="Nipype plugin for each subject's workflow (default: Linear, or MultiProc when a "
@@ -72,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--plugin-args", "--plugin_args", dest="plugin_args", metavar="JSON|FILE",
                     help='plugin arguments as JSON or a JSON file, e.g. \'{"sbatch_args": "-p short --time=2:00:00"}\''
                          ' (a file may also hold {"plugin": ..., "plugin_args": {...}})')
-    ex.add_argument("--timeout-minutes", "--timeout_minutes", dest="timeout_minutes", type=float, default=None,
-                    help="per-subject limit, 0 = none (default: 120; none with SLURM, where the "
-                         "scheduler's --time applies per job)")
+    add_timeout_option(ex)
     ex.add_argument("--stop-on-first-crash", "--stop_on_first_crash", dest="stop_on_first_crash",
                     action="store_true",
                     help="stop a subject's workflow at its first failing node (default: let its independent "
@@ -156,12 +156,6 @@ def read_filters(path: Path | None) -> dict | None:
         raise InputError(path, f"not a readable BIDS filter file ({exc})") from None
 
 
-def _positive(parser, args, name: str) -> None:
-    value = getattr(args, name)
-    if value is not None and value <= 0:
-        parser.error(f"--{name.replace('_', '-')} must be positive")
-
-
 def participant(args) -> int:
     """Select subjects, make OUTPUT_DIR a derivatives dataset, run the cohort."""
     from ..batch.subjects import discover_bids
@@ -182,11 +176,10 @@ def participant(args) -> int:
         raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
     write_dataset_description(args.output_dir, source_dir=args.bids_dir)
     nprocs = args.nprocs or (min(len(specs), SLURM_SUBJECTS_AT_ONCE) if slurm else 1)
-    timeout = args.timeout_minutes if args.timeout_minutes is not None else (0 if slurm else 120.0)
     execution = {"plugin": plugin, "plugin_args": plugin_args, "mem_gb": args.mem_gb,
                  "stop_on_first_crash": args.stop_on_first_crash, "write_graph": args.write_graph}
     return run_cohort(specs, explicit_options(args), args.output_dir, CohortOptions(
-        nprocs=nprocs, timeout_minutes=timeout or float("inf"), execution=execution,
+        nprocs=nprocs, timeout_minutes=resolve_timeout(args.timeout_minutes, slurm), execution=execution,
         work_root=str(args.work_dir.absolute()) if args.work_dir else None,
         threads_per_job=args.omp_nthreads or (1 if slurm else None)))
 
@@ -205,24 +198,16 @@ def group(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("nprocs", "omp_nthreads", "mem_gb"):
-        _positive(parser, args, name)
-    if args.timeout_minutes is not None and args.timeout_minutes < 0:
-        parser.error("--timeout-minutes must be 0 (no limit) or positive")
+    check_pipeline_options(parser, explicit_options(args))   # before anything is written
+    absolute_paths(args, "bids_dir", "output_dir", "work_dir", "bids_filter_file")
     setup_logging(args.verbose)
-    try:
-        check_bids_dir(args.bids_dir, args.skip_bids_validation)
-        check_locations(args.bids_dir, args.output_dir, args.work_dir)
-        return group(args) if args.analysis_level == "group" else participant(args)
-    except InputError as exc:
-        LOGGER.error("%s", exc)
-        return EXIT_USAGE
-    except CsttoolError as exc:
-        LOGGER.error("%s", exc)
-        return 1
-    except KeyboardInterrupt:
-        LOGGER.error("interrupted")
-        return 130
+    return run_command(_dispatch, args, LOGGER)
+
+
+def _dispatch(args) -> int:
+    check_bids_dir(args.bids_dir, args.skip_bids_validation)
+    check_locations(args.bids_dir, args.output_dir, args.work_dir)
+    return group(args) if args.analysis_level == "group" else participant(args)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import (
-    DENOISE_METHODS, PREPROC_REGIONS, STAGES, TENSOR_FIT_METHODS, TRACKING_METHODS, ExecutionConfig, PipelineConfig,
-    available_cpus,
+    CLIP_ENDS, DENOISE_METHODS, METRICS_WEIGHTINGS, MIDLINE_RULES, PREPROC_REGIONS, PREPROCESSING_OFF, STAGES,
+    TENSOR_FIT_METHODS, TRACKING_METHODS, ExecutionConfig, PipelineConfig, available_cpus,
 )
-from ..errors import CsttoolError
 from .logging_setup import setup_logging
+from .options import (
+    ArgumentParser, absolute_paths, add_timeout_option, check_pipeline_options, positive_float, positive_int, resolve_timeout,
+    run_command,
+)
 
 LOGGER = logging.getLogger("csttool")
 
@@ -59,19 +62,25 @@ def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = 
         ("--cst-min-length", "cst_min_length_mm", float, "shortest CST streamline, mm"),
         ("--min-streamlines", "min_streamlines", int, "fewer CST streamlines on a side raise a flag"),
         ("--template-resolution", "template_resolution_mm", float, "MNI template grid for registration, mm"),
+        ("--gibbs-slice-axis", "gibbs_slice_axis", int, "voxel axis (0, 1, 2 of the RAS+ image) across which "
+         "slices were acquired, for Gibbs removal; -1: from the sidecar or the coarsest axis"),
+        ("--mask-median-radius", "mask_median_radius", int, "median filter radius of the brain mask, voxels"),
+        ("--mask-numpass", "mask_numpass", int, "median filter passes of the brain mask"),
+        ("--min-registration-dice", "min_registration_dice", float, "white-matter Dice after registration below "
+         "which the subject is flagged"),
     ):
         g.add_argument(flag, dest=name, type=kind, default=getattr(d, name), metavar="X",
                        help=f"{text} (default: {getattr(D, name):g})")
-    g.add_argument("--cst-clip-end", dest="cst_clip_end", choices=("first", "last"), default=d.cst_clip_end,
+    g.add_argument("--cst-clip-end", dest="cst_clip_end", choices=CLIP_ENDS, default=d.cst_clip_end,
                    help="cut CST streamlines where they first reach the precentral gyrus or at their last point "
                         f"in it (default: {D.cst_clip_end})")
-    g.add_argument("--cst-midline", dest="cst_midline", choices=("cut", "reject"), default=d.cst_midline,
+    g.add_argument("--cst-midline", dest="cst_midline", choices=MIDLINE_RULES, default=d.cst_midline,
                    help="cut a CST streamline where it crosses the midline above the decussation, or drop it "
                         f"(default: {D.cst_midline})")
     g.add_argument("--preproc-region", dest="preproc_region", choices=PREPROC_REGIONS, default=d.preproc_region,
                    help="denoise and unring only a dilated brain mask of the raw series, or the whole field of "
                         f"view (default: {D.preproc_region})")
-    g.add_argument("--metrics-weighting", dest="metrics_weighting", choices=("streamlines", "voxel"),
+    g.add_argument("--metrics-weighting", dest="metrics_weighting", choices=METRICS_WEIGHTINGS,
                    default=d.metrics_weighting,
                    help=f"bundle means weighted by streamlines per voxel or per voxel (default: {D.metrics_weighting})")
 
@@ -97,10 +106,10 @@ def pipeline_config_from_args(args) -> PipelineConfig:
 
 def add_execution_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("execution")
-    g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=int, default=available_cpus(),
+    g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=positive_int, default=available_cpus(),
                    help="cores to use: Nipype MultiProc processes and threads of multithreaded steps "
                         "(1 = Linear plugin; default: all available, here %(default)s)")
-    g.add_argument("--mem-gb", dest="mem_gb", type=float, default=None, help="memory cap for MultiProc (GB)")
+    g.add_argument("--mem-gb", dest="mem_gb", type=positive_float, default=None, help="memory cap for MultiProc (GB)")
     g.add_argument("--work-dir", "-w", dest="work_dir", type=Path, default=None,
                    help="Nipype working directory (default: OUT/_work)")
     g.add_argument("--write-graph", action="store_true", help="also draw the workflow graph into OUT/figures")
@@ -114,7 +123,7 @@ def execution_config_from_args(args) -> ExecutionConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="csttool", description="Corticospinal tract assessment from diffusion MRI (Nipype + DIPY)."
     )
     parser.add_argument("--version", action="version", version=f"csttool-nipype {__version__}")
@@ -166,9 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--session-label", "--session_label", dest="session_label", nargs="+")
     sel.add_argument("--bids-filter-file", dest="bids_filter_file", type=Path, help="JSON of pybids entity filters")
     run_g = batch.add_argument_group("batch")
-    run_g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=int, default=1, help="subjects at once")
-    run_g.add_argument("--timeout-minutes", dest="timeout_minutes", type=float, default=120.0,
-                       help="per-subject limit (default: 120)")
+    run_g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=positive_int, default=1, help="subjects at once")
+    add_timeout_option(run_g)
     run_g.add_argument("--force", action="store_true", help="rerun subjects that are already done")
     run_g.add_argument("--strict", action="store_true", help="run nothing if any entry is invalid")
     run_g.add_argument("--dry-run", "--validate-only", dest="dry_run", action="store_true",
@@ -197,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="make a small phantom cohort and run the batch on it")
     demo.add_argument("out", type=Path, nargs="?", default=Path("csttool_demo"),
                       help="output folder (phantoms in OUT/rawdata, results in OUT/derivatives; default: csttool_demo)")
-    demo.add_argument("--subjects", type=int, default=4,
+    demo.add_argument("--subjects", type=positive_int, default=4,
                       help="phantom subjects (default: 4; sub-03 has a lesion, sub-04 a corrupt file)")
-    demo.add_argument("--nprocs", type=int, default=2, help="subjects at once (default: 2)")
+    demo.add_argument("--nprocs", type=positive_int, default=2, help="subjects at once (default: 2)")
     demo.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -219,12 +227,28 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def batch_options(manifest_options: dict, args) -> dict:
+    """Options of a batch: the manifest's ``global_options`` ← ``--[no-]preprocessing`` ← typed flags."""
+    options = dict(manifest_options)
+    if args.preprocessing is False:
+        options.pop("preprocessing", None)
+        options.update(PREPROCESSING_OFF)
+    elif args.preprocessing:
+        options.pop("preprocessing", None)
+        options.update(gibbs=True, motion_correction=True)
+        if options.get("denoise_method") == "none":
+            options.pop("denoise_method")
+    options.update(explicit_options(args))
+    return options
+
+
 def _cmd_batch(args) -> int:
     import json
 
     from ..batch.subjects import discover_bids, load_manifest
     from ..cohort import CohortOptions, run_cohort
     from ..errors import InputError
+    from ..subject_job import subject_config
 
     global_options = {}
     if args.manifest:
@@ -240,20 +264,21 @@ def _cmd_batch(args) -> int:
                               args.exclude, filters)
         if not specs:
             raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
-    if args.preprocessing is False:
-        global_options.update(denoise_method="none", gibbs=False, motion_correction=False)
-    elif args.preprocessing:
-        global_options.update(gibbs=True, motion_correction=True)
-        if global_options.get("denoise_method") == "none":
-            global_options.pop("denoise_method")
-    global_options.update(explicit_options(args))
+    global_options = batch_options(global_options, args)
+    where = args.manifest or "command line"
     try:
         PipelineConfig.from_dict(global_options)
     except (TypeError, ValueError) as exc:
-        raise InputError(args.manifest or "command line", f"options: {exc}") from None
+        raise InputError(where, f"options: {exc}") from None
+    for spec in specs:   # a bad option value is a usage error, found before anything runs or is written
+        if not spec.error:
+            try:
+                subject_config(global_options, spec)
+            except (TypeError, ValueError) as exc:
+                raise InputError(where, f"{spec.key}: options: {exc}") from None
     return run_cohort(specs, global_options, args.out, CohortOptions(
-        nprocs=args.nprocs, timeout_minutes=args.timeout_minutes, force=args.force, strict=args.strict,
-        dry_run=args.dry_run, keep_work=args.keep_work))
+        nprocs=args.nprocs, timeout_minutes=resolve_timeout(args.timeout_minutes), force=args.force,
+        strict=args.strict, dry_run=args.dry_run, keep_work=args.keep_work))
 
 
 def _cmd_report(args) -> int:
@@ -304,22 +329,19 @@ def _str(value) -> str | None:
     return None if value is None else str(value)
 
 
+#: Path arguments, made absolute at the entry point (jobs and nodes run in other folders).
+PATH_ARGUMENTS = ("dwi", "dicom", "bval", "bvec", "sidecar", "out", "work_dir", "manifest", "bids_dir",
+                  "bids_filter_file")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:  # option values the config object rejects are bad arguments (exit 2), not crashes
-        pipeline_config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    # option values the config object rejects are bad arguments (exit 2), found before anything is written
+    check_pipeline_options(parser, explicit_options(args))
+    absolute_paths(args, *PATH_ARGUMENTS)
     setup_logging(args.verbose)
-    try:
-        return args.func(args)
-    except CsttoolError as exc:
-        LOGGER.error("%s", exc)
-        return 1
-    except KeyboardInterrupt:
-        LOGGER.error("interrupted")
-        return 130
+    return run_command(args.func, args, LOGGER)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from .. import __version__
+from ..config import B0_THRESHOLD
 from ..peak_memory import PeakMemory
+
+
+def choice(choices, default, **metadata):
+    """An Enum trait over a choice tuple from :mod:`csttool_nipype.config`, ``default`` first."""
+    return traits.Enum(default, *[c for c in choices if c != default], usedefault=True, **metadata)
+
 
 
 class VersionedInputSpec(BaseInterfaceInputSpec):
@@ -22,7 +29,7 @@ class DWIInputSpec(VersionedInputSpec):
     in_dwi = File(exists=True, mandatory=True, desc="4D DWI NIfTI (RAS+ after import)")
     in_bval = File(exists=True, mandatory=True, desc="b-values (s/mm², FSL text)")
     in_bvec = File(exists=True, mandatory=True, desc="b-vectors (FSL convention)")
-    b0_threshold = traits.Float(50.0, usedefault=True, desc="b ≤ this counts as b0 (s/mm²)")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b ≤ this counts as b0 (s/mm²)")
 
 
 class ThreadsDWIInputSpec(DWIInputSpec):

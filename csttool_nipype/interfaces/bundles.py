@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, traits
 
-from ..config import PipelineConfig
-from .base import StageInterface, VersionedInputSpec, load_mask
+from ..config import CLIP_ENDS, MIDLINE_RULES, PipelineConfig
+from .base import StageInterface, VersionedInputSpec, choice, load_mask
 
 
 def load_rois(rois_json: str) -> dict[str, np.ndarray]:
@@ -28,12 +28,12 @@ class _ExtractInputSpec(VersionedInputSpec):
     in_reference = File(exists=True, mandatory=True, desc="image on the DWI grid (e.g. FA)")
     min_length_mm = traits.Float(_D.cst_min_length_mm, usedefault=True, desc="shortest CST streamline, mm")
     min_streamlines = traits.Int(20, usedefault=True, desc="cleaning never goes below this count")
-    clip_end = traits.Enum(_D.cst_clip_end, *sorted({"first", "last"} - {_D.cst_clip_end}), usedefault=True,
-                           desc="cut each streamline where it first reaches the precentral ROI ('first') "
-                                "or at its last point in it ('last')")
-    midline = traits.Enum(_D.cst_midline, *sorted({"cut", "reject"} - {_D.cst_midline}), usedefault=True,
-                          desc="cut a streamline where it crosses the midline above the decussation ('cut') "
-                               "or drop it ('reject')")
+    clip_end = choice(CLIP_ENDS, _D.cst_clip_end,
+                      desc="cut each streamline where it first reaches the precentral ROI ('first') "
+                           "or at its last point in it ('last')")
+    midline = choice(MIDLINE_RULES, _D.cst_midline,
+                     desc="cut a streamline where it crosses the midline above the decussation ('cut') "
+                          "or drop it ('reject')")
 
 
 class _ExtractOutputSpec(TraitedSpec):

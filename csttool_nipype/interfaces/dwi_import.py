@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nipype.interfaces.base import File, Str, TraitedSpec, isdefined, traits
 
+from ..config import B0_THRESHOLD
 from .base import StageInterface, VersionedInputSpec, write_json
 
 
@@ -16,7 +17,7 @@ class _ImportDWIInputSpec(VersionedInputSpec):
     in_json = File(exists=True, desc="BIDS/dcm2niix JSON sidecar (default: same stem)")
     dicom = traits.Str(desc="DICOM folder or file (may be gzipped)", xor=["in_nifti"])
     series = Str(desc="DICOM series number or description substring")
-    b0_threshold = traits.Float(50.0, usedefault=True, desc="b ≤ this counts as b0 (s/mm²)")
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b ≤ this counts as b0 (s/mm²)")
 
 
 class _ImportDWIOutputSpec(TraitedSpec):
@@ -34,7 +35,7 @@ class ImportDWI(StageInterface):
     output_spec = _ImportDWIOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.dwi_io import import_dwi, save_dwi
+        from ..science.dwi_io import check_extent, import_dwi, save_dwi
 
         def opt(name):
             value = getattr(self.inputs, name)
@@ -48,7 +49,9 @@ class ImportDWI(StageInterface):
             dicom=opt("dicom"),
             series=opt("series"),
             work_dir=runtime.cwd,
+            b0_threshold=self.inputs.b0_threshold,
         )
+        check_extent(dwi.data.shape, dwi.affine, dwi.source)
         paths = save_dwi(dwi, str(Path(runtime.cwd) / "dwi"), compress=False)
         self._results["out_dwi"] = str(paths["nifti"])
         self._results["out_bval"] = str(paths["bval"])

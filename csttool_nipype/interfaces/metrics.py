@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, Str, TraitedSpec, isdefined, traits
 
-from ..config import PipelineConfig
-from .base import StageInterface, VersionedInputSpec, write_json
+from ..config import METRICS_WEIGHTINGS, PipelineConfig
+from .base import StageInterface, VersionedInputSpec, choice, write_json
 
 SCALARS = ("fa", "md", "rd", "ad")
 
@@ -35,10 +35,9 @@ class _MetricsInputSpec(VersionedInputSpec):
     n_nodes = traits.Int(100, usedefault=True)
     min_streamlines = traits.Int(_D.min_streamlines, usedefault=True, desc="fewer streamlines on a side raises a flag")
     min_registration_dice = traits.Float(_D.min_registration_dice, usedefault=True, desc="lower WM Dice after warping raises a flag")
-    weighting = traits.Enum(_D.metrics_weighting, *sorted({"streamlines", "voxel"} - {_D.metrics_weighting}),
-                            usedefault=True,
-                            desc="bundle means over voxels weighted by their streamline count ('streamlines', "
-                                 "the mean along the tract) or each visited voxel once ('voxel')")
+    weighting = choice(METRICS_WEIGHTINGS, _D.metrics_weighting,
+                       desc="bundle means over voxels weighted by their streamline count ('streamlines', "
+                            "the mean along the tract) or each visited voxel once ('voxel')")
 
 
 class _MetricsOutputSpec(TraitedSpec):

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 
-from ..config import PipelineConfig
+from ..config import DENOISE_METHODS, PipelineConfig
 from .base import (DWIInputSpec, DWIOutputSpec, StageInterface, ThreadsDWIInputSpec, VersionedInputSpec,
-                   load_inputs, load_mask, save_map, save_outputs, write_json)
+                   choice, load_inputs, load_mask, save_map, save_outputs, write_json)
 
 _D = PipelineConfig()  # defaults: one source of truth
 
@@ -52,7 +52,7 @@ class ProcessingRegion(StageInterface):
 
 # --------------------------------------------------------------------------- denoise
 class _DenoiseInputSpec(_RegionThreadsInputSpec):
-    method = traits.Enum("patch2self", "nlmeans", "mppca", "none", usedefault=True)
+    method = choice(DENOISE_METHODS, _D.denoise_method)
     mppca_patch_stride = traits.Int(_D.mppca_patch_stride, usedefault=True,
                                     desc="MP-PCA: patch centres on every n-th voxel per axis")
 

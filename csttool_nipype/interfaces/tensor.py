@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, traits
 
-from .base import StageInterface, ThreadsDWIInputSpec, load_inputs, load_mask, save_map
+from ..config import TENSOR_FIT_METHODS, PipelineConfig
+from .base import StageInterface, ThreadsDWIInputSpec, choice, load_inputs, load_mask, save_map
 
 SCALARS = ("fa", "md", "rd", "ad")
 
 
 class _FitTensorInputSpec(ThreadsDWIInputSpec):
     in_mask = File(exists=True, mandatory=True, desc="brain mask on the DWI grid")
-    fit_method = traits.Enum("WLS", "OLS", "NLLS", "RESTORE", usedefault=True)
+    fit_method = choice(TENSOR_FIT_METHODS, PipelineConfig().tensor_fit_method)
 
 
 class _FitTensorOutputSpec(TraitedSpec):

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 
-from ..config import TRACKING_METHODS, PipelineConfig
-from .base import StageInterface, VersionedInputSpec, load_mask
+from ..config import B0_THRESHOLD, TRACKING_METHODS, PipelineConfig
+from .base import StageInterface, VersionedInputSpec, choice, load_mask
 
 
 _D = PipelineConfig()  # defaults: one source of truth
@@ -24,7 +24,8 @@ class _TrackInputSpec(VersionedInputSpec):
     in_dwi = File(exists=True, desc="DWI (probabilistic method only)")
     in_bval = File(exists=True)
     in_bvec = File(exists=True)
-    method = traits.Enum(*TRACKING_METHODS, usedefault=True)  # first one is the default
+    b0_threshold = traits.Float(B0_THRESHOLD, usedefault=True, desc="b ≤ this counts as b0 (s/mm²)")
+    method = choice(TRACKING_METHODS, _D.tracking_method)
     seed_density = traits.Float(_D.seed_density, usedefault=True, desc="seeds per mm³ of the seed region")
     step_size_mm = traits.Float(_D.step_size_mm, usedefault=True, desc="step length, mm")
     fa_threshold = traits.Float(_D.fa_threshold, usedefault=True, desc="stop (and seed) where FA is at or below this")
@@ -71,8 +72,10 @@ class Track(StageInterface):
 
             if not all(isdefined(getattr(self.inputs, k)) for k in ("in_dwi", "in_bval", "in_bvec")):
                 raise ValueError("probabilistic tracking needs in_dwi, in_bval and in_bvec")
-            dwi = load_dwi(self.inputs.in_dwi, self.inputs.in_bval, self.inputs.in_bvec)
-            extra = {"data": dwi.data, "bvals": dwi.bvals, "bvecs_voxel": dwi.bvecs_voxel}
+            dwi = load_dwi(self.inputs.in_dwi, self.inputs.in_bval, self.inputs.in_bvec,
+                           b0_threshold=self.inputs.b0_threshold)
+            extra = {"data": dwi.data, "bvals": dwi.bvals, "bvecs_voxel": dwi.bvecs_voxel,
+                     "b0_threshold": self.inputs.b0_threshold}
         streamlines = track(
             v1, fa, mask, fa_img.affine,
             seeds_per_voxel=seeds_per_voxel_for_density(self.inputs.seed_density, fa_img.affine),

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 from nibabel.streamlines import ArraySequence
 
+from ..config import CLIP_ENDS, MIDLINE_RULES
 from ..errors import InputError
 
 __all__ = [
@@ -676,7 +677,7 @@ def extract_cst(
     midline_layer: str = "centre",
     midline: str = "reject",
     clip: bool = True,
-    clip_end: str = "last",
+    clip_end: str = "first",
     clean: bool = True,
     n_points: int = 100,
     distance_threshold: float = 4.0,
@@ -755,7 +756,7 @@ def extract_cst(
         (with ``clip``, in the brainstem ROI).
     """
     packed = _Packed.of(streamlines)  # callers extracting both sides may pass one _Packed for both
-    if midline not in ("reject", "cut"):
+    if midline not in MIDLINE_RULES:
         raise InputError(None, f"midline must be 'reject' or 'cut', got {midline!r}")
     if midline == "cut":
         packed, parent = cut_at_midline(packed, rois, affine, side=side, midline_tolerance_mm=midline_tolerance_mm,
@@ -774,7 +775,7 @@ def extract_cst(
                               midline_tolerance_mm=midline_tolerance_mm, midline_layer=midline_layer)
     bundle = _orient_packed(packed.select(selected), rois, affine, side=side)
     if clip and len(bundle):
-        if clip_end not in ("last", "first"):
+        if clip_end not in CLIP_ENDS:
             raise InputError(None, f"end must be 'last' or 'first', got {clip_end!r}")
         bundle = _clip_packed(bundle, rois, affine, side=side, end=clip_end)
     if clean and len(bundle):

@@ -28,13 +28,18 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
+from csttool_nipype.config import B0_THRESHOLD
 from csttool_nipype.errors import InputError
 from csttool_nipype.science import gradients
 
 logger = logging.getLogger(__name__)
 
-#: Volumes with b ≤ this (s/mm²) count as b=0 (non-diffusion-weighted) images.
-B0_THRESHOLD = 50.0
+#: Fewest voxels along each spatial axis: the denoisers work on 5×5×5 patches (radius 2).
+MIN_AXIS_VOXELS = 5
+#: Smallest field of view (mm) along each spatial axis: the shortest CST streamline the
+#: pipeline keeps is 40 mm (``PipelineConfig.cst_min_length_mm``), and registration to a
+#: whole-brain template needs that much brain in every direction.
+MIN_AXIS_EXTENT_MM = 40.0
 #: Accepted voxel size range (mm) along each axis.
 MIN_ZOOM_MM, MAX_ZOOM_MM = 0.1, 20.0
 #: b-vectors of b>0 volumes whose length is within this of 1 are normalised; others are errors.
@@ -310,6 +315,26 @@ def _check_affine(dwi: DWIData) -> None:
     if np.any(zooms < MIN_ZOOM_MM) or np.any(zooms > MAX_ZOOM_MM):
         shown = "×".join(f"{z:.3g}" for z in zooms)
         raise InputError(src, f"voxel size {shown} mm is outside {MIN_ZOOM_MM:g}–{MAX_ZOOM_MM:g} mm; check the header units")
+
+
+def check_extent(shape, affine, source) -> None:
+    """Reject a series too small or too thin for the pipeline (one line saying the minimum).
+
+    Every spatial axis of ``shape`` (voxels) needs at least :data:`MIN_AXIS_VOXELS`
+    voxels and a field of view of at least :data:`MIN_AXIS_EXTENT_MM` mm (voxel count ×
+    voxel size from ``affine``). ``source`` names the series in the message.
+    """
+    shape = tuple(int(s) for s in shape[:3])
+    zooms = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    extent = np.asarray(shape) * zooms
+    shown = "×".join(str(s) for s in shape)
+    if len(shape) < 3 or min(shape) < MIN_AXIS_VOXELS:
+        raise InputError(source, f"volume of {shown} voxels is too thin for CST analysis: every axis needs at "
+                                     f"least {MIN_AXIS_VOXELS} voxels")
+    if extent.min() < MIN_AXIS_EXTENT_MM:
+        mm = "×".join(f"{e:.0f}" for e in extent)
+        raise InputError(source, f"field of view of {mm} mm is too small for CST analysis: every axis needs at "
+                                     f"least {MIN_AXIS_EXTENT_MM:g} mm")
 
 
 def _unique_directions(vectors: np.ndarray) -> int:
@@ -606,6 +631,7 @@ def import_dwi(
     dicom: _PathLike | None = None,
     series: str | int | None = None,
     work_dir: _PathLike = ".",
+    b0_threshold: float = B0_THRESHOLD,
 ) -> DWIData:
     """The import stage: read a DWI series, drop derived volumes, validate, reorient to RAS+.
 
@@ -624,6 +650,8 @@ def import_dwi(
         (SeriesNumber or SeriesDescription substring).
     work_dir : path-like
         Where DICOM conversion writes its files (unused for NIfTI input).
+    b0_threshold : float
+        b-values (s/mm²) at or below this are b=0 volumes.
 
     Returns
     -------
@@ -666,8 +694,8 @@ def import_dwi(
     original_affine = np.asarray(dwi.affine, float).copy()
     original_shape = list(np.asarray(dwi.data).shape)
     _check_shapes(dwi)
-    dwi, dropped = drop_derived_volumes(dwi)
-    validate_dwi(dwi, B0_THRESHOLD)
+    dwi, dropped = drop_derived_volumes(dwi, b0_threshold)
+    validate_dwi(dwi, b0_threshold)
     dwi = to_ras(dwi)
 
     meta = dict(dwi.metadata) if dwi.metadata is not None else {}
@@ -679,7 +707,7 @@ def import_dwi(
         "original_shape": original_shape,
         "original_affine": original_affine.tolist(),
         "orientation": "".join(nib.aff2axcodes(dwi.affine)),
-        "b0_threshold": B0_THRESHOLD,
+        "b0_threshold": float(b0_threshold),
     }
     dwi.metadata = meta
     logger.info("imported %s: %s, %d volumes (%d dropped), %s -> %s", source,

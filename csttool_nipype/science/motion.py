@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from csttool_nipype.config import B0_THRESHOLD
 from csttool_nipype.science.gradients import voxel_to_world, world_to_voxel
 
 logger = logging.getLogger(__name__)
@@ -469,7 +470,7 @@ def motion_correct(
     affine: np.ndarray,
     bvals: np.ndarray,
     bvecs_voxel: np.ndarray,
-    b0_threshold: float = 50.0,
+    b0_threshold: float = B0_THRESHOLD,
     mask: np.ndarray | None = None,
     workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:

@@ -22,9 +22,10 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
+from ..config import B0_THRESHOLD, DENOISE_METHODS
+
 logger = logging.getLogger(__name__)
 
-DENOISE_METHODS = ("patch2self", "nlmeans", "mppca", "none")
 
 #: Minimum number of b0 volumes for Patch2Self to denoise the b0s themselves. With one
 #: b0 there is nothing to regress on; with two, the regression of one noisy b0 on the
@@ -144,9 +145,9 @@ def denoise(
     data: np.ndarray,
     bvals: np.ndarray,
     bvecs_voxel: np.ndarray | None,
-    method: str = "patch2self",
+    method: str = "mppca",
     mask: np.ndarray | None = None,
-    b0_threshold: float = 50.0,
+    b0_threshold: float = B0_THRESHOLD,
     n_coils: int = 1,
     p2s_tensor_constraint: bool = True,
     workers: int | None = None,
@@ -543,7 +544,7 @@ PROCESSING_MARGIN_VOX = 4
 
 
 def processing_region(
-    data: np.ndarray, bvals: np.ndarray, b0_threshold: float = 50.0, margin_vox: int = PROCESSING_MARGIN_VOX,
+    data: np.ndarray, bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD, margin_vox: int = PROCESSING_MARGIN_VOX,
 ) -> np.ndarray:
     """Where denoising and Gibbs removal must be right: a generous brain region.
 
@@ -592,7 +593,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 def brain_mask(
     data: np.ndarray,
     bvals: np.ndarray,
-    b0_threshold: float = 50.0,
+    b0_threshold: float = B0_THRESHOLD,
     median_radius: int = 2,
     numpass: int = 1,
     edge_band: int = 2,

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from ..config import METRICS_WEIGHTINGS, PipelineConfig
 from ..errors import InputError
 from .bundles import POSITION_FLOOR_MM, density_map, node_mahalanobis, resample_streamlines
 from .tracking import streamline_lengths
@@ -52,7 +53,7 @@ N_NODES = 100
 METRICS = {"fa": "1", "md": "mm^2/s", "rd": "mm^2/s", "ad": "mm^2/s"}
 
 #: Fewer streamlines than this on one side raises the ``too_few_streamlines_<side>`` flag.
-MIN_STREAMLINES = 10
+MIN_STREAMLINES = PipelineConfig().min_streamlines
 
 
 def orient_inferior_superior(bundle) -> list[np.ndarray]:
@@ -164,7 +165,7 @@ def bundle_metrics(
     affine: np.ndarray,
     voxel_volume_mm3: float,
     *,
-    weighting: str = "voxel",
+    weighting: str = "streamlines",
 ) -> dict:
     """Summary numbers of one bundle.
 
@@ -197,7 +198,7 @@ def bundle_metrics(
     """
     if not maps:
         raise InputError(None, "bundle_metrics needs at least one map (for the grid shape)")
-    if weighting not in ("voxel", "streamlines"):
+    if weighting not in METRICS_WEIGHTINGS:
         raise InputError(None, f"weighting must be 'voxel' or 'streamlines', got {weighting!r}")
     shape = next(iter(maps.values())).shape[:3]
     n = len(bundle)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csttool_nipype.config import B0_THRESHOLD
 from csttool_nipype.science.gradients import voxel_to_world
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def fit_tensor(
     bvecs_voxel: np.ndarray,
     mask: np.ndarray | None,
     fit_method: str = "WLS",
-    b0_threshold: float = 50.0,
+    b0_threshold: float = B0_THRESHOLD,
     affine: np.ndarray | None = None,
     workers: int = 1,
 ) -> dict[str, np.ndarray]:

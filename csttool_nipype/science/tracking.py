@@ -50,6 +50,7 @@ import numpy as np
 from nibabel.orientations import aff2axcodes, io_orientation
 from nibabel.streamlines import ArraySequence
 
+from ..config import B0_THRESHOLD
 from ..errors import InputError
 
 __all__ = [
@@ -304,7 +305,7 @@ def _single_shell(bvals: np.ndarray, b0_threshold: float) -> np.ndarray:
     return ~dw | (np.round(bvals / 100.0) * 100.0 == best)
 
 
-def _csa_direction_getter(data, bvals, bvecs_voxel, mask, max_angle_deg):
+def _csa_direction_getter(data, bvals, bvecs_voxel, mask, max_angle_deg, b0_threshold=B0_THRESHOLD):
     """ProbabilisticDirectionGetter on a CSA ODF of one shell of ``data``."""
     from dipy.core.gradients import gradient_table
     from dipy.data import default_sphere
@@ -318,7 +319,6 @@ def _csa_direction_getter(data, bvals, bvecs_voxel, mask, max_angle_deg):
     bvecs_voxel = np.asarray(bvecs_voxel, float)
     if data.ndim != 4 or data.shape[3] != len(bvals) or bvecs_voxel.shape != (len(bvals), 3):
         raise InputError(None, f"data {data.shape}, bvals {bvals.shape} and bvecs {bvecs_voxel.shape} do not match")
-    b0_threshold = 50.0
     keep = _single_shell(bvals, b0_threshold)
     n_dirs = int((bvals[keep] > b0_threshold).sum())
     order = CSA_SH_ORDER_MAX
@@ -366,6 +366,7 @@ def track(
     bvals: np.ndarray | None = None,
     bvecs_voxel: np.ndarray | None = None,
     end_fa: np.ndarray | None = None,
+    b0_threshold: float = B0_THRESHOLD,
     n_jobs: int = 1,
 ) -> ArraySequence:
     """Whole-brain streamline tractography on a tensor field.
@@ -412,6 +413,8 @@ def track(
         points where this FA (trilinear) is above ``fa_threshold``, so no streamline ends
         in tissue whose own FA is at or below the threshold; the length limits apply after
         trimming.
+    b0_threshold : float
+        Probabilistic method: volumes with b ≤ this (s/mm²) are b=0 images.
     n_jobs : int
         Processes to track in (forked workers, each tracking blocks of seeds). Every
         seed is tracked independently, so the result does not depend on ``n_jobs``.
@@ -454,7 +457,7 @@ def track(
         getter = _eigenvector_peaks(v1, fa, usable, max_angle_deg, fa_threshold)
         random_seed = None
     else:
-        getter = _csa_direction_getter(data, bvals, bvecs_voxel, mask, max_angle_deg)
+        getter = _csa_direction_getter(data, bvals, bvecs_voxel, mask, max_angle_deg, b0_threshold)
         random_seed = int(seed)
 
     criterion = ThresholdStoppingCriterion(np.ascontiguousarray(fa), float(fa_threshold))

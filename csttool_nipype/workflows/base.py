@@ -17,6 +17,8 @@ from .tensor import TENSOR_OUTPUTS, init_tensor_wf
 from .tractography import init_cst_wf, init_tracking_wf
 
 PREPROC_FIELDS = ["dwi", "bval", "bvec", "mask", "b0"]
+#: Import node output -> derivatives field, for a run that stops after the import.
+IMPORT_OUTPUTS = {"out_dwi": "import_dwi", "out_bval": "import_bval", "out_bvec": "import_bvec"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,12 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
     inputnode = pe.Node(IdentityInterface(fields=["source_file"]), name="inputnode")
     inputnode.inputs.source_file = inputs.source
 
+    if not config.runs("preprocess"):   # --stages import: the imported series is the result
+        derivatives_wf = init_derivatives_wf(output_dir, sub, session=session, container=container,
+                                             fields=list(IMPORT_OUTPUTS.values()))
+        wf.connect([(dwi_import, derivatives_wf, [(src, f"inputnode.{dst}") for src, dst in IMPORT_OUTPUTS.items()]),
+                    (inputnode, derivatives_wf, [("source_file", "inputnode.source_file")])])
+        return wf
     preproc_wf = init_dwi_preproc_wf(config, mem_gb=mem_gb, omp_nthreads=omp_nthreads)
     wf.connect([
         (dwi_import, preproc_wf, [("out_dwi", "inputnode.dwi"), ("out_bval", "inputnode.bval"),

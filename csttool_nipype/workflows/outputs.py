@@ -13,6 +13,12 @@ from ..interfaces.derivatives import DerivativeNames
 #: field -> (folder, entities, suffix, sidecar) of every file the subject workflow writes.
 #: Units follow BIDS: diffusivities in mm^2/s.
 DERIVATIVES = {
+    # written only when the run stops after the import (``--stages import``)
+    "import_dwi": ("dwi", [("space", "dwi"), ("desc", "import")], "dwi",
+                   {"Description": "Imported diffusion-weighted series: validated, derived volumes dropped, "
+                                   "RAS+ voxel order, not resampled or preprocessed"}),
+    "import_bval": ("dwi", [("space", "dwi"), ("desc", "import")], "dwi", {}),
+    "import_bvec": ("dwi", [("space", "dwi"), ("desc", "import")], "dwi", {}),
     "dwi": ("dwi", [("space", "dwi"), ("desc", "preproc")], "dwi",
             {"Description": "Preprocessed diffusion-weighted series, RAS+ voxel order"}),
     "bval": ("dwi", [("space", "dwi"), ("desc", "preproc")], "dwi", {}),
@@ -67,6 +73,7 @@ DERIVATIVES = {
 #: would cost Nipype's scheduling time ~25 times). Every key of :data:`DERIVATIVES` with a
 #: suffix is in exactly one group.
 GROUPS = {
+    "import": ("import_dwi", "import_bval", "import_bvec"),
     "preproc": ("dwi", "bval", "bvec", "mask", "b0"),
     "tensor": ("fa", "md", "rd", "ad", "colorfa", "v1", "evals", "tensor_qc"),
     "registration": ("registration_qc", "template_wm", "roi_labels", "coverage"),
@@ -81,7 +88,7 @@ SUBMITTED = frozenset({"tensor"})
 #: Outputs published as ``.nii.gz`` without compression (gzip level 0, a valid stream):
 #: the preprocessed series is float32 noise to gzip - level 1 shrank the Philips one by
 #: only 13 % and takes seconds at clinical sizes, on the way to the next stages.
-STORED = frozenset({"dwi"})
+STORED = frozenset({"dwi", "import_dwi"})
 
 
 def init_derivatives_wf(output_dir: str, subject: str, session: str | None = None, fields=None,

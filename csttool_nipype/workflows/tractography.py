@@ -40,7 +40,7 @@ def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: 
                           step_size_mm=config.step_size_mm, fa_threshold=config.fa_threshold,
                           max_angle_deg=config.max_angle_deg, min_length_mm=config.min_length_mm,
                           max_length_mm=config.max_length_mm, smoothing_mm=config.tracking_smoothing_mm,
-                          seed=config.seed),
+                          seed=config.seed, b0_threshold=config.b0_threshold),
                     name="track", mem_gb=2 * mem_gb + 1.0)
     # seed blocks tracked in several processes (same result); one core is left to the
     # (single-threaded) MNI registration, which runs at the same time

@@ -1,0 +1,106 @@
+"""What both command-line tools share: value types, path resolution, the error policy.
+
+Exit codes (one policy for ``csttool`` and ``csttool-nipype``): 0 success, 1 some
+subject or the pipeline failed, 2 a usage error or unusable input (one line naming the
+file or the option, nothing written), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from ..config import DEFAULT_TIMEOUT_MINUTES, PipelineConfig
+from ..errors import CsttoolError, InputError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (``prog: error: ...``), exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def timeout_minutes(text: str) -> float:
+    """argparse type of ``--timeout-minutes``: 0 is no limit, negative is an error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, not {text}")
+    return value
+
+
+def add_timeout_option(group) -> None:
+    group.add_argument("--timeout-minutes", "--timeout_minutes", dest="timeout_minutes", type=timeout_minutes,
+                       default=None, metavar="MIN",
+                       help=f"per-subject time limit in minutes, 0 = none (default: {DEFAULT_TIMEOUT_MINUTES:g}; "
+                            "none with a SLURM plugin, where the jobs' --time applies)")
+
+
+def resolve_timeout(value: float | None, slurm: bool = False) -> float:
+    """Minutes of the per-subject limit (``inf``: none) from the flag's value."""
+    if value is None:
+        value = 0.0 if slurm else DEFAULT_TIMEOUT_MINUTES
+    return value if value > 0 else float("inf")
+
+
+def absolute_paths(args, *names: str) -> None:
+    """Make the named path arguments absolute against the current folder, once, here.
+
+    Jobs and Nipype nodes run in other folders: a relative path must not reach them.
+    """
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, Path):
+            setattr(args, name, Path(os.path.abspath(value.expanduser())))
+
+
+def check_pipeline_options(parser: argparse.ArgumentParser, options: dict) -> PipelineConfig:
+    """The options as a config, or a usage error (exit 2) naming the bad value."""
+    try:
+        return PipelineConfig.from_dict(options)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+
+
+def run_command(func, args, logger: logging.Logger) -> int:
+    """Call ``func(args)`` under the exit-code policy of this module (never a traceback)."""
+    try:
+        return func(args)
+    except InputError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except CsttoolError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE if getattr(exc, "category", "") == InputError.category else EXIT_FAILED
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return EXIT_INTERRUPTED
