@@ -50,9 +50,9 @@ def disagreement(values: list[float], kind: str) -> float:
     return max(abs(v / mean - 1) for v in values)
 
 
-def run_scan(scan: str, flags: list[str], out: Path, work: Path, nprocs: int) -> dict:
-    """One ``csttool run``; returns the summary row (str values) and the wall time."""
-    cmd = ["csttool", "run", *SCANS[scan], "--out", str(out), "--work-dir", str(work), "--subject-id", "sub-01",
+def run_scan(scan: str, flags: list[str], out: Path, work: Path, nprocs: int, inputs: list[str] | None = None) -> dict:
+    """One ``csttool run`` (input flags ``inputs``, default ``SCANS[scan]``); the summary row and wall time."""
+    cmd = ["csttool", "run", *(inputs or SCANS[scan]), "--out", str(out), "--work-dir", str(work), "--subject-id", "sub-01",
            "--nprocs", str(nprocs), *flags]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)

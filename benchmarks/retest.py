@@ -1,0 +1,144 @@
+"""Test-retest agreement of the CST measurements on several scans of one head (issue #17).
+
+Usage::
+
+    python benchmarks/retest.py [--scan NAME="RUN FLAGS" ...] [--flags "PIPELINE FLAGS"] [--out DIR] [--nprocs 2]
+
+Runs ``csttool run`` on each scan (default: the three Canon scans of one head in
+``../shared/data/canon_galan_dti12_b1500``, as ``benchmarks/canon_agreement.py`` names
+them; ``--scan NAME="--dwi path"`` for another head) with the same pipeline flags, then
+prints per side:
+
+* coefficient of variation and largest deviation from the mean of mean FA, MD, volume
+  and streamline count;
+* the median pairwise Pearson correlation of the 100-node FA profiles;
+* the median pairwise weighted Dice of the CST density maps in MNI space (each scan's
+  map warped with its own registration onto the template grid; Kruper et al., 2021);
+
+and each target of issue #17 met or not (FA within 0.015, volume ±10 %, count ±15 %,
+profile r ≥ 0.9, weighted Dice ≥ 0.75). Saves the table in ``benchmarks/results/retest.txt``.
+The scores are :mod:`csttool_nipype.science.reliability`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
+from canon_agreement import CANON, SCANS, run_scan  # noqa: E402
+
+from csttool_nipype.science.registration import load_registration, warp_to_mni
+from csttool_nipype.science.reliability import (
+    coefficient_of_variation, max_deviation, median_pairwise_correlation, median_pairwise_weighted_dice,
+)
+
+SIDES = ("left", "right")
+MEASURES = ("fa_mean", "md_mean", "volume_mm3", "streamline_count")
+#: target -> (limit, how it is read)
+TARGETS = {"fa_mean": 0.015, "volume_mm3": 0.10, "streamline_count": 0.15, "profile_r": 0.9, "wdice": 0.75}
+
+
+def profiles(subject_dir: Path, side: str, metric: str = "fa") -> np.ndarray:
+    """The 100-node profile of one side from ``*_tractprofile.tsv`` (NaN where not covered)."""
+    path = next((subject_dir / "dwi").glob("*_tractprofile.tsv"))
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t") if r["side"] == side and r["metric"] == metric]
+    rows.sort(key=lambda r: int(r["node"]))
+    return np.array([float(r["value"]) if r["value"] not in ("", "n/a") else np.nan for r in rows])
+
+
+def density_in_mni(subject_dir: Path, side: str) -> np.ndarray:
+    """The side's density map warped onto the registration's template grid."""
+    img = nib.load(next((subject_dir / "dwi").glob(f"*_bundle-CST{side}_param-density_dwimap.nii.gz")))
+    result = load_registration(subject_dir / "xfm" / "registration")
+    warped, _ = warp_to_mni(np.asarray(img.dataobj, np.float32), img.affine, result)
+    return warped
+
+
+def score(subject_dirs: list[Path], summaries: list[dict]) -> dict:
+    """Per side: every measure's values, CV and max deviation; profile r; weighted Dice."""
+    out = {}
+    for side in SIDES:
+        entry = {}
+        for key in MEASURES:
+            values = [float(s[f"{key}_{side}"]) for s in summaries]
+            entry[key] = {"values": values, "cv": coefficient_of_variation(values),
+                          "maxdev": max_deviation(values), "spread": max(values) - min(values)}
+        entry["profile_r"] = median_pairwise_correlation([profiles(d, side) for d in subject_dirs])
+        entry["wdice"] = median_pairwise_weighted_dice([density_in_mni(d, side) for d in subject_dirs])
+        out[side] = entry
+    return out
+
+
+def table(names: list[str], scores: dict) -> list[str]:
+    lines = [f"scans (in this order): {', '.join(names)}", ""]
+    header = f"{'side':<7}{'measure':<18}{'values':<30}{'CV':>8}{'max dev':>9}{'target':>12}  met"
+    lines += [header, "-" * len(header)]
+    met_all = True
+    for side in SIDES:
+        entry = scores[side]
+        for key in MEASURES:
+            m = entry[key]
+            shown = ", ".join(f"{v:.3f}" if key == "fa_mean" else (f"{v:.2e}" if key == "md_mean" else f"{v:.0f}")
+                              for v in m["values"])
+            goal, met = "", ""
+            if key == "fa_mean":
+                goal, ok = f"{m['spread']:.3f}≤{TARGETS[key]}", m["spread"] <= TARGETS[key]
+                met = "yes" if ok else "NO"
+                met_all &= ok
+            elif key in TARGETS:
+                goal, ok = f"±{100 * TARGETS[key]:.0f} %", m["maxdev"] <= TARGETS[key]
+                met = "yes" if ok else "NO"
+                met_all &= ok
+            lines.append(f"{side:<7}{key:<18}{shown:<30}{100 * m['cv']:>7.1f}%{100 * m['maxdev']:>8.1f}%"
+                         f"{goal:>12}  {met}")
+        for key, label in (("profile_r", "FA profile r"), ("wdice", "weighted Dice")):
+            ok = entry[key] >= TARGETS[key]
+            met_all &= ok
+            lines.append(f"{side:<7}{label:<18}{entry[key]:<30.3f}{'':>8}{'':>9}{'≥' + str(TARGETS[key]):>12}  "
+                         f"{'yes' if ok else 'NO'}")
+    lines += ["", f"all targets met: {'yes' if met_all else 'no'}"]
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scan", action="append", default=[], metavar='NAME="RUN FLAGS"',
+                        help="a scan of the head: a name and its csttool run input flags (repeatable; "
+                             "default: the three Canon scans)")
+    parser.add_argument("--flags", default="", help="pipeline flags for every scan (default: none, the defaults)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/csttool-retest"))
+    parser.add_argument("--nprocs", type=int, default=2)
+    args = parser.parse_args(argv)
+    scans = dict(SCANS)
+    if args.scan:
+        scans = {}
+        for spec in args.scan:
+            name, sep, flags = spec.partition("=")
+            if not sep or not name:
+                parser.error(f"--scan needs NAME=\"FLAGS\", got {spec!r}")
+            scans[name] = shlex.split(flags)
+    elif not CANON.is_dir():
+        print(f"{CANON} not found: the Canon scans are needed (../shared/data next to the project)", file=sys.stderr)
+        return 1
+    flags = shlex.split(args.flags)
+    dirs, summaries = [], []
+    for i, (name, inputs) in enumerate(scans.items()):
+        out = args.out / f"scan{i}"
+        summaries.append(run_scan(name, flags, out, args.out / "work" / f"scan{i}", args.nprocs, inputs=inputs))
+        dirs.append(out / "sub-01")
+    lines = [machine_line(), f"pipeline flags: {args.flags or '(defaults)'}", "",
+             *table(list(scans), score(dirs, summaries))]
+    publish("\n".join(lines), "retest.txt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
