@@ -84,6 +84,12 @@ class PipelineConfig:
         take it from the sidecar's ``SliceEncodingDirection`` / the lowest resolution axis.
     motion_correction : bool
         Rigid registration of every volume to the b0 reference, with b-vector rotation.
+    eddy_correction : bool
+        With motion correction: each diffusion-weighted volume's registration also has the
+        eddy-current terms (scale and shears along the phase-encoding axis named by the
+        sidecar), the gradient-linear shift along that axis is reported as eddy current,
+        not head motion; b-vectors turn with the head rotation only
+        (:mod:`csttool_nipype.science.eddy`). No effect without phase-encoding metadata.
     b0_threshold : float
         Volumes with b ≤ this (s/mm²) count as b0.
     mask_median_radius, mask_numpass : int
@@ -150,6 +156,7 @@ class PipelineConfig:
     gibbs: bool = True
     gibbs_slice_axis: int = -1
     motion_correction: bool = True
+    eddy_correction: bool = True
     b0_threshold: float = B0_THRESHOLD
     mask_median_radius: int = 2
     mask_numpass: int = 1

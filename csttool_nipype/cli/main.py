@@ -37,6 +37,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = 
                    help="skip Gibbs unringing")
     g.add_argument("--no-motion-correction", "--no_motion_correction", dest="motion_correction",
                    action="store_false", default=d.motion_correction, help="skip motion correction")
+    g.add_argument("--no-eddy-correction", "--no_eddy_correction", dest="eddy_correction", action="store_false",
+                   default=d.eddy_correction, help="motion correction without the eddy-current terms")
     g.add_argument("--b0-threshold", dest="b0_threshold", type=float, default=d.b0_threshold,
                    help=f"b-values ≤ this count as b0, s/mm² (default: {PipelineConfig().b0_threshold:g})")
     g.add_argument("--tensor-fit", dest="tensor_fit_method", choices=TENSOR_FIT_METHODS,

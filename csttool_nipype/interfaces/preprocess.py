@@ -108,25 +108,42 @@ class GibbsUnring(StageInterface):
 
 
 # --------------------------------------------------------------------------- motion
+class _MotionInputSpec(ThreadsDWIInputSpec):
+    in_metadata = File(exists=True, desc="import metadata JSON (sidecar keys and the csttool_import record)")
+    eddy_correction = traits.Bool(_D.eddy_correction, usedefault=True,
+                                  desc="also correct eddy-current distortion along the phase-encoding axis "
+                                       "(needs PhaseEncodingDirection/Axis in the metadata)")
+
+
 class _MotionOutputSpec(DWIOutputSpec):
-    out_transforms = File(exists=True, desc="(N,4,4) rigid world transforms per volume, .npy")
-    out_report = File(exists=True, desc="JSON: per-volume rotation/translation, framewise displacement")
+    out_transforms = File(exists=True, desc="(N,4,4) world transforms per volume (head motion and eddy), .npy")
+    out_report = File(exists=True, desc="JSON: per-volume rotation/translation, framewise displacement, eddy terms")
 
 
 class MotionCorrect(StageInterface):
-    """Rigid motion correction with b-vector rotation (``science.motion.motion_correct``)."""
+    """Motion and eddy-current correction with b-vector rotation (``science.motion.motion_correct``)."""
 
-    input_spec = ThreadsDWIInputSpec
+    input_spec = _MotionInputSpec
     output_spec = _MotionOutputSpec
 
     def _run_interface(self, runtime):
+        import json
+
+        from ..science.eddy import phase_encoding_world
         from ..science.motion import motion_correct
 
         dwi = load_inputs(self.inputs)
+        pe_world = None
+        if self.inputs.eddy_correction and isdefined(self.inputs.in_metadata):
+            meta = json.loads(Path(self.inputs.in_metadata).read_text())
+            pe_world = phase_encoding_world(meta, (meta.get("csttool_import") or {}).get("original_affine"))
         data, bvecs, transforms, report = motion_correct(
             dwi.data, dwi.affine, dwi.bvals, dwi.bvecs_voxel, b0_threshold=self.inputs.b0_threshold,
-            workers=self.inputs.num_threads,
+            workers=self.inputs.num_threads, pe_world=pe_world,
         )
+        if self.inputs.eddy_correction and pe_world is None:
+            report["eddy_correction"] = False
+            report["eddy_note"] = "no PhaseEncodingDirection/PhaseEncodingAxis in the sidecar: rigid correction only"
         save_outputs(_replace_data(dwi, data, bvecs), runtime.cwd, "dwi_motion", self._results)
         np.save(Path(runtime.cwd) / "motion_transforms.npy", transforms)
         self._results["out_transforms"] = str(Path(runtime.cwd) / "motion_transforms.npy")

@@ -27,6 +27,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from csttool_nipype.config import B0_THRESHOLD
+from csttool_nipype.science.eddy import eddy_matrix, eddy_report, split_eddy
 from csttool_nipype.science.gradients import voxel_to_world, world_to_voxel
 
 logger = logging.getLogger(__name__)
@@ -113,11 +114,19 @@ def _foreground(image: np.ndarray, dilate: int = 2) -> np.ndarray:
 class _LSTemplate:
     """A static image prepared for :func:`_register_ls`: per pyramid level, the sample
     points (world mm), the smoothed static values there, the Jacobian of the static
-    image w.r.t. the 6 rigid increment parameters and its Gram matrix."""
+    image w.r.t. the increment parameters and its Gram matrix.
 
-    def __init__(self, static: np.ndarray, affine: np.ndarray, region: np.ndarray | None = None):
+    The increment is rigid (3 rotation, 3 translation parameters); with ``pe_world`` (a
+    world unit vector, the phase-encoding axis) it also has the 3 eddy-current terms of
+    :func:`~csttool_nipype.science.eddy.eddy_matrix`: a displacement along that axis
+    linear in position (scale and shears along the phase-encoding direction).
+    """
+
+    def __init__(self, static: np.ndarray, affine: np.ndarray, region: np.ndarray | None = None,
+                 pe_world: np.ndarray | None = None):
         from scipy import ndimage
 
+        self.pe_world = None if pe_world is None else np.asarray(pe_world, float) / np.linalg.norm(pe_world)
         self.affine = np.asarray(affine, float)
         self.shape = tuple(static.shape[:3])
         lin = self.affine[:3, :3]
@@ -158,6 +167,8 @@ class _LSTemplate:
             g_world = grad_index @ self.lin_inv  # d/d(world mm) = lin^-T grad_index, rows
             x = idx @ lin.T + self.affine[:3, 3]
             j0 = np.concatenate([np.cross(x - self.centre, g_world), g_world], axis=1)
+            if self.pe_world is not None:
+                j0 = np.concatenate([j0, (g_world @ self.pe_world)[:, None] * (x - self.centre)], axis=1)
             s_val = s_img[pick]
             self.levels.append({
                 "sigma_mm": sigma_mm, "x": x, "s": s_val, "j0": j0, "h0": j0.T @ j0,
@@ -225,8 +236,12 @@ def _register_ls(
                 dp = np.linalg.solve(h0, j0.T @ r) / a
             except np.linalg.LinAlgError:
                 break
-            T = T @ np.linalg.inv(_rigid_matrix(dp[:3], dp[3:], tpl.centre))
-            if np.linalg.norm(dp[:3]) * FD_RADIUS_MM + np.linalg.norm(dp[3:]) < _LS_TOL_MM:
+            step = _rigid_matrix(dp[:3], dp[3:6], tpl.centre)
+            if tpl.pe_world is not None:
+                step = step @ eddy_matrix(dp[6:], tpl.pe_world, tpl.centre)
+            T = T @ np.linalg.inv(step)
+            if np.linalg.norm(dp[:3]) * FD_RADIUS_MM + np.linalg.norm(dp[3:6]) \
+                    + np.linalg.norm(dp[6:]) * FD_RADIUS_MM < _LS_TOL_MM:
                 break
     return T
 
@@ -465,6 +480,17 @@ def framewise_displacement(rotation_deg: np.ndarray, translation_mm: np.ndarray,
     return fd
 
 
+def _split_all(transforms: np.ndarray, pe_world, centre) -> tuple[np.ndarray, np.ndarray]:
+    """Rigid parts and eddy terms (N, 3) of every transform (all rigid without ``pe_world``)."""
+    eddy = np.zeros((len(transforms), 3))
+    if pe_world is None:
+        return transforms, eddy
+    rigid = np.empty_like(transforms)
+    for n, t in enumerate(transforms):
+        rigid[n], eddy[n] = split_eddy(t, pe_world, centre)
+    return rigid, eddy
+
+
 def motion_correct(
     data: np.ndarray,
     affine: np.ndarray,
@@ -473,8 +499,9 @@ def motion_correct(
     b0_threshold: float = B0_THRESHOLD,
     mask: np.ndarray | None = None,
     workers: int = 1,
+    pe_world: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Rigid motion correction of every volume to the first b0, with b-vector rotation.
+    """Motion (rigid) and eddy-current correction of every volume to the first b0, with b-vector rotation.
 
     Procedure
     ---------
@@ -487,7 +514,9 @@ def motion_correct(
        of the uncorrected volumes (full coarse-to-fine pyramid), then, in a second pass,
        of the corrected ones (trilinear, around the head only), starting from the first
        estimate and at the finest level only. This avoids the b0/DW contrast difference
-       for each of the many volumes.
+       for each of the many volumes. With ``pe_world`` each DW volume's transform also
+       has the eddy-current terms of :mod:`csttool_nipype.science.eddy` (scale and shears
+       along the phase-encoding axis).
     3. The shell template is linked to the b0 template once, by rigid Mattes mutual
        information (dipy ``AffineRegistration``, dense sampling, i.e. deterministic; axes
        with voxels <= 1.8 mm decimated by 2 first);
@@ -495,7 +524,11 @@ def motion_correct(
        registered volume by volume to the b0 template with mutual information.
     4. Every volume except the reference is resampled once, cubic B-spline
        (:func:`apply_motion`); the reference volume is copied untouched. b-vectors are
-       rotated (:func:`rotate_bvecs`).
+       rotated by the rotation of each transform's rigid part (:func:`rotate_bvecs`).
+    5. Report: with ``pe_world``, the shift along the phase-encoding axis that is linear in
+       the gradient vector is eddy current, not head motion
+       (:func:`~csttool_nipype.science.eddy.eddy_report`); the framewise displacement is
+       computed from the head motion only.
 
     Timing (one thread): the cubic resampling (~0.35 s per volume of 128 x 128 x 60) and
     the mutual-information link (a few s) dominate; the registrations cost ~0.1-0.2 s per
@@ -520,6 +553,9 @@ def motion_correct(
     workers : int
         Threads for the per-volume work (registrations, resampling). The results do not
         depend on it (each volume is computed independently and deterministically).
+    pe_world : ndarray, shape (3,), optional
+        Phase-encoding axis as a world unit vector
+        (:func:`~csttool_nipype.science.eddy.phase_encoding_world`); None: rigid only.
 
     Returns
     -------
@@ -534,7 +570,10 @@ def motion_correct(
         ``reference_volume`` (int), ``rotation_deg`` (N lists of 3 extrinsic x, y, z
         Euler angles), ``translation_mm`` (N lists of 3: displacement of the grid
         centre), ``framewise_displacement_mm`` (N; Power FD, 50 mm sphere, 0 for the
-        first volume), ``mean_fd_mm`` (mean over volumes 1..N-1), ``max_fd_mm``.
+        first volume), ``mean_fd_mm`` (mean over volumes 1..N-1), ``max_fd_mm``; with
+        ``pe_world`` also ``eddy_correction`` (True), ``phase_encoding_axis_world``,
+        ``eddy_terms`` (N lists of 3), ``eddy_shift_mm``, ``eddy_displacement_mm`` (N),
+        ``mean_eddy_mm``, ``max_eddy_mm`` and ``eddy_shift_separated``.
     """
     from scipy import ndimage
 
@@ -595,7 +634,7 @@ def motion_correct(
         to_template = np.tile(np.eye(4), (members.size, 1, 1))
         for p in range(_TEMPLATE_PASSES):
             region = region0 if p == 0 else (_foreground(template) if reg_mask is None else reg_mask)
-            tpl = _LSTemplate(template, affine, region)
+            tpl = _LSTemplate(template, affine, region, pe_world=pe_world)
             first = 0 if p == 0 else max(len(tpl.levels) - _LS_REFINE_LEVELS, 0)
             to_template = np.array(_map_ordered(
                 lambda j: _register_ls(tpl, arr[..., members[j]], affine, starting=to_template[j], first_level=first),
@@ -613,9 +652,18 @@ def motion_correct(
     transforms[ref] = np.eye(4)
     corrected = apply_motion(arr, affine, transforms, order=_FINAL_ORDER, workers=workers)
 
-    bvecs_rot = rotate_bvecs(bvecs_voxel, transforms, affine)
     centre = affine[:3, :3] @ ((np.asarray(arr.shape[:3]) - 1) / 2.0) + affine[:3, 3]
-    rot_deg, trans_mm = motion_parameters(transforms, centre)
+    rigid, eddy = _split_all(transforms, pe_world, centre)
+    bvecs_rot = rotate_bvecs(bvecs_voxel, rigid, affine)
+    rot_deg, trans_mm = motion_parameters(rigid, centre)
+    extra = {}
+    if pe_world is not None:
+        points = np.argwhere(region_ref) @ affine[:3, :3].T + affine[:3, 3]
+        sep = eddy_report(trans_mm, eddy, pe_world, voxel_to_world(bvecs_voxel, affine), dw_idx, points, centre)
+        trans_mm = sep.pop("head_translation_mm")
+        extra = {"eddy_correction": True, "phase_encoding_axis_world": np.round(pe_world, 6).tolist(),
+                 "eddy_terms": eddy.tolist(), **{k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                                 for k, v in sep.items()}}
     fd = framewise_displacement(rot_deg, trans_mm)
     report = {
         "reference_volume": ref,
@@ -624,6 +672,7 @@ def motion_correct(
         "framewise_displacement_mm": fd.tolist(),
         "mean_fd_mm": float(fd[1:].mean()) if n_vol > 1 else 0.0,
         "max_fd_mm": float(fd.max()) if n_vol else 0.0,
+        **extra,
     }
     logger.info("motion_correct: %d volumes, mean FD %.3f mm, max FD %.3f mm", n_vol, report["mean_fd_mm"], report["max_fd_mm"])
     return corrected, bvecs_rot, transforms, report

@@ -103,9 +103,10 @@ def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthread
             wf.connect(inputnode, "slice_axis", gibbs, "slice_axis")
         chain(gibbs)
     if config.motion_correction:
-        hmc = threaded(pe.Node(MotionCorrect(b0_threshold=b0_thr), name="motion_correct", mem_gb=2 * mem_gb),
-                       in_region=False)
+        hmc = threaded(pe.Node(MotionCorrect(b0_threshold=b0_thr, eddy_correction=config.eddy_correction),
+                               name="motion_correct", mem_gb=2 * mem_gb), in_region=False)
         chain(hmc)
+        wf.connect(inputnode, "metadata", hmc, "in_metadata")
         wf.connect(hmc, "out_report", record, "motion_report")
 
     mask = pe.Node(
