@@ -14,7 +14,6 @@ nodes, ...) are read from those modules, not restated here.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import PipelineConfig
+from .render import read_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -377,23 +377,14 @@ def recorded_run(subject_dir) -> dict:
     series' sidecar).
     """
     subject_dir = Path(subject_dir)
-    done = _read_json(subject_dir / "_done.json")
+    done = read_json(subject_dir / "_done.json")
     result = done.get("result") or {}
-    sidecar = next(iter(sorted((subject_dir / "dwi").glob("*_desc-preproc_dwi.json"))), None) \
-        if (subject_dir / "dwi").is_dir() else None
-    meta = _read_json(sidecar) if sidecar else {}
+    sidecars = sorted((subject_dir / "dwi").glob("*_desc-preproc_dwi.json"))
+    meta = read_json(sidecars[0]) if sidecars else {}
     dicom = (meta.get("csttool_import") or {}).get("source_type") == "dicom"
     return {"config": result.get("config"), "config_hash": done.get("config_hash", ""),
             "versions": result.get("software"), "dicom": dicom,
             "dcm2niix_version": meta.get("ConversionSoftwareVersion") if dicom else None}
-
-
-def _read_json(path) -> dict:
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError, TypeError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def write_cohort_methods(out_dir, keys: list[str]) -> Path:

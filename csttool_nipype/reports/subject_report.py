@@ -8,7 +8,6 @@ run, a figure that cannot be drawn) is said in the report instead of failing it.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import platform
@@ -20,6 +19,7 @@ import numpy as np
 from .. import __version__
 from .methods import SOFTWARE, methods, recorded_run, software_versions
 from .render import figure_entry, render, to_float
+from .render import read_json as _read_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,13 +62,6 @@ def _one(folder: Path, pattern: str) -> Path | None:
 
 def _b0_threshold(sidecar: dict) -> float:
     return float(sidecar.get("CsttoolPreprocessing", {}).get("options", {}).get("b0_threshold", 50.0))
-
-
-def _read_json(path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError, TypeError):
-        return {}
 
 
 def subject_files(subject_dir: Path) -> dict[str, Path | None]:
