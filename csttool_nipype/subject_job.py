@@ -76,8 +76,12 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     started = time.time()
     graph = run_workflow(wf, work_dir, crash_dir, execution, stop_on_first_crash=stop_on_first_crash)
     runtimes = node_runtimes(graph)   # each node's result file read once
+    from .reports.methods import software_versions
+
     result = {"duration_s": time.time() - started, "node_durations_s": node_durations(runtimes),
-              "node_busy_s": busy_time(node_intervals(runtimes))}
+              "node_busy_s": busy_time(node_intervals(runtimes)),
+              # for the methods text of later rebuilds (csttool report, group level): options and versions
+              "config": config.to_dict(), "software": software_versions()}
     peaks = node_peak_memory(runtimes)   # every stage interface records its own (see peak_memory)
     if peaks:
         result["node_peak_mem_gb"] = peaks

@@ -144,7 +144,8 @@ def test_two_participant_runs_at_the_same_moment_into_one_output(raw, tmp_path):
     generated = description["GeneratedBy"][0]
     assert generated["Name"] == "csttool-nipype" and generated["Version"] == __version__ and generated["CodeURL"]
     ignore = (out / ".bidsignore").read_text().splitlines()
-    assert {"batch_*", "**/_done.json", "**/logs/", "**/_work/"} <= set(ignore)
+    assert {"batch_*", "**/_done.json", "**/logs/", "**/_work/", "methods.md"} <= set(ignore)
+    assert "Subjects (2): sub-01, sub-02" in (out / "methods.md").read_text()   # written by the group level
     fa = {s: out / s / "dwi" / f"{s}_space-dwi_model-tensor_param-fa_dwimap.json" for s in ("sub-01", "sub-02")}
     sidecars = {s: json.loads(p.read_text()) for s, p in fa.items()}
     assert all(m["Description"] for m in sidecars.values())

@@ -115,6 +115,8 @@ def test_subject_job_writes_a_report_with_every_figure(batch_out):
         _assert_not_blank(_png(uri), f"figure {title!r}")
     assert '<table id="metrics">' in html and "voxel size (mm)" in html and "registration + ROIs" in html
     assert "denoise method" in html             # the options the job ran with
+    assert done["result"]["config"]["denoise_method"] == "none"   # recorded for later rebuilds of the texts
+    assert '<h2 id="methods">' in html and "No denoising was applied." in html   # the methods text of this run
 
 
 def test_batch_writes_cohort_outputs_and_report_rebuilds_the_same_csv(batch_out):
@@ -123,6 +125,8 @@ def test_batch_writes_cohort_outputs_and_report_rebuilds_the_same_csv(batch_out)
     profiles = (batch_out / "batch_profiles.tsv").read_text().splitlines()
     subject_tsv = next((batch_out / "sub-01" / "dwi").glob("*_tractprofile.tsv")).read_text().splitlines()
     assert profiles == subject_tsv              # one successful subject: its profiles, nothing else
+    methods_md = (batch_out / "methods.md").read_text()
+    assert "Subjects (1): sub-01" in methods_md and "No denoising was applied." in methods_md
     assert main(["report", str(batch_out)]) == 0
     assert csv_path.read_bytes() == first_csv
     assert _html_without_timestamp(report) == first_html

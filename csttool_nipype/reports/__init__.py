@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from .aggregate import job_folders, subject_row, write_batch_metrics, write_batch_profiles
+from .methods import write_cohort_methods
 from .subject_report import report_name, write_subject_report
 
 LOGGER = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ def build_cohort_reports(out_dir, subject_reports: str = "missing", strict: bool
     -------
     dict
         ``metrics`` (``batch_metrics.csv``), ``profiles`` (``batch_profiles.tsv``),
-        ``report`` (``batch_report.html``, absent if it failed) and ``subject_reports``
-        (list of the subject reports written now).
+        ``report`` (``batch_report.html``, absent if it failed), ``methods``
+        (``methods.md``, one methods text per configuration; absent if it failed) and
+        ``subject_reports`` (list of the subject reports written now).
     """
     if subject_reports not in ("missing", "all", "none"):
         raise ValueError(f"subject_reports must be 'missing', 'all' or 'none', not {subject_reports!r}")
@@ -57,6 +59,10 @@ def build_cohort_reports(out_dir, subject_reports: str = "missing", strict: bool
     report = _guarded(strict, "batch_report.html", _batch_report, out_dir)
     if report:
         paths["report"] = report
+    finished = [key for key in job_folders(out_dir) if subject_row(out_dir, key)["status"] == "SUCCESS"]
+    methods = _guarded(strict, "methods.md", write_cohort_methods, out_dir, finished)
+    if methods:
+        paths["methods"] = methods
     return paths
 
 

@@ -34,6 +34,17 @@ def render(template: str, path: Path, **context) -> Path:
     return path
 
 
+def read_json(path) -> dict:
+    """A JSON object from ``path``; ``{}`` when it is missing, unreadable or not an object."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def to_float(value) -> float:
     """``value`` as a float; NaN for empty or non-numeric cells."""
     try:

@@ -8,18 +8,18 @@ run, a figure that cannot be drawn) is said in the report instead of failing it.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import platform
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from .methods import SOFTWARE, methods, recorded_run, software_versions
 from .render import figure_entry, render, to_float
+from .render import read_json as _read_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ SIDECAR_FIELDS = [("Manufacturer", "vendor"), ("ManufacturersModelName", "model"
                   ("RepetitionTime", "TR (s)"), ("PhaseEncodingDirection", "phase encoding"),
                   ("SeriesDescription", "series")]
 
-VERSIONED_PACKAGES = ("nipype", "dipy", "nibabel", "numpy", "matplotlib")
 
 
 def key_of(subject_dir: Path) -> str:
@@ -63,13 +62,6 @@ def _one(folder: Path, pattern: str) -> Path | None:
 
 def _b0_threshold(sidecar: dict) -> float:
     return float(sidecar.get("CsttoolPreprocessing", {}).get("options", {}).get("b0_threshold", 50.0))
-
-
-def _read_json(path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError, TypeError):
-        return {}
 
 
 def subject_files(subject_dir: Path) -> dict[str, Path | None]:
@@ -153,13 +145,30 @@ def _config_hash(config: dict) -> str:
 
 
 def versions() -> list[tuple[str, str]]:
-    rows = [("csttool-nipype", __version__), ("python", platform.python_version())]
-    for name in VERSIONED_PACKAGES:
-        try:
-            rows.append((name, version(name)))
-        except PackageNotFoundError:
-            continue
-    return rows
+    """Installed versions: the methods text's packages, Python and matplotlib (the figures)."""
+    rows = list(software_versions((*SOFTWARE, "matplotlib")).items())
+    return rows[:1] + [("python", platform.python_version())] + rows[1:]
+
+
+def methods_section(subject_dir: Path, config: dict | None) -> dict:
+    """The subject's methods text (``sections``, ``references``) from its options, or ``missing``.
+
+    The options are ``config`` when given, else those recorded in ``_done.json``; the
+    software versions are the recorded ones (a batch records them), else the installed ones.
+    """
+    from ..config import PipelineConfig
+
+    run = recorded_run(subject_dir)
+    options = config if config is not None else run["config"]
+    if options is None:
+        return {"missing": "the run's options are not recorded in this folder (no _done.json with them)"}
+    try:
+        cfg = PipelineConfig.from_dict(options)
+    except (TypeError, ValueError) as exc:
+        return {"missing": f"the recorded options are not readable by this version ({exc})"}
+    m = methods(cfg, run["versions"], dicom=run["dicom"], dcm2niix_version=run["dcm2niix_version"],
+                config_hash=run["config_hash"] or None)
+    return {"sections": m.sections, "references": m.references, "missing": ""}
 
 
 def stage_durations(node_durations: dict | None) -> list[dict]:
@@ -314,7 +323,8 @@ def write_subject_report(subject_dir, config: dict | None = None, node_durations
     subject_dir : path
         ``OUT/sub-X`` (or ``OUT/sub-X/ses-Y``, or a batch job's staging folder).
     config : dict, optional
-        The pipeline options (``PipelineConfig.to_dict()``); shown when given.
+        The pipeline options (``PipelineConfig.to_dict()``); shown when given, and the
+        methods text is written from them (default: the options ``_done.json`` recorded).
     node_durations : dict, optional
         Seconds per Nipype node; defaults to what ``_done.json`` recorded.
     log_file : path, optional
@@ -326,6 +336,8 @@ def write_subject_report(subject_dir, config: dict | None = None, node_durations
     subject_dir = Path(subject_dir)
     key = key or key_of(subject_dir)
     done = _read_json(subject_dir / "_done.json")
+    if config is None:   # a rebuild from disk: the options the batch recorded
+        config = (done.get("result") or {}).get("config")
     node_durations = node_durations or (done.get("result") or {}).get("node_durations_s")
     if log_file is None:
         log_file = _one(subject_dir / "logs", "*.log")
@@ -341,6 +353,7 @@ def write_subject_report(subject_dir, config: dict | None = None, node_durations
         flags=flags(summary), warnings=log_warnings(log_file), missing_rois=coverage.get("missing", []),
         coverage_reason=coverage.get("reason", ""), metrics=metrics_table(summary),
         figures=subject_figures(files), log_link=f"logs/{Path(log_file).name}" if log_file else "",
+        methods=methods_section(subject_dir, config),
     )
     LOGGER.info("subject report: %s", path)
     return path

@@ -51,7 +51,6 @@ def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthread
         JSON record of what was done, with mean/max framewise displacement.
     """
     wf = pe.Workflow(name=name)
-    wf.__desc__ = _methods_text(config)
     inputnode = pe.Node(IdentityInterface(fields=[*DWI_FIELDS, "slice_axis", "metadata"]), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=[*DWI_FIELDS, "mask", "b0", "report"]), name="outputnode")
     b0_thr = config.b0_threshold
@@ -122,25 +121,3 @@ def init_dwi_preproc_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthread
     ])
     return wf
 
-
-def _methods_text(config: PipelineConfig) -> str:
-    steps = []
-    if config.denoise_method != "none":
-        if config.denoise_method == "mppca":
-            lattice = ("a patch centred on every voxel" if config.mppca_patch_stride == 1 else
-                       f"patch centres {config.mppca_patch_stride} voxels apart along each axis")
-            steps.append(f"denoised with Marchenko-Pastur PCA (Veraart et al., 2016; DIPY's algorithm, {lattice})")
-        else:
-            steps.append(f"denoised with {config.denoise_method} as implemented in DIPY")
-    if config.gibbs:
-        steps.append("corrected for Gibbs ringing with the sub-voxel shift method (Kellner et al., 2016)")
-    if config.motion_correction:
-        steps.append(
-            "corrected for head motion by rigid registration of every volume to the first b=0 image "
-            "(mutual information), rotating each b-vector by its volume's rotation"
-        )
-    body = "; ".join(steps) if steps else "left unprocessed"
-    return (
-        f"Diffusion-weighted images were reoriented to RAS+ without resampling and {body}. "
-        "A brain mask was computed with median Otsu thresholding of the mean b=0 image."
-    )

@@ -9,6 +9,7 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from ..interfaces.derivatives import DerivativeNames
+from ..reports.methods import METHODS_FILE
 
 #: field -> (folder, entities, suffix, sidecar) of every file the subject workflow writes.
 #: Units follow BIDS: diffusivities in mm^2/s.
@@ -158,7 +159,7 @@ CODE_URL = "https://github.com/csttool/csttool-nipype"
 #: (``batch_*``, ``*_report.html``) and the workflow graphs.
 BIDSIGNORE = [
     "batch_*", ".csttool.lock", "_work/", "**/_work/", "**/.lock", "**/_done.json", "**/logs/",
-    "**/*_report.html", "**/figures/workflow_*", "**/xfm/registration/",
+    "**/*_report.html", "**/figures/workflow_*", "**/xfm/registration/", METHODS_FILE,
 ]
 
 

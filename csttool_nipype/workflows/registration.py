@@ -32,13 +32,6 @@ def init_registration_wf(config: PipelineConfig, name: str = "registration_wf"):
         ROI index (rois.json), label image, and whether the image covers the CST ROIs.
     """
     wf = pe.Workflow(name=name)
-    wf.__desc__ = (
-        "FA maps were registered to the MNI152 2009 template's white-matter map with DIPY: centre of "
-        "mass, rigid and affine steps (mutual information), then symmetric diffeomorphic (SyN) registration "
-        f"with a cross-correlation metric at {config.template_resolution_mm:g} mm. The Harvard-Oxford brainstem "
-        "and precentral gyri and Juelich corticospinal-tract waypoints at the internal capsule and cerebral "
-        "peduncle were warped into each subject's diffusion space."
-    )
     inputnode = pe.Node(IdentityInterface(fields=["fa", "mask"]), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=REGISTRATION_OUTPUTS), name="outputnode")
     register = pe.Node(RegisterToMNI(template_resolution_mm=config.template_resolution_mm), name="register_mni",

@@ -32,10 +32,6 @@ def init_tensor_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: in
         PNG with FA and colour FA in three planes.
     """
     wf = pe.Workflow(name=name)
-    wf.__desc__ = (
-        f"The diffusion tensor was fitted with {config.tensor_fit_method} in DIPY inside the brain mask, "
-        "giving fractional anisotropy (FA) and mean, radial and axial diffusivity (MD, RD, AD)."
-    )
     inputnode = pe.Node(IdentityInterface(fields=["dwi", "bval", "bvec", "mask"]), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=TENSOR_OUTPUTS), name="outputnode")
     fit = pe.Node(

@@ -22,17 +22,7 @@ def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: 
     Outputs: ``tractogram`` (.trk, RAS+ mm).
     """
     wf = pe.Workflow(name=name)
-    method = ("deterministic tracking along the tensor's principal eigenvector"
-              if config.tracking_method == "deterministic" else
-              "probabilistic tracking on constant-solid-angle ODFs")
-    smoothing = (f" of the tensor field smoothed with a {config.tracking_smoothing_mm:g} mm (sigma) Gaussian"
-                 if config.tracking_smoothing_mm > 0 and config.tracking_method == "deterministic" else "")
-    wf.__desc__ = (
-        f"Whole-brain {method}{smoothing} (DIPY LocalTracking) was seeded at {config.seed_density:.3g} seeds per mm³ "
-        f"(random positions) in the brain where FA > {config.fa_threshold:g}, step {config.step_size_mm:g} mm, stopping at FA ≤ "
-        f"{config.fa_threshold:g} or turns over {config.max_angle_deg:g}°, keeping streamlines of "
-        f"{config.min_length_mm:g}–{config.max_length_mm:g} mm; the random seed was fixed ({config.seed})."
-    )
+    smoothing = config.tracking_smoothing_mm > 0 and config.tracking_method == "deterministic"
     inputnode = pe.Node(IdentityInterface(fields=["fa", "v1", "tensor", "mask", "dwi", "bval", "bvec"]),
                         name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["tractogram", "n_streamlines"]), name="outputnode")
@@ -67,13 +57,6 @@ def init_cst_wf(config: PipelineConfig, subject: str, session: str | None = None
     (long TSV), ``summary`` (one-row TSV), ``summary_json``.
     """
     wf = pe.Workflow(name=name)
-    wf.__desc__ = (
-        "Each corticospinal tract was taken as the streamlines reaching both the brainstem and the same-side "
-        "precentral gyrus without crossing the midline, cleaned of outliers in length and in Mahalanobis "
-        "distance from the bundle core (AFQ-style rounds), and oriented inferior to superior. FA, MD, RD and AD "
-        "were averaged over each tract and sampled at 100 nodes along it with Gaussian (Mahalanobis) "
-        "weighting; laterality indices are (L − R)/(L + R)."
-    )
     fields = ["tractogram", "rois", "fa", "md", "rd", "ad", "quality", "coverage"]
     inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=CST_OUTPUTS + METRICS_OUTPUTS), name="outputnode")
