@@ -21,7 +21,7 @@ VERSIONS = {"csttool-nipype": "9.8.7", "nipype": "1.2.3", "dipy": "4.5.6", "niba
 #: and the methods text must say something about it (test_every_option_changes_the_text).
 OTHER_VALUES = {
     "denoise_method": "patch2self", "mppca_patch_stride": 3, "gibbs": False, "gibbs_slice_axis": 0,
-    "motion_correction": False, "b0_threshold": 80.0, "mask_median_radius": 3, "mask_numpass": 2,
+    "motion_correction": False, "eddy_correction": False, "b0_threshold": 80.0, "mask_median_radius": 3, "mask_numpass": 2,
     "preproc_region": "all", "tensor_fit_method": "OLS", "template_resolution_mm": 1.5,
     "tracking_method": "probabilistic", "seed_density": 0.25, "step_size_mm": 0.8, "fa_threshold": 0.15,
     "max_angle_deg": 30.0, "min_length_mm": 25.0, "max_length_mm": 200.0, "tracking_smoothing_mm": 2.5,

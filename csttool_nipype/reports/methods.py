@@ -71,6 +71,9 @@ REFERENCES = {
                     "removal based on local subvoxel-shifts. Magn Reson Med 2016;76:1574-1581."),
     "koay2009": ("Koay et al., 2009", "Koay CG, Özarslan E, Basser PJ. A signal transformational framework for "
                  "breaking the noise floor and its applications in MRI. J Magn Reson 2009;197:108-119."),
+    "andersson2016": ("Andersson and Sotiropoulos, 2016", "Andersson JLR, Sotiropoulos SN. An integrated approach to "
+                      "correction for off-resonance effects and subject movement in diffusion MR imaging. NeuroImage "
+                      "2016;125:1063-1078."),
     "leemans2009": ("Leemans and Jones, 2009", "Leemans A, Jones DK. The B-matrix must be rotated when correcting for "
                     "subject motion in DTI data. Magn Reson Med 2009;61:1336-1349."),
     "li2016": ("Li et al., 2016", "Li X, Morgan PS, Ashburner J, Smith J, Rorden C. The first step for neuroimaging "
@@ -259,6 +262,14 @@ def _preprocessing(m: Methods, config) -> str:
                      "Mattes mutual information), each volume resampled once (cubic B-spline), and every b-vector "
                      f"rotated with its volume {m.cite('leemans2009')}; framewise displacement {m.cite('power2012')} "
                      "is reported.")
+        if config.eddy_correction:
+            steps.append("Where the sidecar names the phase-encoding axis, eddy-current distortion was corrected in "
+                         "the same registrations: each diffusion-weighted volume also had a scale and two shears "
+                         "along that axis, the part of its shift along that axis that is linear in the gradient "
+                         f"vector was counted as eddy current, not head motion {m.cite('andersson2016')}, and the "
+                         "b-vectors were rotated by the head rotation only.")
+        else:
+            steps.append("Eddy-current distortion was not modelled.")
     else:
         steps.append("Head motion was not corrected and the b-vectors were used as acquired.")
     passes = f"{config.mask_numpass} pass{'es' if config.mask_numpass != 1 else ''}"
