@@ -114,3 +114,22 @@ def test_phase_encoding_axis_from_the_sidecar():
     np.testing.assert_allclose(phase_encoding_world({"PhaseEncodingDirection": "j-"}, np.eye(4)), [0, 1, 0])
     assert phase_encoding_world({}, np.eye(4)) is None
     assert phase_encoding_world({"PhaseEncodingDirection": "x"}, np.eye(4)) is None
+
+
+def test_phase_encoding_axis_survives_the_import_reorientation(tmp_path):
+    """A sagittally stored series: the axis named in its sidecar, on its stored grid, is the
+    axis named in the imported (RAS+) metadata on the imported grid."""
+    import json
+
+    import nibabel as nib
+
+    from csttool_nipype.science.dwi_io import import_dwi
+    from csttool_nipype.science.phantom import PhantomSpec, make_phantom, write_phantom
+
+    paths = write_phantom(make_phantom(PhantomSpec(voxel_size=4.0, n_directions=8, orientation="PSR", seed=2)),
+                          tmp_path, subject="sub-01")
+    stored = phase_encoding_world(json.loads(paths["json"].read_text()), nib.load(paths["dwi"]).affine)
+    dwi = import_dwi(nifti=paths["dwi"], work_dir=tmp_path)
+    assert nib.aff2axcodes(dwi.affine) == ("R", "A", "S")
+    imported = phase_encoding_world(dwi.metadata, dwi.affine)
+    assert stored is not None and abs(float(stored @ imported)) == pytest.approx(1.0)

@@ -136,7 +136,7 @@ class MotionCorrect(StageInterface):
         pe_world = None
         if self.inputs.eddy_correction and isdefined(self.inputs.in_metadata):
             meta = json.loads(Path(self.inputs.in_metadata).read_text())
-            pe_world = phase_encoding_world(meta, (meta.get("csttool_import") or {}).get("original_affine"))
+            pe_world = phase_encoding_world(meta, dwi.affine)   # the metadata names this image's axes
         data, bvecs, transforms, report = motion_correct(
             dwi.data, dwi.affine, dwi.bvals, dwi.bvecs_voxel, b0_threshold=self.inputs.b0_threshold,
             workers=self.inputs.num_threads, pe_world=pe_world,

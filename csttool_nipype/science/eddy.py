@@ -22,19 +22,20 @@ import numpy as np
 MIN_VOLUMES_FOR_SEPARATION = 5
 
 
-def phase_encoding_world(metadata: dict | None, original_affine) -> np.ndarray | None:
+def phase_encoding_world(metadata: dict | None, affine) -> np.ndarray | None:
     """World unit vector of the phase-encoding axis, or None when the sidecar does not say.
 
     ``PhaseEncodingDirection`` (``i``, ``j-``, ...) or ``PhaseEncodingAxis`` name a voxel
-    axis of the series as stored (``original_affine``, before any reorientation); the sign
-    does not matter for an axis.
+    axis of the image whose voxel-to-world ``affine`` is given (after the import's
+    reorientation, the import's metadata names the reoriented image's axes); the sign does
+    not matter for an axis.
     """
     meta = metadata or {}
     code = str(meta.get("PhaseEncodingDirection") or meta.get("PhaseEncodingAxis") or "").strip()
     axis = {"i": 0, "j": 1, "k": 2}.get(code[:1])
-    if axis is None or original_affine is None:
+    if axis is None or affine is None:
         return None
-    column = np.asarray(original_affine, float)[:3, axis]
+    column = np.asarray(affine, float)[:3, axis]
     norm = np.linalg.norm(column)
     return column / norm if norm > 0 else None
 
