@@ -81,13 +81,13 @@ def load_manifest(path) -> tuple[dict, list[SubjectSpec]]:
     if not isinstance(global_options, dict):
         raise InputError(path, '"global_options" must be an object')
     base = path.parent.absolute()
-    specs, seen = [], set()
+    specs, seen = [], {}
     for i, entry in enumerate(doc["subjects"], start=1):
         specs.append(_manifest_entry(entry, i, base, seen))
     return global_options, specs
 
 
-def _manifest_entry(entry, index: int, base: Path, seen: set) -> SubjectSpec:
+def _manifest_entry(entry, index: int, base: Path, seen: dict) -> SubjectSpec:
     where = f"subjects[{index}]"
     if not isinstance(entry, dict):
         return SubjectSpec(f"sub-entry{index}", error=f"{where}: must be an object")
@@ -106,8 +106,8 @@ def _manifest_entry(entry, index: int, base: Path, seen: set) -> SubjectSpec:
     if not SAFE_KEY.match(subject) or (session and not SAFE_KEY.match(session)):
         return fail("id/session must be letters, digits, '-' or '_' (a safe folder name)")
     if spec.key in seen:
-        return fail(f"duplicate id {spec.key}")
-    seen.add(spec.key)
+        return fail(f"duplicate id {spec.key}: duplicate of entry {seen[spec.key]} (subjects[{seen[spec.key]}])")
+    seen[spec.key] = index
     unknown = sorted(set(entry) - SUBJECT_KEYS)
     if unknown:
         return fail(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SUBJECT_KEYS))}")
