@@ -104,6 +104,7 @@ def _manifest_entry(entry, index: int, base: Path, seen: dict) -> SubjectSpec:
     if not raw_id:
         return fail('missing "id"')
     if not SAFE_KEY.match(subject) or (session and not SAFE_KEY.match(session)):
+        spec.subject, spec.session = f"entry#{index}", None   # never a path: the engine builds none from it
         return fail("id/session must be letters, digits, '-' or '_' (a safe folder name)")
     if spec.key in seen:
         return fail(f"duplicate id {spec.key}: duplicate of entry {seen[spec.key]} (subjects[{seen[spec.key]}])")
