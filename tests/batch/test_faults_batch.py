@@ -145,7 +145,7 @@ def test_bids_folder_without_dwi_is_one_line(tmp_path, capsys):
     (raw / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"")
     code = main(["batch", "--bids-dir", str(raw), "--out", str(tmp_path / "out")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code == 1 and len(err) == 1 and "no subjects with a DWI run" in err[0] and str(raw) in err[0]
+    assert code == 2 and len(err) == 1 and "no subjects with a DWI run" in err[0] and str(raw) in err[0]
     assert not (tmp_path / "out").exists()
 
 
