@@ -375,10 +375,21 @@ def _first_nonfinite(data: np.ndarray) -> tuple[int, int]:
 def _check_tracking_voxels(dwi: DWIData) -> None:
     """Reject voxels with an edge above :data:`MAX_TRACKING_VOXEL_MM` (mm)."""
     zooms = np.linalg.norm(np.asarray(dwi.affine, dtype=float)[:3, :3], axis=0)
-    if np.any(zooms > MAX_TRACKING_VOXEL_MM):
+    if np.any(zooms > MAX_TRACKING_VOXEL_MM + 1e-3):   # rounding of a 4 mm header
         shown = "×".join(f"{z:.3g}" for z in zooms)
         raise InputError(dwi.source, f"voxel size {shown} mm: an edge above {MAX_TRACKING_VOXEL_MM:g} mm is too "
                                      "coarse to track the corticospinal tract")
+
+
+def _check_some_directions(dwi: DWIData, b0_threshold: float) -> None:
+    """Reject a series whose b>0 volumes all have a zero b-vector (an empty b-vector file),
+    before :func:`drop_derived_volumes` would take them all for scanner-derived images."""
+    bvals = np.asarray(dwi.bvals, dtype=float)
+    dw = bvals > b0_threshold
+    norms = np.linalg.norm(np.asarray(dwi.bvecs_voxel, dtype=float).reshape(len(bvals), -1), axis=1)
+    if np.count_nonzero(dw) > 1 and np.all(norms[dw] < ZERO_VECTOR):
+        raise InputError(dwi.source, f"all {np.count_nonzero(dw)} volumes with b>{b0_threshold:g} s/mm² have a zero "
+                                     "b-vector: the b-vector file holds no gradient directions")
 
 
 def _check_bvalue_units(dwi: DWIData) -> None:
@@ -718,6 +729,7 @@ def import_dwi(
     original_affine = np.asarray(dwi.affine, float).copy()
     original_shape = list(np.asarray(dwi.data).shape)
     _check_shapes(dwi)
+    _check_some_directions(dwi, b0_threshold)
     dwi, dropped = drop_derived_volumes(dwi, b0_threshold)
     validate_dwi(dwi, b0_threshold)
     dwi = to_ras(dwi)

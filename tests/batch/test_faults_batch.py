@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from csttool_nipype.cli.main import main
-from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
 
 pytestmark = pytest.mark.slow
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -25,12 +24,10 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root to mount read-on
                                                     "(as root, chmod -w does not stop writes)")
 
 
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    """One small phantom subject: ``sub-01_dwi.{nii.gz,bval,bvec,json}``."""
-    root = tmp_path_factory.mktemp("phantom")
-    write_bids_dataset(root, 1, spec=PhantomSpec(voxel_size=4.0, n_directions=8, snr=30.0), seed=3)
-    return root / "sub-01" / "dwi"
+@pytest.fixture
+def phantom(small_phantom):
+    """One small phantom subject (``tests/conftest.py``)."""
+    return small_phantom
 
 
 def bids_copy(phantom: Path, root: Path, subjects) -> Path:

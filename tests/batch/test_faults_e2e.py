@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import pytest
 
-from .test_faults_batch import FAST, bids_copy, phantom  # noqa: F401 - the fixture
+from .test_faults_batch import FAST, bids_copy
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +81,9 @@ def _wait(predicate, timeout, what):
         time.sleep(0.05)
 
 
-def test_24_subjects_bad_inputs_killed_worker_killed_batch_then_rerun(phantom, tmp_path):  # noqa: F811
+def test_24_subjects_bad_inputs_killed_worker_killed_batch_then_rerun(small_phantom, tmp_path):
     t_start = time.monotonic()
-    raw = bids_copy(phantom, tmp_path / "raw", SUBJECTS)
+    raw = bids_copy(small_phantom, tmp_path / "raw", SUBJECTS)
     bad = _spoil(raw)
     raw_before = _snapshot(raw)
     out, cwd = tmp_path / "out", tmp_path / "cwd"
