@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -143,8 +144,6 @@ def _bookkeeping(out_dir: Path, outcomes: list[Outcome], batch_hash: str, starte
                  interrupted: bool = False) -> int:
     status_path = out_dir / STATUS_FILE
     try:
-        import json
-
         previous = json.loads(status_path.read_text())
     except (OSError, ValueError):
         previous = None

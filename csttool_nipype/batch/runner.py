@@ -7,6 +7,12 @@ process in a new session; the orchestrator only polls, so a crash, a SIGKILL or 
 hang of one job can never stop the others, and a timeout kills the job's whole
 process group (Nipype's own workers included). Inside a job, Nipype runs the
 subject's graph with Linear or MultiProc (when a job is given several cores).
+
+Every job inherits the read end of one "life pipe" whose write end only this process
+holds: the job's watchdog (:mod:`.worker`) ends the job's process group when it reads
+end of file, so a batch killed with -9 leaves no worker behind. Keys are checked before
+any path is built from them (:func:`checked_jobs`), a failure to write one job's
+bookkeeping fails that job only, and Ctrl-C ends the running jobs as INTERRUPTED.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from pathlib import Path
 
 from .. import __version__
 from .jobs import Job, is_safe_key
-from .worker import NO_RESULT, WATCHDOG_FD_ENV
 from .state import JobPaths, damaged_outputs, is_done, job_paths, promote, read_done, try_lock, write_json_atomic
+from .worker import NO_RESULT, WATCHDOG_FD_ENV
 
 LOGGER = logging.getLogger(__name__)
 

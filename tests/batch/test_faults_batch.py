@@ -176,7 +176,8 @@ def test_read_only_output_is_one_line_and_exit_2_in_every_command(phantom, tmp_p
             result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
             lines = [line for line in result.stderr.splitlines() if " ERROR " in f" {line}" or "Traceback" in line]
             assert result.returncode == 2, (name, result.stderr)
-            assert len(lines) == 1 and str(ro) in lines[0] and "Read-only file system" in lines[0], (name, result.stderr)
+            assert len(lines) == 1 and str(ro) in lines[0], (name, result.stderr)
+            assert "Read-only file system" in lines[0], (name, result.stderr)
             assert "Traceback" not in result.stderr + result.stdout, name
     finally:
         _umount(ro)

@@ -10,7 +10,6 @@ the later stages add nothing to what is tested here (process trees, bookkeeping,
 
 import csv
 import json
-import os
 import re
 import signal
 import subprocess

@@ -108,7 +108,8 @@ def test_timeout_is_written_in_the_subject_log(tmp_path):
 def test_unsafe_and_duplicate_keys_create_no_file_anywhere(tmp_path):
     """Row "unsafe ids" and "duplicate id" (#19 items 2, 3), engine side."""
     out = tmp_path / "a" / "out"
-    keys = ["sub-../../../evil2", "sub-../evil", "sub-a/b/c", "sub-ü with space", "sub-<img src=x>", "sub-01", "sub-01"]
+    keys = ["sub-../../../evil2", "sub-../evil", "sub-a/b/c", "sub-ü with space", "sub-<img src=x>",
+            "sub-01", "sub-01"]
     outcomes = _run(out, [_job(k) for k in keys])
     assert [o.key for o in outcomes] == [f"entry#{i}" for i in range(1, 6)] + ["sub-01", "entry#7"]
     assert [o.status for o in outcomes] == ["FAILED"] * 5 + ["SUCCESS", "FAILED"]
@@ -135,7 +136,8 @@ def test_deleted_or_edited_output_is_found_and_the_subject_rerun(tmp_path):
     output.unlink()
     outcome, = _run(out, [_job("sub-01", value=1)])
     assert outcome.status == "SUCCESS" and output.read_text() == "1\n"
-    assert "done before, but dwi/sub-01_result.txt is missing: running it again" in job_paths(out, "sub-01").log.read_text()
+    log = job_paths(out, "sub-01").log.read_text()
+    assert "done before, but dwi/sub-01_result.txt is missing: running it again" in log
 
 
 def test_stale_lock_of_a_dead_process_does_not_block(tmp_path):
@@ -208,8 +210,7 @@ def test_disk_full_while_promoting_keeps_the_previous_outputs(tmp_path):
         assert (paths.root / "dwi" / "sub-01_result.txt").read_text() == "1\n"
         assert not (paths.root / "dwi" / "filler.bin").exists()
         assert not [p for p in out.rglob("*") if ".tmp" in p.name]
-        shutil_rm = paths.stage / "dwi" / "filler.bin"
-        shutil_rm.unlink()     # room again
+        (paths.stage / "dwi" / "filler.bin").unlink()     # room again
         outcome, = _run(out, [_job("sub-01", value=3)], force=True)
         assert outcome.status == "SUCCESS" and (paths.root / "dwi" / "sub-01_result.txt").read_text() == "3\n"
         assert read_done(paths)["outputs"][0]["path"] == "dwi/sub-01_result.txt"
