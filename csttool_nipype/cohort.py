@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
 from .batch.console import BatchConsole
-from .batch.runner import FAILED, TIMEOUT, BatchOptions, BatchRunner, Outcome
+from .batch.runner import FAILED, INTERRUPTED, INVALID, SKIPPED, TIMEOUT, BatchOptions, BatchRunner, Outcome
 from .batch.state import dataset_lock, write_json_atomic
 from .batch.subjects import SubjectSpec
 from .config import DEFAULT_TIMEOUT_MINUTES, PipelineConfig
+from .errors import check_writable_dir
 from .reports import build_cohort_reports
 from .subject_job import JOB_FUNCTION, make_jobs
 
 LOGGER = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+STATUS_FILE = "batch_status.json"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class CohortOptions:
     execution: dict = field(default_factory=dict)   # keyword arguments of the job function (plugin, ...)
     work_root: str | None = None                    # Nipype caches in work_root/<key> instead of OUT/<key>/_work
     threads_per_job: int | None = None
+    verify: bool = False                            # full SHA-256 check of done subjects before skipping
 
 
 def plan_lines(specs: list[SubjectSpec], jobs) -> list[str]:
@@ -66,26 +72,86 @@ def run_cohort(specs: list[SubjectSpec], global_options: dict, out_dir, options:
             console.line(f"invalid: {job.invalid}")
         console.line("--strict: nothing was run")
         return EXIT_USAGE
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out_dir)
     started = time.time()
     runner = BatchRunner(jobs, out_dir, BatchOptions(
         function=JOB_FUNCTION, nprocs=options.nprocs, timeout_s=options.timeout_minutes * 60.0,
         force=options.force, keep_work=options.keep_work, context=dict(options.execution),
-        work_root=options.work_root, threads_per_job=options.threads_per_job,
+        work_root=options.work_root, threads_per_job=options.threads_per_job, verify=options.verify,
     ), on_finish=console.finished)
-    outcomes: list[Outcome] = runner.run()
-    with dataset_lock(out_dir):   # other batches may write into the same OUT at the same time
-        return _bookkeeping(out_dir, outcomes, batch_hash, started, console)
+    with _sigterm_as_interrupt():
+        outcomes: list[Outcome] = runner.run()
+    if runner.interrupted:
+        console.line("interrupted: running subjects were stopped and marked INTERRUPTED")
+    try:
+        with dataset_lock(out_dir):   # other batches may write into the same OUT at the same time
+            code = _bookkeeping(out_dir, outcomes, batch_hash, started, console, runner.interrupted)
+    except OSError as exc:   # a full or read-only OUT: the subjects' own records are what is left
+        LOGGER.error("%s: could not write the batch tables: %s", out_dir, exc)
+        console.summary(outcomes)
+        code = EXIT_FAILED
+    return EXIT_INTERRUPTED if runner.interrupted else code
 
 
-def _bookkeeping(out_dir: Path, outcomes: list[Outcome], batch_hash: str, started: float, console) -> int:
-    write_json_atomic(out_dir / "batch_status.json", {
+class _sigterm_as_interrupt:
+    """While the batch runs, SIGTERM (as ``kill`` or a scheduler sends) stops it like Ctrl-C."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def merged_status(previous: dict | None, outcomes: list[Outcome]) -> dict:
+    """This batch's outcomes merged into an earlier ``batch_status.json`` (``outcomes`` and ``order``).
+
+    Several batches may write into one OUT at once: a subject this batch SKIPPED
+    (another batch did it) or never started keeps the earlier record. Entries rejected
+    before running (``invalid``) describe this batch's subject list only.
+    """
+    previous = previous or {}
+    merged = dict(previous.get("outcomes") or {})
+    invalid = []
+    for o in outcomes:
+        record = {"status": o.status, "category": o.category, "reason": o.reason,
+                  "duration_s": round(o.duration_s, 3), "index": o.index}
+        earlier = merged.get(o.key)
+        keep = earlier and earlier.get("status") not in (SKIPPED, None) and (
+            o.status == SKIPPED or (o.status == INTERRUPTED and o.reason.startswith("not started")))
+        if not keep:
+            merged[o.key] = record
+        if o.category == INVALID and o.status == FAILED and not o.log:   # rejected before it ran: no folder
+            invalid.append(o.key)
+    for key in previous.get("invalid") or []:
+        if key not in invalid and key not in {o.key for o in outcomes}:
+            merged.pop(key, None)
+    order = [o.key for o in outcomes]
+    order += [k for k in previous.get("order") or [] if k not in order and k in merged]
+    return {"order": order, "outcomes": merged, "invalid": invalid}
+
+
+def _bookkeeping(out_dir: Path, outcomes: list[Outcome], batch_hash: str, started: float, console,
+                 interrupted: bool = False) -> int:
+    status_path = out_dir / STATUS_FILE
+    try:
+        previous = json.loads(status_path.read_text())
+    except (OSError, ValueError):
+        previous = None
+    write_json_atomic(status_path, {
         "version": __version__, "config_hash": batch_hash, "started": time.strftime(
             "%Y-%m-%dT%H:%M:%S", time.localtime(started)), "duration_s": round(time.time() - started, 3),
-        "order": [o.key for o in outcomes],
-        "outcomes": {o.key: {"status": o.status, "category": o.category, "reason": o.reason,
-                             "duration_s": round(o.duration_s, 3)} for o in outcomes},
+        "interrupted": interrupted, **merged_status(previous, outcomes),
     })
     reports = build_cohort_reports(out_dir)
     console.summary(outcomes, metrics_csv=reports["metrics"], report=reports.get("report"))
-    return EXIT_FAILED if any(o.status in (FAILED, TIMEOUT) for o in outcomes) else EXIT_OK
+    return EXIT_FAILED if any(o.status in (FAILED, TIMEOUT, INTERRUPTED) for o in outcomes) else EXIT_OK

@@ -34,3 +34,30 @@ class InputError(CsttoolError):
         self.path = None if path is None else str(path)
         self.problem = " ".join(str(problem).split())
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
+
+
+class OutputLocationError(InputError):
+    """The output folder cannot be created or written: a usage error (exit code 2), like bad input."""
+
+
+def check_writable_dir(path: str | PathLike) -> None:
+    """Create ``path`` if needed and check that a file can be written in it.
+
+    Raises :class:`OutputLocationError` (one line naming the folder) for a read-only
+    filesystem, missing permissions or a path that is not a folder; leaves nothing behind.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputLocationError(folder, f"cannot create the output folder ({exc.strerror or exc})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".csttool-write-test-", dir=folder)
+    except OSError as exc:
+        raise OutputLocationError(folder, f"output folder is not writable ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from .config import ExecutionConfig, PipelineConfig
-from .errors import InputError
+from .errors import InputError, check_writable_dir
 from .execution import WorkflowFailed, run_workflow
 from .workflows.base import DWIInputs, init_subject_wf
 from .workflows.outputs import write_dataset_description
@@ -58,6 +58,8 @@ def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineCon
     ------
     InputError
         Unusable input (one-line message naming the file).
+    OutputLocationError
+        ``output_dir`` cannot be created or written (a usage error).
     WorkflowFailed
         A node failed; the message is the root cause, crash files are kept in
         ``work_dir/crash``.
@@ -67,6 +69,7 @@ def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineCon
     output_dir = Path(output_dir).absolute()
     sub = subject if subject.startswith("sub-") else f"sub-{subject}"
     check_inputs(inputs)
+    check_writable_dir(output_dir)
     work_dir = Path(work_dir).absolute() if work_dir else output_dir / "_work" / sub
     wf = init_subject_wf(sub, inputs, str(output_dir), config, session=session,
                          omp_nthreads=max(1, execution.omp_nthreads))

@@ -31,3 +31,14 @@ def _session_array_cache():
     finally:
         os.environ.pop("CSTTOOL_CACHE_DIR", None)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def small_phantom(tmp_path_factory) -> Path:
+    """Folder with one small phantom subject (4 mm, 8 directions, SNR 30):
+    ``sub-01_dwi.{nii.gz,bval,bvec,json}``; the fault tests copy and spoil it."""
+    from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+
+    root = tmp_path_factory.mktemp("small_phantom")
+    write_bids_dataset(root, 1, spec=PhantomSpec(voxel_size=4.0, n_directions=8, snr=30.0), seed=3)
+    return root / "sub-01" / "dwi"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from .runner import FAILED, SKIPPED, SUCCESS, TIMEOUT, Outcome
+from .runner import FAILED, INTERRUPTED, SKIPPED, SUCCESS, TIMEOUT, Outcome
 
 
 def _duration(seconds: float) -> str:
@@ -19,6 +19,8 @@ def outcome_line(outcome: Outcome) -> str:
         return f"{head} Success in {_duration(outcome.duration_s)}"
     if outcome.status == SKIPPED:
         return f"{head} Skipped ({outcome.reason})"
+    if outcome.status == INTERRUPTED:
+        return f"{head} INTERRUPTED - {outcome.reason}"
     kind = "TIMEOUT" if outcome.status == TIMEOUT else outcome.category.upper() or "ERROR"
     return f"{head} Failed ({kind}) - {outcome.reason}"
 
@@ -62,6 +64,11 @@ class BatchConsole:
             f"  Failed:  {len(failed)}" + (f" ({', '.join(failed)})" if failed else ""),
             f"  Skipped: {sum(o.status == SKIPPED for o in outcomes)}",
         ]
+        stopped = [o for o in outcomes if o.status == INTERRUPTED]
+        if stopped:
+            ran = [o.key for o in stopped if o.log]   # the others had not started
+            lines.append(f"  Interrupted: {len(ran)}" + (f" ({', '.join(ran)})" if ran else "")
+                         + f", not started: {len(stopped) - len(ran)}")
         if metrics_csv:
             lines.append(f"  Metrics: {metrics_csv}")
         if report:

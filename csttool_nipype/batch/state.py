@@ -125,31 +125,52 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON through a temporary file and one ``rename``; the temporary file never outlives a failure."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def promote(paths: JobPaths, source: Path) -> list[Path]:
-    """Move every entry of ``source`` into the job folder, replacing older versions.
+def promote(paths: JobPaths, source: Path, record: dict) -> dict:
+    """Move every entry of ``source`` into the job folder and write ``_done.json``, all or nothing.
 
     Each entry moves with one ``rename`` (atomic on one filesystem); a replaced entry
-    is first renamed aside and deleted afterwards. The old done marker is removed
-    before anything moves, so an interrupted promotion never looks finished.
-    Returns the promoted files (relative to the job folder), sorted.
+    and the old done marker are first renamed aside. When anything fails (a full or
+    read-only disk while writing the marker, say), every move is undone: the previous
+    outputs and their done marker are back, the new ones back in ``source``, and the
+    error is raised. Returns the done record written (``record`` plus the outputs).
     """
-    paths.done.unlink(missing_ok=True)
     trash = paths.work / f"replaced-{time.time_ns()}"
-    for entry in sorted(Path(source).iterdir()):
-        target = paths.root / entry.name
-        if entry.name in (WORK, "logs", DONE, ".lock"):
-            raise ValueError(f"refusing to promote reserved name {entry.name!r}")
-        if target.exists() or target.is_symlink():
-            trash.mkdir(parents=True, exist_ok=True)
-            os.replace(target, trash / entry.name)
-        os.replace(entry, target)
+    moved: list[tuple[Path, Path]] = []     # (from, to), in order
+    try:
+        trash.mkdir(parents=True, exist_ok=True)
+        if paths.done.exists():
+            os.replace(paths.done, trash / DONE)
+            moved.append((paths.done, trash / DONE))
+        for entry in sorted(Path(source).iterdir()):
+            target = paths.root / entry.name
+            if entry.name in (WORK, "logs", DONE, ".lock"):
+                raise ValueError(f"refusing to promote reserved name {entry.name!r}")
+            if target.exists() or target.is_symlink():
+                os.replace(target, trash / entry.name)
+                moved.append((target, trash / entry.name))
+            os.replace(entry, target)
+            moved.append((entry, target))
+        done = write_done(paths, record)
+    except BaseException:
+        for src, dst in reversed(moved):
+            try:
+                os.replace(dst, src)
+            except OSError:   # best effort: the error below is what the user sees
+                pass
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
     shutil.rmtree(trash, ignore_errors=True)
-    return list_outputs(paths)
+    return done
 
 
 def list_outputs(paths: JobPaths) -> list[Path]:
@@ -164,9 +185,29 @@ def list_outputs(paths: JobPaths) -> list[Path]:
 
 
 def write_done(paths: JobPaths, record: dict) -> dict:
-    """Write ``_done.json`` last, with checksums of every promoted output."""
+    """Write ``_done.json`` last, with the size and SHA-256 of every promoted output."""
     outputs = [{"path": str(rel), "sha256": sha256(paths.root / rel), "bytes": (paths.root / rel).stat().st_size}
                for rel in list_outputs(paths)]
     record = {**record, "outputs": outputs}
     write_json_atomic(paths.done, record)
     return record
+
+
+def damaged_outputs(paths: JobPaths, full: bool = False) -> str | None:
+    """Why a done job's outputs no longer match its ``_done.json``, or None when they do.
+
+    Checks that every listed output exists with its recorded size; with ``full``
+    also its SHA-256 (reads every byte). Returns the first problem, e.g.
+    ``dwi/x.nii.gz is missing``.
+    """
+    done = read_done(paths) or {}
+    for item in done.get("outputs", []):
+        rel = str(item.get("path", ""))
+        target = paths.root / rel
+        if not rel or ".." in Path(rel).parts or not target.is_file():
+            return f"{rel} is missing"
+        if "bytes" in item and target.stat().st_size != item["bytes"]:
+            return f"{rel} changed size ({target.stat().st_size} bytes, {item['bytes']} when done)"
+        if full and item.get("sha256") and sha256(target) != item["sha256"]:
+            return f"{rel} changed (SHA-256 differs from _done.json)"
+    return None

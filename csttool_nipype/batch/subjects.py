@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
 from .jobs import SAFE_KEY
+
+LOGGER = logging.getLogger(__name__)
 
 #: Keys a manifest subject entry may have.
 SUBJECT_KEYS = {"id", "nifti", "dicom", "bval", "bvec", "json", "session", "series", "options"}
@@ -81,13 +84,13 @@ def load_manifest(path) -> tuple[dict, list[SubjectSpec]]:
     if not isinstance(global_options, dict):
         raise InputError(path, '"global_options" must be an object')
     base = path.parent.absolute()
-    specs, seen = [], set()
+    specs, seen = [], {}
     for i, entry in enumerate(doc["subjects"], start=1):
         specs.append(_manifest_entry(entry, i, base, seen))
     return global_options, specs
 
 
-def _manifest_entry(entry, index: int, base: Path, seen: set) -> SubjectSpec:
+def _manifest_entry(entry, index: int, base: Path, seen: dict) -> SubjectSpec:
     where = f"subjects[{index}]"
     if not isinstance(entry, dict):
         return SubjectSpec(f"sub-entry{index}", error=f"{where}: must be an object")
@@ -104,10 +107,11 @@ def _manifest_entry(entry, index: int, base: Path, seen: set) -> SubjectSpec:
     if not raw_id:
         return fail('missing "id"')
     if not SAFE_KEY.match(subject) or (session and not SAFE_KEY.match(session)):
+        spec.subject, spec.session = f"entry#{index}", None   # never a path: the engine builds none from it
         return fail("id/session must be letters, digits, '-' or '_' (a safe folder name)")
     if spec.key in seen:
-        return fail(f"duplicate id {spec.key}")
-    seen.add(spec.key)
+        return fail(f"duplicate id {spec.key}: duplicate of entry {seen[spec.key]} (subjects[{seen[spec.key]}])")
+    seen[spec.key] = index
     unknown = sorted(set(entry) - SUBJECT_KEYS)
     if unknown:
         return fail(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SUBJECT_KEYS))}")
@@ -168,7 +172,8 @@ def discover_bids(bids_dir, participant_label=None, session_label=None, include=
     (``acquisition``, ``run``, ...) to a value or list of values (``None``: entity
     absent), as in a NiPreps ``--bids-filter-file``. ``include``/``exclude`` are shell
     globs on ``sub-<label>``; ``participant_label`` lists labels with or without
-    ``sub-``. Several DWI runs of one subject/session: the first in sorted order is used.
+    ``sub-``. Several DWI runs of one subject/session: the first in sorted order is used, and a
+    warning names it and the others.
     """
     from bids.layout import parse_file_entities
 
@@ -190,6 +195,7 @@ def discover_bids(bids_dir, participant_label=None, session_label=None, include=
             files.extend(sub_dir.glob(pattern))
     entity_defs = _bids_entities() if files else []
     runs: dict[str, SubjectSpec] = {}
+    others: dict[str, list[str]] = {}
     for path in sorted(set(files)):
         entities = parse_file_entities(str(path), entities=entity_defs)
         if not entities.get("subject") or not _matches(entities, query):
@@ -202,4 +208,9 @@ def discover_bids(bids_dir, participant_label=None, session_label=None, include=
         session = f"ses-{entities['session']}" if entities.get("session") else None
         spec = SubjectSpec(subject, session, inputs={"nifti": str(path)})
         runs.setdefault(spec.key, spec)
+        others.setdefault(spec.key, []).append(path.name)
+    for key, names in others.items():
+        if len(names) > 1:
+            LOGGER.warning("%s: %d DWI runs (%s); using %s (choose another with --bids-filter-file, e.g. "
+                           '{"dwi": {"run": 2}})', key, len(names), ", ".join(names), names[0])
     return list(runs.values())

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, check_writable_dir
 from ..execution import PLUGINS, SLURM_PLUGINS
 from .logging_setup import setup_logging
 from .main import add_pipeline_options, explicit_options
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help='plugin arguments as JSON or a JSON file, e.g. \'{"sbatch_args": "-p short --time=2:00:00"}\''
                          ' (a file may also hold {"plugin": ..., "plugin_args": {...}})')
     add_timeout_option(ex)
+    ex.add_argument("--verify", action="store_true",
+                    help="before skipping a done subject, check every output's SHA-256 (default: size only)")
     ex.add_argument("--stop-on-first-crash", "--stop_on_first_crash", dest="stop_on_first_crash",
                     action="store_true",
                     help="stop a subject's workflow at its first failing node (default: let its independent "
@@ -174,6 +176,7 @@ def participant(args) -> int:
                           bids_filters=read_filters(args.bids_filter_file))
     if not specs:
         raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
+    check_writable_dir(args.output_dir)
     write_dataset_description(args.output_dir, source_dir=args.bids_dir)
     nprocs = args.nprocs or (min(len(specs), SLURM_SUBJECTS_AT_ONCE) if slurm else 1)
     execution = {"plugin": plugin, "plugin_args": plugin_args, "mem_gb": args.mem_gb,
@@ -181,7 +184,7 @@ def participant(args) -> int:
     return run_cohort(specs, explicit_options(args), args.output_dir, CohortOptions(
         nprocs=nprocs, timeout_minutes=resolve_timeout(args.timeout_minutes, slurm), execution=execution,
         work_root=str(args.work_dir.absolute()) if args.work_dir else None,
-        threads_per_job=args.omp_nthreads or (1 if slurm else None)))
+        threads_per_job=args.omp_nthreads or (1 if slurm else None), verify=args.verify))
 
 
 def group(args) -> int:
@@ -190,6 +193,7 @@ def group(args) -> int:
 
     if not args.output_dir.is_dir():
         raise InputError(args.output_dir, "output folder not found: run the participant level first")
+    check_writable_dir(args.output_dir)
     paths = build_cohort_reports(args.output_dir)
     LOGGER.info("cohort table: %s; report: %s", paths["metrics"], paths.get("report"))
     return 0 if "report" in paths else 1

@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_g.add_argument("--dry-run", "--validate-only", dest="dry_run", action="store_true",
                        help="validate and print the plan, process nothing")
     run_g.add_argument("--keep-work", action="store_true", help="keep each subject's _work after success")
+    run_g.add_argument("--verify", action="store_true",
+                       help="before skipping a done subject, check every output's SHA-256 (default: size only)")
     prep = batch.add_mutually_exclusive_group()
     prep.add_argument("--preprocessing", dest="preprocessing", action="store_true", default=None,
                       help="denoise + Gibbs + motion correction (the default)")
@@ -280,16 +282,17 @@ def _cmd_batch(args) -> int:
                 raise InputError(where, f"{spec.key}: options: {exc}") from None
     return run_cohort(specs, global_options, args.out, CohortOptions(
         nprocs=args.nprocs, timeout_minutes=resolve_timeout(args.timeout_minutes), force=args.force,
-        strict=args.strict, dry_run=args.dry_run, keep_work=args.keep_work))
+        strict=args.strict, dry_run=args.dry_run, keep_work=args.keep_work, verify=args.verify))
 
 
 def _cmd_report(args) -> int:
-    from ..errors import InputError
+    from ..errors import InputError, check_writable_dir
     from ..reports import build_cohort_reports
     from ..reports.pdf import html_to_pdf, pdf_engine
 
     if not args.out.is_dir():
         raise InputError(args.out, "output folder not found")
+    check_writable_dir(args.out)
     if args.pdf and pdf_engine() is None:
         raise InputError(None, "--pdf needs Chromium (apt-get install chromium); nothing was written")
     paths = build_cohort_reports(args.out, subject_reports=args.subject_reports)

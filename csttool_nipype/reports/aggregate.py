@@ -3,7 +3,8 @@
 Everything comes from files a batch leaves behind, so ``csttool report OUT`` gives
 the same table as the batch itself: ``_done.json`` for finished subjects,
 ``logs/last_attempt.json`` for failed ones, ``batch_status.json`` for the order of
-the last batch, and each subject's ``*_desc-summary_metrics.tsv`` (one row of
+the last batch and for its entries rejected before running (which have no folder: their
+key may be a placeholder such as ``entry#3``), and each subject's ``*_desc-summary_metrics.tsv`` (one row of
 summary metrics) when the pipeline wrote one.
 """
 
@@ -24,11 +25,17 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _status(out_dir: Path) -> dict:
+    return _read_json(Path(out_dir) / "batch_status.json") or {}
+
+
 def job_folders(out_dir: Path) -> list[str]:
-    """Keys of every subject/session folder with a done marker or an attempt record."""
+    """Keys of every subject/session folder with a done marker or an attempt record, and of
+    the last batch's entries rejected before running."""
     out_dir = Path(out_dir)
-    order = (_read_json(out_dir / "batch_status.json") or {}).get("order", [])
-    found = set()
+    status = _status(out_dir)
+    order = status.get("order", [])
+    found = set(status.get("invalid") or [])
     for marker in ("_done.json", "logs/last_attempt.json"):
         for pattern in (f"sub-*/{marker}", f"sub-*/ses-*/{marker}"):
             for path in out_dir.glob(pattern):
@@ -50,6 +57,13 @@ def subject_row(out_dir: Path, key: str) -> dict:
     root = Path(out_dir) / key
     subject, _, session = key.partition("/")
     row = {"subject": subject, "session": session or ""}
+    status = _status(out_dir)
+    if key in (status.get("invalid") or []):
+        record = (status.get("outcomes") or {}).get(key, {})
+        row.update(status="FAILED", error_category=record.get("category", "invalid input"),
+                   error_reason=record.get("reason", ""), duration_s="0.0", config_hash="",
+                   version=status.get("version", ""))
+        return row
     done = _read_json(root / "_done.json")
     attempt = _read_json(root / "logs" / "last_attempt.json") or {}
     if done and done.get("status") == "SUCCESS":

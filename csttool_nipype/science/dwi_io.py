@@ -42,6 +42,11 @@ MIN_AXIS_VOXELS = 5
 MIN_AXIS_EXTENT_MM = 40.0
 #: Accepted voxel size range (mm) along each axis.
 MIN_ZOOM_MM, MAX_ZOOM_MM = 0.1, 20.0
+#: Largest voxel edge (mm) accepted for CST tractography: coarser grids cannot follow the
+#: tract through the internal capsule (about 5 mm wide).
+MAX_TRACKING_VOXEL_MM = 4.0
+#: A largest b-value at or below this (with a b=0) means the file is in ms/µm², not s/mm².
+MAX_BVALUE_IN_MS_PER_UM2 = 10.0
 #: b-vectors of b>0 volumes whose length is within this of 1 are normalised; others are errors.
 UNIT_TOLERANCE = 0.1
 #: b-vectors shorter than this count as zero.
@@ -367,12 +372,40 @@ def _first_nonfinite(data: np.ndarray) -> tuple[int, int]:
     return count, first
 
 
+def _check_tracking_voxels(dwi: DWIData) -> None:
+    """Reject voxels with an edge above :data:`MAX_TRACKING_VOXEL_MM` (mm)."""
+    zooms = np.linalg.norm(np.asarray(dwi.affine, dtype=float)[:3, :3], axis=0)
+    if np.any(zooms > MAX_TRACKING_VOXEL_MM + 1e-3):   # rounding of a 4 mm header
+        shown = "×".join(f"{z:.3g}" for z in zooms)
+        raise InputError(dwi.source, f"voxel size {shown} mm: an edge above {MAX_TRACKING_VOXEL_MM:g} mm is too "
+                                     "coarse to track the corticospinal tract")
+
+
+def _check_some_directions(dwi: DWIData, b0_threshold: float) -> None:
+    """Reject a series whose b>0 volumes all have a zero b-vector (an empty b-vector file),
+    before :func:`drop_derived_volumes` would take them all for scanner-derived images."""
+    bvals = np.asarray(dwi.bvals, dtype=float)
+    dw = bvals > b0_threshold
+    norms = np.linalg.norm(np.asarray(dwi.bvecs_voxel, dtype=float).reshape(len(bvals), -1), axis=1)
+    if np.count_nonzero(dw) > 1 and np.all(norms[dw] < ZERO_VECTOR):
+        raise InputError(dwi.source, f"all {np.count_nonzero(dw)} volumes with b>{b0_threshold:g} s/mm² have a zero "
+                                     "b-vector: the b-vector file holds no gradient directions")
+
+
+def _check_bvalue_units(dwi: DWIData) -> None:
+    """Reject b-values written in ms/µm² (1.0 for 1000 s/mm²): all of them at most 10, not all zero."""
+    bvals = np.asarray(dwi.bvals, dtype=float)
+    if bvals.size and 0 < bvals.max() <= MAX_BVALUE_IN_MS_PER_UM2:
+        raise InputError(dwi.source, f"the largest b-value is {bvals.max():g}: b-values look like ms/µm² "
+                                     f"(1 = 1000 s/mm²); write them in s/mm²")
+
+
 def validate_dwi(dwi: DWIData, b0_threshold: float = B0_THRESHOLD) -> None:
     """Check that a DWI series is usable for tensor fitting; raise on the first problem.
 
     Checks, in order: 4D image; equal numbers of b-values, b-vectors (N×3) and
-    volumes; finite, non-singular affine with voxel sizes in 0.1–20 mm; finite,
-    non-negative b-values; at least one b=0 volume (b ≤ ``b0_threshold``); b-vectors
+    volumes; finite, non-singular affine with voxel sizes in 0.1–20 mm and at most
+    4 mm for tracking; finite, non-negative b-values in s/mm² (not ms/µm²); at least one b=0 volume (b ≤ ``b0_threshold``); b-vectors
     of b>0 volumes non-zero and of unit length within 10%; at least 6
     non-collinear directions (rank 6 of the tensor design matrix
     [gx², gy², gz², 2gxgy, 2gxgz, 2gygz]); no NaN/Inf voxels.
@@ -396,6 +429,7 @@ def validate_dwi(dwi: DWIData, b0_threshold: float = B0_THRESHOLD) -> None:
     src = dwi.source
     _check_shapes(dwi)
     _check_affine(dwi)
+    _check_tracking_voxels(dwi)
 
     bvals = np.asarray(dwi.bvals, dtype=float)
     bvecs = np.asarray(dwi.bvecs_voxel, dtype=float)
@@ -403,6 +437,7 @@ def validate_dwi(dwi: DWIData, b0_threshold: float = B0_THRESHOLD) -> None:
         raise InputError(src, "b-values must be finite and non-negative")
     if not np.all(np.isfinite(bvecs)):
         raise InputError(src, "b-vectors contain NaN or infinite values")
+    _check_bvalue_units(dwi)
 
     is_b0 = bvals <= b0_threshold
     if not np.any(is_b0):
@@ -694,6 +729,7 @@ def import_dwi(
     original_affine = np.asarray(dwi.affine, float).copy()
     original_shape = list(np.asarray(dwi.data).shape)
     _check_shapes(dwi)
+    _check_some_directions(dwi, b0_threshold)
     dwi, dropped = drop_derived_volumes(dwi, b0_threshold)
     validate_dwi(dwi, b0_threshold)
     dwi = to_ras(dwi)

@@ -30,3 +30,35 @@ def behave(payload, work_dir, stage_dir, crash_dir, n_procs, **_):
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{payload['name']}_result.txt").write_text(f"{payload.get('value', 1)}\n")
     return {"value": payload.get("value", 1), "n_procs": n_procs}
+
+
+def _sleep_forever(_):
+    time.sleep(600)
+
+
+def pool(payload, work_dir, stage_dir, crash_dir, n_procs, **_):
+    """Like Nipype's MultiProc: a forked process pool whose workers compute (here: sleep);
+    their pids go to ``payload['pids']`` once they run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    executor = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork"))
+    futures = [executor.submit(_sleep_forever, i) for i in range(2)]
+    time.sleep(1.0)
+    pids = [os.getpid(), *executor._processes]
+    Path(payload["pids"]).write_text(" ".join(str(p) for p in pids) + "\n")
+    for f in futures:
+        f.result()
+
+
+def fill(payload, work_dir, stage_dir, crash_dir, n_procs, **_):
+    """Write this attempt's output, then a stage file that leaves one page free on the disk:
+    enough for the worker's result file, not for the orchestrator's ``_done.json``."""
+    out = Path(stage_dir) / "dwi"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{payload['name']}_result.txt").write_text("new\n")
+    st = os.statvfs(stage_dir)
+    free = st.f_bavail * st.f_frsize
+    with open(out / "filler.bin", "wb") as fh:
+        fh.write(b"\0" * max(0, free - st.f_frsize))
+    return {"value": 2}
