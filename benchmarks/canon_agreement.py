@@ -65,6 +65,17 @@ def run_scan(scan: str, flags: list[str], out: Path, work: Path, nprocs: int, in
     return {**row, "seconds": seconds}
 
 
+def named_flags(parser, option: str, specs: list[str]) -> dict[str, list[str]]:
+    """``NAME="FLAGS"`` arguments as {name: flag list}; a malformed one is a usage error."""
+    named = {}
+    for spec in specs:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name:
+            parser.error(f"{option} needs NAME=\"FLAGS\", got {spec!r}")
+        named[name] = shlex.split(flags)
+    return named
+
+
 def table(results: dict[str, dict[str, dict]]) -> list[str]:
     scans = list(SCANS)
     lines = [f"scans (in this order): {', '.join(scans)}", ""]
@@ -98,14 +109,7 @@ def main(argv=None) -> int:
     if not CANON.is_dir():
         print(f"{CANON} not found: the Canon scans are needed (../shared/data next to the project)", file=sys.stderr)
         return 1
-    variants = {"default": []}
-    if args.variant:
-        variants = {}
-        for spec in args.variant:
-            name, sep, flags = spec.partition("=")
-            if not sep or not name:
-                parser.error(f"--variant needs NAME=\"FLAGS\", got {spec!r}")
-            variants[name] = shlex.split(flags)
+    variants = named_flags(parser, "--variant", args.variant) if args.variant else {"default": []}
     results: dict[str, dict[str, dict]] = {}
     for name, flags in variants.items():
         results[name] = {}

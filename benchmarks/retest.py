@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
-from canon_agreement import CANON, SCANS, run_scan  # noqa: E402
+from canon_agreement import CANON, SCANS, named_flags, run_scan  # noqa: E402
 
 from csttool_nipype.science.registration import load_registration, warp_to_mni
 from csttool_nipype.science.reliability import (
@@ -117,15 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/csttool-retest"))
     parser.add_argument("--nprocs", type=int, default=2)
     args = parser.parse_args(argv)
-    scans = dict(SCANS)
-    if args.scan:
-        scans = {}
-        for spec in args.scan:
-            name, sep, flags = spec.partition("=")
-            if not sep or not name:
-                parser.error(f"--scan needs NAME=\"FLAGS\", got {spec!r}")
-            scans[name] = shlex.split(flags)
-    elif not CANON.is_dir():
+    scans = named_flags(parser, "--scan", args.scan) if args.scan else dict(SCANS)
+    if not args.scan and not CANON.is_dir():
         print(f"{CANON} not found: the Canon scans are needed (../shared/data next to the project)", file=sys.stderr)
         return 1
     flags = shlex.split(args.flags)

@@ -36,26 +36,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+def _number(text: str, ok, rule: str) -> float:
+    """argparse helper: ``text`` as a float that satisfies ``ok``, else a usage error quoting ``rule``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, not {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    return _number(text, lambda v: v > 0, "more than 0")
 
 
 def timeout_minutes(text: str) -> float:
     """argparse type of ``--timeout-minutes``: 0 is no limit, negative is an error."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, not {text}")
-    return value
+    return _number(text, lambda v: v >= 0, "0 (no limit) or more minutes")
 
 
 def add_timeout_option(group) -> None:
