@@ -47,7 +47,7 @@ def run_demo(out_dir, n_subjects: int = 4, nprocs: int = 2, console: BatchConsol
     Returns 0 when the run went as designed: every subject succeeded except the
     deliberately corrupt one, which must be reported FAILED (invalid input).
     """
-    from .batch.subjects import discover_bids
+    from .bids import discover_bids
     from .cohort import CohortOptions, run_cohort
     from .reports.aggregate import job_folders, subject_row
 

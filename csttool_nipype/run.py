@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .bids import write_dataset_description
 from .config import ExecutionConfig, PipelineConfig
 from .errors import InputError, check_writable_dir
 from .execution import WorkflowFailed, run_workflow
 from .workflows.base import DWIInputs, init_subject_wf
-from .workflows.outputs import write_dataset_description
 
 LOGGER = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     from .workflows.base import DWIInputs, init_subject_wf
 
     config = PipelineConfig.from_dict(payload["options"])
-    inputs = DWIInputs(**payload["inputs"])
+    inputs = DWIInputs(**dwi_inputs(payload["inputs"], work_dir))
     check_inputs(inputs)   # exists; the import node reads and validates the series, once
     if n_procs > 1:
         preload_modules()
@@ -100,6 +100,26 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     # the stage interfaces reset the mark of the process running them: take the larger
     result["peak_rss_mb"] = round(max([process_peak_mb(), *(1024.0 * gb for gb in peaks.values())]), 1)
     return result
+
+
+def dwi_inputs(inputs: dict, work_dir) -> dict:
+    """:class:`~csttool_nipype.workflows.base.DWIInputs` fields from a subject's ``inputs``.
+
+    The manifest's and BIDS discovery's ``json`` is the import's ``sidecar``; a list of
+    JSON sidecars (BIDS inheritance, dataset root first) is merged into
+    ``work_dir/inputs/sidecar.json`` (see :func:`csttool_nipype.bids.merged_sidecar`).
+    """
+    fields = {k: v for k, v in inputs.items() if k != "json"}
+    sidecar = inputs.get("json")
+    if isinstance(sidecar, list):
+        from pathlib import Path
+
+        from .bids import merged_sidecar
+
+        sidecar = merged_sidecar(sidecar, Path(work_dir) / "inputs" / "sidecar.json")
+    if sidecar is not None:
+        fields["sidecar"] = sidecar
+    return fields
 
 
 #: Heavy modules the stage interfaces import when they run (2-4 s of imports per process).

@@ -1,23 +1,20 @@
-"""Subject lists for a batch: from a JSON manifest or a BIDS(-like) folder.
+"""Subject lists for a batch: :class:`SubjectSpec` and the JSON manifest.
 
 A :class:`SubjectSpec` says where a subject's raw data is and which options apply to
 it; invalid entries are kept, with the reason, so they can be reported as FAILED
-(invalid input) next to the subjects that ran.
+(invalid input) next to the subjects that ran. Subjects of a BIDS folder come from
+:func:`csttool_nipype.bids.discover_bids` (the engine knows nothing of BIDS).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
 from .jobs import SAFE_KEY
-
-LOGGER = logging.getLogger(__name__)
 
 #: Keys a manifest subject entry may have.
 SUBJECT_KEYS = {"id", "nifti", "dicom", "bval", "bvec", "json", "session", "series", "options"}
@@ -129,88 +126,3 @@ def _manifest_entry(entry, index: int, base: Path, seen: dict) -> SubjectSpec:
     if entry.get("series") is not None:
         spec.inputs["series"] = str(entry["series"])
     return spec
-
-
-def _bids_entities():
-    """pybids' entity definitions of the core BIDS config (loaded once per discovery)."""
-    from bids.layout.models import Config
-
-    return list(Config.load("bids").entities.values())
-
-
-def _same(have, want) -> bool:
-    """pybids-style comparison of one entity value with one filter value."""
-    if want is None:
-        return have is None
-    if have is None:
-        return False
-    if isinstance(want, bool):
-        return want
-    if str(have).isdigit() and str(want).isdigit():
-        return int(have) == int(want)
-    return str(have) == str(want)
-
-
-def _matches(entities: dict, filters: dict) -> bool:
-    for key, want in filters.items():
-        wants = want if isinstance(want, (list, tuple, set)) else [want]
-        if not any(_same(entities.get(key), w) for w in wants):
-            return False
-    return True
-
-
-def discover_bids(bids_dir, participant_label=None, session_label=None, include=None, exclude=None,
-                  bids_filters: dict | None = None) -> list[SubjectSpec]:
-    """Every (subject, session) DWI run of a BIDS or BIDS-like folder.
-
-    Finds ``sub-*/[ses-*/]dwi/*_dwi.nii[.gz]`` and reads each file's entities with
-    pybids' entity definitions (``bids.layout.parse_file_entities``), without building a
-    pybids layout database: a 1000-subject tree is planned in 1-3 s instead of
-    the ~10 s a ``BIDSLayout`` index takes, and a participant-level job of one subject
-    does not index the whole dataset. No validation, so a tree without
-    ``dataset_description.json`` works too. ``bids_filters`` maps pybids entity names
-    (``acquisition``, ``run``, ...) to a value or list of values (``None``: entity
-    absent), as in a NiPreps ``--bids-filter-file``. ``include``/``exclude`` are shell
-    globs on ``sub-<label>``; ``participant_label`` lists labels with or without
-    ``sub-``. Several DWI runs of one subject/session: the first in sorted order is used, and a
-    warning names it and the others.
-    """
-    from bids.layout import parse_file_entities
-
-    bids_dir = Path(bids_dir).absolute()
-    if not bids_dir.is_dir():
-        raise InputError(bids_dir, "BIDS folder not found")
-    query = {"suffix": "dwi", "datatype": "dwi", **(bids_filters or {})}
-    if participant_label:
-        query["subject"] = [str(p).removeprefix("sub-") for p in participant_label]
-    if session_label:
-        query["session"] = [str(s).removeprefix("ses-") for s in session_label]
-    labels = query.get("subject")
-    subject_dirs = ([bids_dir / f"sub-{label}" for label in ([labels] if isinstance(labels, str) else labels)]
-                    if labels and all(isinstance(x, str) for x in ([labels] if isinstance(labels, str) else labels))
-                    else sorted(bids_dir.glob("sub-*")))
-    files = []
-    for sub_dir in subject_dirs:
-        for pattern in ("dwi/*_dwi.nii", "dwi/*_dwi.nii.gz", "ses-*/dwi/*_dwi.nii", "ses-*/dwi/*_dwi.nii.gz"):
-            files.extend(sub_dir.glob(pattern))
-    entity_defs = _bids_entities() if files else []
-    runs: dict[str, SubjectSpec] = {}
-    others: dict[str, list[str]] = {}
-    for path in sorted(set(files)):
-        entities = parse_file_entities(str(path), entities=entity_defs)
-        if not entities.get("subject") or not _matches(entities, query):
-            continue
-        subject = f"sub-{entities['subject']}"
-        if include and not any(fnmatch.fnmatchcase(subject, g) for g in include):
-            continue
-        if exclude and any(fnmatch.fnmatchcase(subject, g) for g in exclude):
-            continue
-        session = f"ses-{entities['session']}" if entities.get("session") else None
-        spec = SubjectSpec(subject, session, inputs={"nifti": str(path)})
-        runs.setdefault(spec.key, spec)
-        others.setdefault(spec.key, []).append(path.name)
-    for key, names in others.items():
-        if len(names) > 1:
-            LOGGER.warning("%s: %d DWI runs (%s); using %s (choose another with --bids-filter-file, e.g. "
-                           '{"dwi": {"run": 2}})', key, len(names), ", ".join(names), names[0])
-    return list(runs.values())

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
                      action="store_true",
                      help="index a BIDS-like tree without checking its dataset_description.json")
+    sel.add_argument("--bids-database-dir", "--bids_database_dir", dest="bids_database_dir", type=Path, metavar="DIR",
+                     help="keep pybids' index of bids_dir in DIR and reuse it (large datasets, array jobs)")
 
     ex = parser.add_argument_group("execution (not part of the config hash)")
     ex.add_argument("-w", "--work-dir", "--work_dir", dest="work_dir", type=Path, metavar="WORK_DIR",
@@ -160,10 +162,9 @@ def read_filters(path: Path | None) -> dict | None:
 
 def participant(args) -> int:
     """Select subjects, make OUTPUT_DIR a derivatives dataset, run the cohort."""
-    from ..batch.subjects import discover_bids
+    from ..bids import discover_bids, write_dataset_description
     from ..cohort import CohortOptions, run_cohort
     from ..execution import ensure_logname
-    from ..workflows.outputs import write_dataset_description
 
     file_plugin, plugin_args = read_plugin_args(args.plugin_args)
     plugin = args.plugin or file_plugin
@@ -173,7 +174,7 @@ def participant(args) -> int:
             raise InputError(None, f"--plugin {plugin} needs SLURM's sbatch on PATH")
         ensure_logname()
     specs = discover_bids(args.bids_dir, args.participant_label, args.session_label,
-                          bids_filters=read_filters(args.bids_filter_file))
+                          bids_filters=read_filters(args.bids_filter_file), database_dir=args.bids_database_dir)
     if not specs:
         raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
     check_writable_dir(args.output_dir)

@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--participant-label", "--participant_label", dest="participant_label", nargs="+")
     sel.add_argument("--session-label", "--session_label", dest="session_label", nargs="+")
     sel.add_argument("--bids-filter-file", dest="bids_filter_file", type=Path, help="JSON of pybids entity filters")
+    sel.add_argument("--bids-database-dir", dest="bids_database_dir", type=Path, metavar="DIR",
+                     help="keep pybids' index of the BIDS folder in DIR and reuse it (large datasets)")
     run_g = batch.add_argument_group("batch")
     run_g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=positive_int, default=1, help="subjects at once")
     add_timeout_option(run_g)
@@ -249,7 +251,8 @@ def batch_options(manifest_options: dict, args) -> dict:
 def _cmd_batch(args) -> int:
     import json
 
-    from ..batch.subjects import discover_bids, load_manifest
+    from ..batch.subjects import load_manifest
+    from ..bids import discover_bids
     from ..cohort import CohortOptions, run_cohort
     from ..errors import InputError
     from ..subject_job import subject_config
@@ -265,7 +268,7 @@ def _cmd_batch(args) -> int:
             except (OSError, ValueError, AttributeError) as exc:
                 raise InputError(args.bids_filter_file, f"not a readable BIDS filter file ({exc})") from None
         specs = discover_bids(args.bids_dir, args.participant_label, args.session_label, args.include,
-                              args.exclude, filters)
+                              args.exclude, filters, database_dir=args.bids_database_dir)
         if not specs:
             raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
     global_options = batch_options(global_options, args)

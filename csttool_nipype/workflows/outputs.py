@@ -9,7 +9,6 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from ..interfaces.derivatives import DerivativeNames
-from ..reports.methods import METHODS_FILE
 
 #: field -> (folder, entities, suffix, sidecar) of every file the subject workflow writes.
 #: Units follow BIDS: diffusivities in mm^2/s.
@@ -149,71 +148,3 @@ def init_derivatives_wf(output_dir: str, subject: str, session: str | None = Non
 
 def _as_list(value):
     return [value] if isinstance(value, str) else list(value)
-
-
-#: Code location recorded in ``GeneratedBy``.
-CODE_URL = "https://github.com/csttool/csttool-nipype"
-
-#: What a BIDS validator should ignore in the derivatives folder: the batch engine's
-#: bookkeeping (locks, done markers, logs, work folders), the cohort tables and reports
-#: (``batch_*``, ``*_report.html``) and the workflow graphs.
-BIDSIGNORE = [
-    "batch_*", ".csttool.lock", "_work/", "**/_work/", "**/.lock", "**/_done.json", "**/logs/",
-    "**/*_report.html", "**/figures/workflow_*", "**/xfm/registration/", METHODS_FILE,
-]
-
-
-def write_dataset_description(output_dir, source_dir=None) -> Path:
-    """Make ``output_dir`` a BIDS-derivatives dataset: ``dataset_description.json`` and ``.bidsignore``.
-
-    The description (``DatasetType: derivative``, ``GeneratedBy`` name/version/code URL,
-    and ``SourceDatasets`` when ``source_dir`` is given) is written once, atomically, so
-    several participant-level runs may start into the same folder at the same moment.
-    ``.bidsignore`` gets every :data:`BIDSIGNORE` pattern it lacks.
-    """
-    import json
-
-    from .. import __version__
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "dataset_description.json"
-    if not path.exists():
-        description = {
-            "Name": "csttool-nipype derivatives",
-            "BIDSVersion": "1.10.0",
-            "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "csttool-nipype", "Version": __version__, "CodeURL": CODE_URL}],
-        }
-        if source_dir is not None:
-            description["SourceDatasets"] = [{"URL": Path(source_dir).absolute().as_uri()}]
-        _write_atomic(path, json.dumps(description, indent=2) + "\n", exclusive=True)
-    ignore = out / ".bidsignore"
-    try:
-        present = ignore.read_text().splitlines()
-    except OSError:
-        present = []
-    missing = [p for p in BIDSIGNORE if p not in present]
-    if missing:
-        header = [] if present else ["# csttool-nipype bookkeeping and non-BIDS files"]
-        _write_atomic(ignore, "\n".join([*present, *header, *missing]) + "\n")
-    return path
-
-
-def _write_atomic(path, text: str, exclusive: bool = False) -> None:
-    """Write ``text`` to ``path`` via a temporary file; ``exclusive``: keep an existing file."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    if exclusive:
-        try:
-            os.link(tmp, path)   # fails if another process made it first
-        except FileExistsError:
-            pass
-        except OSError:          # a filesystem without hard links: last writer wins, still whole
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, path)
