@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,8 +43,8 @@ UNUSED_DATATYPES = ("anat", "func", "fmap", "perf", "beh", "eeg", "ieeg", "meg",
                     "mrs")
 #: pybids indexer settings. No validation (BIDS-like trees without ``dataset_description.json``
 #: work; the BIDS App checks the description itself) and no metadata indexing (sidecars are
-#: found below, from the file names): indexing 1000 subjects takes ~1.7 s this way, ~4.3 s
-#: with metadata (``benchmarks/bench_batch.py --planning-only``).
+#: found from the file names, below): both cost more than the whole planning otherwise does
+#: (``benchmarks/results/batch_planning.txt``).
 INDEXER_SETTINGS = {"validate": False, "index_metadata": False}
 #: pybids' database file inside a ``--bids-database-dir`` and our record of what it indexes.
 DATABASE_FILE, DATABASE_RECORD = "layout_index.sqlite", "csttool_index.json"
@@ -170,7 +171,7 @@ def _build_database(bids_dir: Path, database_dir: Path, record: dict):
     from bids import BIDSLayout
 
     layout = BIDSLayout(bids_dir, validate=False, indexer=_indexer(bids_dir))
-    build = database_dir / f".build-{os.getpid()}"
+    build = database_dir / f".build-{socket.gethostname()}-{os.getpid()}"   # a cluster shares the folder
     try:
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir(parents=True)
@@ -229,7 +230,9 @@ def discover_bids(bids_dir, participant_label=None, session_label=None, include=
     chosen: dict[str, list[str]] = {}
     for path in runs:
         entities = files.get(path, {})
-        subject = f"sub-{entities.get('subject')}"
+        if not entities.get("subject"):
+            continue
+        subject = f"sub-{entities['subject']}"
         if include and not any(fnmatch.fnmatchcase(subject, g) for g in include):
             continue
         if exclude and any(fnmatch.fnmatchcase(subject, g) for g in exclude):
