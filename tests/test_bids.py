@@ -33,13 +33,22 @@ def _run(root, sub, ses=None, entities="", exts=(".nii.gz", ".bval", ".bvec")):
     return str(folder / f"{stem}.nii.gz")
 
 
-def test_walkthrough_include_exclude_labels_and_sessions(tmp_path):
-    """The README's `--include "sub-0*" --exclude "sub-099"` on a BIDS-like tree (no dataset_description.json)."""
+def test_walkthrough_include_exclude_labels_and_sessions(tmp_path, capsys):
+    """The walkthrough's `csttool batch --bids-dir RAW --out OUT --include "sub-0*" --exclude "sub-099"`
+    on a BIDS-like tree (no dataset_description.json) selects sub-0* but sub-099, every session."""
+    from csttool_nipype.cli.main import main
+
     for sub in ("sub-001", "sub-002", "sub-099", "sub-100"):
         _run(tmp_path, sub)
     _run(tmp_path, "sub-003", "ses-a")
     _run(tmp_path, "sub-003", "ses-b")
     _touch(tmp_path / "sub-004" / "anat" / "sub-004_T1w.nii.gz")  # no DWI: not a subject here
+    _run(tmp_path / "derivatives" / "old", "sub-005")               # derivatives are not raw subjects
+    assert main(["batch", "--bids-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--include", "sub-0*",
+                 "--exclude", "sub-099", "--dry-run"]) == 0
+    planned = re.findall(r"^\d+\. (\S+): ", capsys.readouterr().out, re.M)
+    assert planned == ["sub-001", "sub-002", "sub-003/ses-a", "sub-003/ses-b"]
+    assert not (tmp_path / "out").exists()
     specs = discover_bids(tmp_path, include=["sub-0*"], exclude=["sub-099"])
     assert [s.key for s in specs] == ["sub-001", "sub-002", "sub-003/ses-a", "sub-003/ses-b"]
     assert all(s.error is None for s in specs)
