@@ -222,10 +222,8 @@ def discover_bids(bids_dir, participant_label=None, session_label=None, include=
         query["subject"] = labels
     if session_label:
         query["session"] = [str(s).removeprefix("ses-") for s in session_label]
-    try:
-        runs = sorted(layout.get(return_type="filename", **query))
-    except (ValueError, TypeError) as exc:   # an unknown entity or a bad value in the filters
-        raise InputError(bids_dir, f"BIDS filter {bids_filters}: {exc}") from None
+    query = _checked_query(layout, query)
+    runs = sorted(layout.get(return_type="filename", **query)) if query is not None else []
     files = _dwi_files(layout)
     chosen: dict[str, list[str]] = {}
     for path in runs:
@@ -251,6 +249,29 @@ def discover_bids(bids_dir, participant_label=None, session_label=None, include=
         _add_sidecars(spec, files[paths[0]], sidecars, bids_dir)
         specs.append(spec)
     return specs
+
+
+def _checked_query(layout, query: dict) -> dict | None:
+    """``query`` for ``layout.get``, or None when no file can match it.
+
+    Each key must be a pybids entity and each value a label, a number, None (entity
+    absent) or a list of those: anything else is an :class:`InputError`. An entity no file
+    of this dataset has matches nothing (pybids would refuse it), or everything for None.
+    """
+    known = {name for config in layout.config.values() for name in config.entities}
+    present = set(layout.get_entities(metadata=False))
+    out = {}
+    for name, want in query.items():
+        wants = want if isinstance(want, (list, tuple)) else [want]
+        if name not in known:
+            raise InputError(None, f"BIDS filter: unknown entity {name!r} (pybids' entities: {', '.join(sorted(known))})")
+        if not all(w is None or isinstance(w, (str, int, float)) for w in wants):
+            raise InputError(None, f"BIDS filter: {name}: {want!r} is not a label, a number, null or a list of those")
+        if name in present:
+            out[name] = want
+        elif None not in wants:
+            return None
+    return out
 
 
 def _dwi_files(layout) -> dict[str, dict[str, str]]:

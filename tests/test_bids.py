@@ -74,8 +74,13 @@ def test_filters_agree_with_a_pybids_query(tmp_path):
             firsts.setdefault(str(Path(path).parent), path)
         found = {s.inputs["nifti"] for s in discover_bids(tmp_path, bids_filters=filters)}
         assert found == set(firsts.values()), filters
-    with pytest.raises(InputError, match="BIDS filter"):
+    # an entity no file has: matches nothing, or everything when asked to be absent (pybids refuses it)
+    assert discover_bids(tmp_path, bids_filters={"echo": 1}) == []
+    assert len(discover_bids(tmp_path, bids_filters={"echo": None})) == 3
+    with pytest.raises(InputError, match="BIDS filter: unknown entity 'colour'"):
         discover_bids(tmp_path, bids_filters={"colour": "blue"})
+    with pytest.raises(InputError, match="BIDS filter: run: .* is not a label, a number, null or a list"):
+        discover_bids(tmp_path, bids_filters={"run": [1, {"a": 2}]})
 
 
 def test_bval_bvec_and_sidecars_are_inherited_as_pybids_finds_them(tmp_path):
