@@ -258,8 +258,10 @@ def _checked_query(layout, query: dict) -> dict | None:
     absent) or a list of those: anything else is an :class:`InputError`. An entity no file
     of this dataset has matches nothing (pybids would refuse it), or everything for None.
     """
+    from bids.layout.models import Tag
+
     known = {name for config in layout.config.values() for name in config.entities}
-    present = set(layout.get_entities(metadata=False))
+    present = {name for (name,) in layout.session.query(Tag.entity_name).filter(Tag.is_metadata.is_(False)).distinct()}
     out = {}
     for name, want in query.items():
         wants = want if isinstance(want, (list, tuple)) else [want]
