@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
@@ -178,8 +179,9 @@ def _build_database(bids_dir: Path, database_dir: Path, record: dict):
         layout.save(build, replace_connection=False)
         os.replace(build / DATABASE_FILE, database_dir / DATABASE_FILE)
         _write_atomic(database_dir / DATABASE_RECORD, json.dumps(record, indent=2) + "\n")
-    except OSError as exc:
-        raise InputError(database_dir, f"cannot write the BIDS index there ({exc.strerror or exc})") from None
+    except (OSError, sqlite3.Error) as exc:   # unwritable, full
+        reason = getattr(exc, "strerror", None) or exc
+        raise InputError(database_dir, f"cannot write the BIDS index there ({reason})") from None
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return layout

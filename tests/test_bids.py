@@ -191,6 +191,30 @@ def test_database_dir_is_reused_and_rebuilt_when_the_dataset_changes(tmp_path, m
         discover_bids(raw, database_dir=foreign)
 
 
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only tmpfs (as root, file modes do not stop writes); skips where it cannot be mounted."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and a tmpfs mount for a read-only folder")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_unwritable_database_dir_is_one_error(tmp_path, read_only_dir):
+    _run(tmp_path / "raw", "sub-01")
+    with pytest.raises(InputError, match=f"^{read_only_dir}/index: cannot write the BIDS index there \\(Read-only"):
+        discover_bids(tmp_path / "raw", database_dir=read_only_dir / "index")
+    assert not list(read_only_dir.iterdir())
+
+
 def test_cli_flags_reach_discovery(tmp_path, capsys):
     from csttool_nipype.cli import bids_app
     from csttool_nipype.cli.main import main
