@@ -44,8 +44,8 @@ UNUSED_DATATYPES = ("anat", "func", "fmap", "perf", "beh", "eeg", "ieeg", "meg",
                     "mrs")
 #: pybids indexer settings. No validation (BIDS-like trees without ``dataset_description.json``
 #: work; the BIDS App checks the description itself) and no metadata indexing (sidecars are
-#: found from the file names, below): both cost more than the whole planning otherwise does
-#: (``benchmarks/results/batch_planning.txt``).
+#: found from the file names, below): either would make indexing, most of the planning time,
+#: slower (``benchmarks/results/batch_planning.txt``).
 INDEXER_SETTINGS = {"validate": False, "index_metadata": False}
 #: pybids' database file inside a ``--bids-database-dir`` and our record of what it indexes.
 DATABASE_FILE, DATABASE_RECORD = "layout_index.sqlite", "csttool_index.json"
