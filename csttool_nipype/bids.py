@@ -243,9 +243,9 @@ def discover_bids(bids_dir, participant_label=None, session_label=None, include=
     specs = []
     for key, paths in chosen.items():
         if len(paths) > 1:
-            LOGGER.warning("%s: %d DWI runs (%s); using %s, the first in sorted order (a --bids-filter-file "
-                           "selects another)", key, len(paths), ", ".join(Path(p).name for p in paths),
-                           Path(paths[0]).name)
+            LOGGER.warning("%s: %d DWI runs (%s); using %s, the first in sorted order (choose another with "
+                           '--bids-filter-file, e.g. {"dwi": {"run": 2}})', key, len(paths),
+                           ", ".join(Path(p).name for p in paths), Path(paths[0]).name)
         subject, _, session = key.partition("/")
         spec = SubjectSpec(subject, session or None, inputs={"nifti": paths[0]})
         _add_sidecars(spec, files[paths[0]], sidecars, bids_dir)

@@ -123,7 +123,7 @@ def test_second_batch_keeps_the_first_batchs_outcome(phantom, tmp_path, capsys):
 
 def test_several_dwi_runs_the_first_is_used_and_said(phantom, tmp_path, caplog):
     """Row "BIDS, several DWI runs per session": the first in sorted order runs, a warning names it."""
-    from csttool_nipype.batch.subjects import discover_bids
+    from csttool_nipype.bids import discover_bids
 
     raw = bids_copy(phantom, tmp_path / "raw", ["sub-01"])
     folder = raw / "sub-01" / "dwi"
