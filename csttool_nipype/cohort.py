@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .batch.console import BatchConsole
+from .batch.console import BatchConsole, log_to_file
 from .batch.runner import FAILED, INTERRUPTED, INVALID, SKIPPED, TIMEOUT, BatchOptions, BatchRunner, Outcome
 from .batch.state import dataset_lock, write_json_atomic
 from .batch.subjects import SubjectSpec
@@ -24,6 +24,8 @@ LOGGER = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 STATUS_FILE = "batch_status.json"
+#: The orchestrator's own log lines during a run (the subjects' are in OUT/<key>/logs/).
+BATCH_LOG = "batch_run.log"
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def run_cohort(specs: list[SubjectSpec], global_options: dict, out_dir, options:
     batch_hash = PipelineConfig.from_dict(global_options).config_hash()
     jobs = make_jobs(specs, global_options)
     invalid = [j for j in jobs if j.invalid]
-    console.header(len(jobs), out_dir, batch_hash, len(invalid))
+    console.header(len(jobs), out_dir, batch_hash)
     if options.dry_run:
         console.line("\n".join(["plan (dry run, nothing is processed):", *plan_lines(specs, jobs)]))
         return EXIT_FAILED if invalid else EXIT_OK
@@ -78,18 +80,26 @@ def run_cohort(specs: list[SubjectSpec], global_options: dict, out_dir, options:
         function=JOB_FUNCTION, nprocs=options.nprocs, timeout_s=options.timeout_minutes * 60.0,
         force=options.force, keep_work=options.keep_work, context=dict(options.execution),
         work_root=options.work_root, threads_per_job=options.threads_per_job, verify=options.verify,
-    ), on_finish=console.finished)
-    with _sigterm_as_interrupt():
-        outcomes: list[Outcome] = runner.run()
+    ), on_finish=console.finished, on_progress=console.progress)
+    with log_to_file(out_dir / BATCH_LOG):   # log lines go there, not between the console's lines
+        console.start()
+        try:
+            with _sigterm_as_interrupt():
+                outcomes: list[Outcome] = runner.run()
+            try:
+                with dataset_lock(out_dir):   # other batches may write into the same OUT at the same time
+                    code = _bookkeeping(out_dir, outcomes, batch_hash, started, console, runner.interrupted)
+            except OSError as exc:   # a full or read-only OUT: the subjects' own records are what is left
+                LOGGER.error("%s: could not write the batch tables: %s", out_dir, exc)
+                console.summary(outcomes, report_missing=f" (could not write the batch tables: {exc})")
+                code = EXIT_FAILED
+        finally:
+            console.stop()
+    # lines the walkthrough does not have: below its block
     if runner.interrupted:
         console.line("interrupted: running subjects were stopped and marked INTERRUPTED")
-    try:
-        with dataset_lock(out_dir):   # other batches may write into the same OUT at the same time
-            code = _bookkeeping(out_dir, outcomes, batch_hash, started, console, runner.interrupted)
-    except OSError as exc:   # a full or read-only OUT: the subjects' own records are what is left
-        LOGGER.error("%s: could not write the batch tables: %s", out_dir, exc)
-        console.summary(outcomes)
-        code = EXIT_FAILED
+    if invalid:
+        console.line(f"Invalid entries: {len(invalid)} (not run; listed above as Failed (INVALID INPUT))")
     return EXIT_INTERRUPTED if runner.interrupted else code
 
 
@@ -153,5 +163,6 @@ def _bookkeeping(out_dir: Path, outcomes: list[Outcome], batch_hash: str, starte
         "interrupted": interrupted, **merged_status(previous, outcomes),
     })
     reports = build_cohort_reports(out_dir)
-    console.summary(outcomes, metrics_csv=reports["metrics"], report=reports.get("report"))
+    console.summary(outcomes, metrics_csv=reports["metrics"], report=reports.get("report"),
+                    report_missing=f" (see {out_dir / BATCH_LOG})")
     return EXIT_FAILED if any(o.status in (FAILED, TIMEOUT, INTERRUPTED) for o in outcomes) else EXIT_OK

@@ -51,6 +51,7 @@ def run_demo(out_dir, n_subjects: int = 4, nprocs: int = 2, console: BatchConsol
     from .cohort import CohortOptions, run_cohort
     from .reports.aggregate import job_folders, subject_row
 
+    console = console or BatchConsole()
     out_dir = Path(out_dir).absolute()
     raw = write_demo_dataset(out_dir / "rawdata", n_subjects)
     derivatives = out_dir / "derivatives"
@@ -60,9 +61,9 @@ def run_demo(out_dir, n_subjects: int = 4, nprocs: int = 2, console: BatchConsol
     failed = {k for k, r in rows.items() if r["status"] != "SUCCESS"}
     as_designed = failed == expected_failures and all(
         rows[k]["error_category"] == "invalid input" for k in expected_failures)
-    if as_designed:
-        LOGGER.info("demo finished as designed: %s failed on purpose (corrupt input), the others succeeded; "
-                    "results in %s", ", ".join(sorted(expected_failures)) or "none", derivatives)
+    if as_designed:   # below the batch's block, like every extra line
+        console.line(f"Demo finished as designed: {', '.join(sorted(expected_failures)) or 'none'} failed on "
+                     f"purpose (corrupt input), the others succeeded; phantoms and ground truth in {raw}")
         return 0
     LOGGER.error("demo did not go as designed: failed subjects %s (expected %s)", sorted(failed),
                  sorted(expected_failures))

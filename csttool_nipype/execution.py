@@ -108,14 +108,16 @@ def set_nipype_log_level(level: str) -> None:
 
 
 def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: ExecutionConfig | None = None,
-                 stop_on_first_crash: bool = True):
+                 stop_on_first_crash: bool = True, status_callback=None):
     """Run ``workflow``; raise :class:`WorkflowFailed` with a one-line reason on failure.
 
     ``execution.plugin`` is ``Linear``, ``MultiProc``, ``SLURM`` or ``SLURMGraph``. On
     SLURM every node becomes a job with ``--cpus-per-task``/``--mem`` from the node's
     own estimates (the ones MultiProc schedules with) unless the user's ``sbatch_args``
     set them; with SLURMGraph the whole graph is submitted at once and this call waits
-    for its jobs. Returns the executed graph Nipype gives back.
+    for its jobs. ``status_callback(node, status)`` is Nipype's: called with ``start``,
+    ``end`` or ``exception`` as nodes run (not with SLURMGraph, which submits the whole
+    graph at once). Returns the executed graph Nipype gives back.
     """
     execution = execution or ExecutionConfig()
     if execution.plugin not in PLUGINS:
@@ -123,6 +125,8 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, execution: Execution
     configure_workflow(workflow, work_dir, crash_dir, stop_on_first_crash, execution.resource_monitor)
     set_nipype_log_level(execution.nipype_log_level)
     plugin_args = dict(execution.plugin_args)
+    if status_callback is not None and execution.plugin != "SLURMGraph":
+        plugin_args["status_callback"] = status_callback
     if execution.plugin == "MultiProc":
         plugin_args.setdefault("n_procs", execution.nprocs)
         if execution.mem_gb:

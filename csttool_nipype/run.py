@@ -51,8 +51,11 @@ def _check_header_extent(nifti) -> None:
 
 
 def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineConfig | None = None,
-                execution: ExecutionConfig | None = None, session: str | None = None, work_dir=None) -> Path:
+                execution: ExecutionConfig | None = None, session: str | None = None, work_dir=None,
+                on_stage=None) -> Path:
     """Check inputs, build and run the subject workflow; return ``output_dir/sub-XX``.
+
+    ``on_stage(text)``, if given, is told the stage running now (``preprocess (denoise)``).
 
     Raises
     ------
@@ -80,14 +83,19 @@ def run_subject(subject: str, inputs: DWIInputs, output_dir, config: PipelineCon
         from .subject_job import preload_modules
 
         preload_modules()
+    from .subject_job import StageTracker
+
     fresh = not work_dir.exists()
     try:
-        graph = run_workflow(wf, work_dir, work_dir / "crash", execution)
+        graph = run_workflow(wf, work_dir, work_dir / "crash", execution,
+                             status_callback=StageTracker(on_stage) if on_stage else None)
     except WorkflowFailed as exc:
         if fresh and exc.category == "invalid input":
             _remove_work_dir(work_dir, output_dir)   # nothing was computed: leave no trace
         raise
     write_dataset_description(output_dir)
+    if on_stage:
+        on_stage("report")
     from .reports import try_write_subject_report
     from .subject_job import node_durations, node_runtimes
 

@@ -12,7 +12,7 @@ import time
 
 from .batch.jobs import Job
 from .batch.subjects import SubjectSpec
-from .config import ExecutionConfig, PipelineConfig
+from .config import STAGES, ExecutionConfig, PipelineConfig
 
 LOGGER = logging.getLogger(__name__)
 JOB_FUNCTION = "csttool_nipype.subject_job:run_subject_job"
@@ -41,17 +41,76 @@ def make_jobs(specs: list[SubjectSpec], global_options: dict) -> list[Job]:
     return jobs
 
 
+#: Pipeline stage (:data:`~csttool_nipype.config.STAGES`) of a Nipype node, by the node or
+#: stage workflow its full name contains (first match); the derivatives workflow is "outputs",
+#: the subject workflow's own input node (the source file's name) "import".
+NODE_STAGES = (("dwi_import", "import"), ("dwi_preproc_wf", "preprocess"), ("tensor_wf", "tensor"),
+               ("registration_wf", "register"), ("tracking_wf", "track"), ("cst_metrics", "metrics"),
+               ("cst_wf", "cst"), ("derivatives_wf", "outputs"), ("inputnode", "import"))
+STAGE_ORDER = (*STAGES, "outputs")
+
+
+def stage_of_node(fullname: str) -> str:
+    """``single_subject_01_wf.dwi_preproc_wf.denoise`` → ``preprocess`` (``""`` if none matches)."""
+    parts = fullname.split(".")
+    return next((stage for key, stage in NODE_STAGES if key in parts), "")
+
+
+class StageTracker:
+    """Nipype ``status_callback`` that turns running nodes into a stage line for ``sink``.
+
+    The line names the stages of the nodes running now, in pipeline order, with the node
+    when only one runs: ``preprocess (denoise)``, ``register, track``. Plain attributes
+    only: Nipype may deep-copy or pickle plugin arguments.
+    """
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.running: dict[str, str] = {}
+        self.last = ""
+
+    def __call__(self, node, status: str) -> None:
+        name = getattr(node, "fullname", str(node))
+        if status == "start":
+            self.running[name] = stage_of_node(name)
+        else:
+            self.running.pop(name, None)
+        if not self.running:
+            return   # between two nodes: keep showing the last stage
+        stages = sorted({s for s in self.running.values() if s}, key=STAGE_ORDER.index)
+        line = ", ".join(stages)
+        if len(self.running) == 1 and line:
+            line += f" ({next(iter(self.running)).rsplit('.', 1)[-1]})"
+        if line and line != self.last:
+            self.last = line
+            self.sink(line)
+
+
+def progress_writer(path):
+    """A ``sink`` for :class:`StageTracker` writing the engine's progress file (or nothing)."""
+    from .batch.state import write_progress
+
+    def write(text: str) -> None:
+        try:
+            write_progress(path, text)
+        except OSError:   # the display is a nicety: never fail a subject for it
+            pass
+
+    return write if path else (lambda text: None)
+
+
 def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str, n_procs: int = 1,
                     plugin: str | None = None, plugin_args: dict | None = None, mem_gb: float | None = None,
                     stop_on_first_crash: bool = True, write_graph: bool = False, resource_monitor: bool = False,
-                    **_) -> dict:
+                    progress_file: str | None = None, **_) -> dict:
     """Run one subject's workflow, writing its derivatives into ``stage_dir``.
 
     ``plugin`` (default: Linear, or MultiProc when the job has several cores),
     ``plugin_args``, ``mem_gb`` and ``stop_on_first_crash`` go to
     :func:`~csttool_nipype.execution.run_workflow`; ``write_graph`` also draws the
     workflow into ``stage_dir/figures``; ``resource_monitor`` switches on Nipype's resource
-    monitor (its samples replace the nodes' own peaks). Returns per-node durations (seconds)
+    monitor (its samples replace the nodes' own peaks); ``progress_file`` gets the current
+    stage (:class:`StageTracker`) for the batch's live display. Returns per-node durations (seconds)
     for the reports, per-node peak memory (GB) and the job's peak resident memory (MB).
     """
     from pathlib import Path
@@ -61,6 +120,8 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     from .run import check_inputs
     from .workflows.base import DWIInputs, init_subject_wf
 
+    progress = progress_writer(progress_file)
+    progress("starting")
     config = PipelineConfig.from_dict(payload["options"])
     inputs = DWIInputs(**dwi_inputs(payload["inputs"], work_dir))
     check_inputs(inputs)   # exists; the import node reads and validates the series, once
@@ -74,7 +135,10 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
                                 mem_gb=mem_gb, plugin_args=dict(plugin_args or {}), nipype_log_level="INFO",
                                 resource_monitor=resource_monitor)
     started = time.time()
-    graph = run_workflow(wf, work_dir, crash_dir, execution, stop_on_first_crash=stop_on_first_crash)
+    if execution.plugin == "SLURMGraph":   # no per-node callbacks: the graph is submitted at once
+        progress("on SLURM (whole graph submitted)")
+    graph = run_workflow(wf, work_dir, crash_dir, execution, stop_on_first_crash=stop_on_first_crash,
+                         status_callback=StageTracker(progress))
     runtimes = node_runtimes(graph)   # each node's result file read once
     from .reports.methods import software_versions
 
@@ -89,6 +153,7 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
 
     key = payload["subject"] + (f"/{payload['session']}" if payload.get("session") else "")
     report_started = time.time()
+    progress("report")
     with PeakMemory() as report_peak:
         try_write_subject_report(stage_dir, key=key, config=config.to_dict(),
                                  node_durations=result["node_durations_s"],

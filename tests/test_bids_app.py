@@ -15,6 +15,7 @@ from csttool_nipype import __version__
 from csttool_nipype.cli.bids_app import check_bids_dir, check_locations, main, read_plugin_args
 from csttool_nipype.errors import InputError
 from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+from walkthrough import check_console
 
 FAST = ["--stages", "tensor", "--denoise-method", "none", "--no-gibbs", "--no-motion-correction"]
 
@@ -135,6 +136,8 @@ def test_two_participant_runs_at_the_same_moment_into_one_output(raw, tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     outputs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(outputs)
+    for printed in outputs:   # stdout and stderr together: the walkthrough's lines, no log lines among them
+        assert list(check_console(printed, out.absolute())) in (["sub-01"], ["sub-02"])
     assert main([str(raw), str(out), "group"]) == 0
     rows = _rows(out)
     assert sorted(rows) == ["sub-01", "sub-02"] and {r["status"] for r in rows.values()} == {"SUCCESS"}

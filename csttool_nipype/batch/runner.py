@@ -31,7 +31,9 @@ from pathlib import Path
 
 from .. import __version__
 from .jobs import Job, is_safe_key
-from .state import JobPaths, damaged_outputs, is_done, job_paths, promote, read_done, try_lock, write_json_atomic
+from .state import (
+    JobPaths, damaged_outputs, is_done, job_paths, promote, read_done, read_progress, try_lock, write_json_atomic,
+)
 from .worker import NO_RESULT, WATCHDOG_FD_ENV
 
 LOGGER = logging.getLogger(__name__)
@@ -67,6 +69,17 @@ class _Running:
 
 
 @dataclass(frozen=True)
+class RunningJob:
+    """A running job as the progress display sees it: ``stage`` is what the job last wrote
+    to its progress file (any string; empty before it wrote one)."""
+
+    key: str
+    index: int
+    elapsed_s: float
+    stage: str = ""
+
+
+@dataclass(frozen=True)
 class BatchOptions:
     """Execution options of a batch (none of them changes results)."""
 
@@ -80,6 +93,7 @@ class BatchOptions:
     work_root: str | None = None        # the jobs' caches go to work_root/<key> (kept) instead of OUT/<key>/_work
     threads_per_job: int | None = None  # OMP/BLAS threads of a job (default: its share of nprocs)
     verify: bool = False                # check every output's SHA-256 before skipping a done job (else size)
+    progress_s: float = 1.0             # seconds between progress snapshots (on_progress)
 
 
 def _signal_name(code: int) -> str:
@@ -200,11 +214,13 @@ def _format_minutes(seconds: float) -> str:
 class BatchRunner:
     """Schedule ``jobs`` over ``nprocs`` child processes; see module docstring."""
 
-    def __init__(self, jobs: list[Job], out_dir: Path, options: BatchOptions, on_finish=None):
+    def __init__(self, jobs: list[Job], out_dir: Path, options: BatchOptions, on_finish=None, on_progress=None):
         self.jobs = checked_jobs(list(jobs))
         self.out_dir = Path(out_dir).absolute()
         self.options = options
         self.on_finish = on_finish or (lambda outcome, total: None)
+        self.on_progress = on_progress   # called with ([RunningJob, ...], total) every progress_s
+        self._last_progress = float("-inf")
         self.outcomes: dict[int, Outcome] = {}
         self.interrupted = False
         self._life_pipe: tuple[int, int] | None = None
@@ -240,6 +256,7 @@ class BatchRunner:
                     waiting.clear()
                     if not running:
                         time.sleep(1.0)   # the other batch still holds them
+                self._report_progress(running)
                 if running:
                     time.sleep(self.options.poll_s)
         except KeyboardInterrupt:
@@ -259,6 +276,16 @@ class BatchRunner:
                 self.outcomes[index] = Outcome(job.key, INTERRUPTED, index, "interrupted",
                                                "not started: the batch was interrupted")
         return [self.outcomes[i] for i in range(1, len(self.jobs) + 1)]
+
+    # ------------------------------------------------------------------ progress (live display)
+    def _report_progress(self, running: list[_Running]) -> None:
+        """Hand ``on_progress`` the running jobs and the stage each last wrote (throttled)."""
+        now = time.monotonic()
+        if self.on_progress is None or now - self._last_progress < self.options.progress_s:
+            return
+        self._last_progress = now
+        self.on_progress([RunningJob(r.job.key, r.index, now - r.started, read_progress(r.paths))
+                          for r in running], len(self.jobs))
 
     # ------------------------------------------------------------------ steps
     def _finish(self, outcome: Outcome, record: bool = True) -> None:
@@ -324,7 +351,9 @@ class BatchRunner:
             folder.mkdir(parents=True, exist_ok=True)
         cache = Path(self.options.work_root) / job.key if self.options.work_root else paths.nipype
         cache.mkdir(parents=True, exist_ok=True)
+        paths.progress.unlink(missing_ok=True)
         context = {"work_dir": str(cache), "stage_dir": str(paths.stage), "crash_dir": str(paths.crash),
+                   "progress_file": str(paths.progress),
                    "n_procs": max(1, self.options.nprocs // max(1, min(self.options.nprocs, len(self.jobs)))),
                    **self.options.context}
         threads = str(self.options.threads_per_job or context["n_procs"])

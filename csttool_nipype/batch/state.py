@@ -5,6 +5,7 @@ Layout of one job ``OUT/<key>/``::
     .lock            held (flock) while a batch processes the job
     _work/nipype/    the job's Nipype cache, kept across attempts (resume from cached nodes)
     _work/stage/     outputs of the current attempt, before promotion
+    _work/progress   what the running job is doing now (one line, any text; for the live display)
     logs/<key>.log   every attempt's log lines; logs/crash/ Nipype crash reports (text)
     <promoted outputs>
     _done.json       written last, atomically: version, config hash, timings, outputs + SHA-256
@@ -52,6 +53,10 @@ class JobPaths:
     @property
     def result(self) -> Path:
         return self.work / "result.json"
+
+    @property
+    def progress(self) -> Path:
+        return self.work / "progress"
 
     @property
     def jobfile(self) -> Path:
@@ -114,6 +119,22 @@ def read_done(paths: JobPaths) -> dict | None:
 def is_done(paths: JobPaths, config_hash: str) -> bool:
     done = read_done(paths)
     return bool(done) and done.get("config_hash") == config_hash and done.get("status") == "SUCCESS"
+
+
+def write_progress(path, text: str) -> None:
+    """Replace a job's progress file with ``text`` (one line; atomic, so readers never see half)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(" ".join(str(text).split()) + "\n")
+    os.replace(tmp, path)
+
+
+def read_progress(paths: JobPaths) -> str:
+    """The running job's last progress line, or ``""``."""
+    try:
+        return paths.progress.read_text().strip()
+    except OSError:
+        return ""
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:

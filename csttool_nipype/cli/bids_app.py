@@ -12,19 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError, check_writable_dir
-from ..execution import PLUGINS, SLURM_PLUGINS
+from ..execution import SLURM_PLUGINS
 from .logging_setup import setup_logging
 from .main import add_pipeline_options, explicit_options
 from .options import (
     ArgumentParser, absolute_paths, add_timeout_option, check_pipeline_options, positive_float, positive_int, resolve_timeout,
     run_command,
 )
+from .plugin_options import add_plugin_options, plugin_from_args, read_plugin_args  # noqa: F401 (re-exported)
 
 LOGGER = logging.getLogger("csttool-nipype")
 #: Subjects driven at once with a SLURM plugin when --nprocs is not given (each is a
@@ -70,12 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="threads per process for NumPy/BLAS (default: a subject's share of --nprocs; 1 on SLURM)")
     ex.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=positive_float, default=None, metavar="G",
                     help="memory limit per subject for MultiProc, or largest request per SLURM job (GB)")
-    ex.add_argument("--plugin", choices=PLUGINS, default=None,
-                    help="Nipype plugin for each subject's workflow (default: Linear, or MultiProc when a "
-                         "subject has several CPUs). SLURM/SLURMGraph submit every node as a job")
-    ex.add_argument("--plugin-args", "--plugin_args", dest="plugin_args", metavar="JSON|FILE",
-                    help='plugin arguments as JSON or a JSON file, e.g. \'{"sbatch_args": "-p short --time=2:00:00"}\''
-                         ' (a file may also hold {"plugin": ..., "plugin_args": {...}})')
+    add_plugin_options(ex)
     add_timeout_option(ex)
     ex.add_argument("--verify", action="store_true",
                     help="before skipping a done subject, check every output's SHA-256 (default: size only)")
@@ -126,29 +121,6 @@ def check_bids_dir(bids_dir: Path, skip_validation: bool) -> None:
         raise InputError(description, "has no BIDSVersion (--skip-bids-validation to go on anyway)")
 
 
-def read_plugin_args(value: str | None) -> tuple[str | None, dict]:
-    """(plugin or None, plugin_args) from a JSON text or a JSON file."""
-    if not value:
-        return None, {}
-    path = Path(value)
-    text = value
-    if path.is_file():
-        text = path.read_text()
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise InputError(value if path.is_file() else "--plugin-args",
-                         f"not a JSON object or a JSON file ({exc})") from None
-    if not isinstance(obj, dict):
-        raise InputError("--plugin-args", "must be a JSON object")
-    if "plugin_args" in obj or "plugin" in obj:
-        plugin = obj.get("plugin")
-        if plugin is not None and plugin not in PLUGINS:
-            raise InputError(value, f"plugin {plugin!r} is not one of {', '.join(PLUGINS)}")
-        return plugin, dict(obj.get("plugin_args") or {})
-    return None, obj
-
-
 def read_filters(path: Path | None) -> dict | None:
     """The ``dwi`` query of a NiPreps-style BIDS filter file."""
     if path is None:
@@ -164,15 +136,9 @@ def participant(args) -> int:
     """Select subjects, make OUTPUT_DIR a derivatives dataset, run the cohort."""
     from ..bids import discover_bids, write_dataset_description
     from ..cohort import CohortOptions, run_cohort
-    from ..execution import ensure_logname
 
-    file_plugin, plugin_args = read_plugin_args(args.plugin_args)
-    plugin = args.plugin or file_plugin
+    plugin, plugin_args = plugin_from_args(args)
     slurm = plugin in SLURM_PLUGINS
-    if slurm:
-        if not shutil.which("sbatch"):
-            raise InputError(None, f"--plugin {plugin} needs SLURM's sbatch on PATH")
-        ensure_logname()
     specs = discover_bids(args.bids_dir, args.participant_label, args.session_label,
                           bids_filters=read_filters(args.bids_filter_file), database_dir=args.bids_database_dir)
     if not specs:
@@ -205,7 +171,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_pipeline_options(parser, explicit_options(args))   # before anything is written
     absolute_paths(args, "bids_dir", "output_dir", "work_dir", "bids_filter_file")
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, quiet=args.analysis_level == "participant")
     return run_command(_dispatch, args, LOGGER)
 
 

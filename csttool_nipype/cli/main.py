@@ -17,6 +17,7 @@ from .options import (
     ArgumentParser, absolute_paths, add_timeout_option, check_pipeline_options, positive_float, positive_int, resolve_timeout,
     run_command,
 )
+from .plugin_options import add_plugin_options, plugin_from_args
 
 LOGGER = logging.getLogger("csttool")
 
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_g.add_argument("--keep-work", action="store_true", help="keep each subject's _work after success")
     run_g.add_argument("--verify", action="store_true",
                        help="before skipping a done subject, check every output's SHA-256 (default: size only)")
+    add_plugin_options(run_g)
     prep = batch.add_mutually_exclusive_group()
     prep.add_argument("--preprocessing", dest="preprocessing", action="store_true", default=None,
                       help="denoise + Gibbs + motion correction (the default)")
@@ -227,8 +229,12 @@ def _cmd_run(args) -> int:
         nifti=_str(args.dwi), bval=_str(args.bval), bvec=_str(args.bvec), sidecar=_str(args.sidecar),
         dicom=_str(args.dicom), series=args.series,
     )
-    out = run_subject(args.subject, inputs, args.out, pipeline_config_from_args(args),
-                      execution_config_from_args(args), session=args.session, work_dir=args.work_dir)
+    from ..batch.console import StageStatus
+
+    with StageStatus(args.subject) as status:   # the current stage, on a terminal
+        out = run_subject(args.subject, inputs, args.out, pipeline_config_from_args(args),
+                          execution_config_from_args(args), session=args.session, work_dir=args.work_dir,
+                          on_stage=status.update)
     LOGGER.info("done: outputs in %s", out)
     return 0
 
@@ -255,8 +261,10 @@ def _cmd_batch(args) -> int:
     from ..bids import discover_bids
     from ..cohort import CohortOptions, run_cohort
     from ..errors import InputError
+    from ..execution import SLURM_PLUGINS
     from ..subject_job import subject_config
 
+    plugin, plugin_args = plugin_from_args(args)   # bad values: InputError, a usage error (exit 2)
     global_options = {}
     if args.manifest:
         global_options, specs = load_manifest(args.manifest)
@@ -284,8 +292,10 @@ def _cmd_batch(args) -> int:
             except (TypeError, ValueError) as exc:
                 raise InputError(where, f"{spec.key}: options: {exc}") from None
     return run_cohort(specs, global_options, args.out, CohortOptions(
-        nprocs=args.nprocs, timeout_minutes=resolve_timeout(args.timeout_minutes), force=args.force,
-        strict=args.strict, dry_run=args.dry_run, keep_work=args.keep_work, verify=args.verify))
+        nprocs=args.nprocs, timeout_minutes=resolve_timeout(args.timeout_minutes, slurm=plugin in SLURM_PLUGINS),
+        force=args.force, strict=args.strict, dry_run=args.dry_run, keep_work=args.keep_work, verify=args.verify,
+        execution={"plugin": plugin, "plugin_args": plugin_args} if plugin or plugin_args else {},
+        threads_per_job=1 if plugin in SLURM_PLUGINS else None))   # as the BIDS-App: the nodes run elsewhere
 
 
 def _cmd_report(args) -> int:
@@ -348,7 +358,7 @@ def main(argv=None) -> int:
     # option values the config object rejects are bad arguments (exit 2), found before anything is written
     check_pipeline_options(parser, explicit_options(args))
     absolute_paths(args, *PATH_ARGUMENTS)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, quiet=args.command in ("batch", "demo"))
     return run_command(args.func, args, LOGGER)
 
 

@@ -62,3 +62,13 @@ def fill(payload, work_dir, stage_dir, crash_dir, n_procs, **_):
     with open(out / "filler.bin", "wb") as fh:
         fh.write(b"\0" * max(0, free - st.f_frsize))
     return {"value": 2}
+
+
+def stages(payload, work_dir, stage_dir, crash_dir, n_procs, progress_file=None, **_):
+    """Write each of ``payload['stages']`` to the engine's progress file, ``payload['seconds']`` apart."""
+    from csttool_nipype.batch.state import write_progress
+
+    for stage in payload["stages"]:
+        write_progress(progress_file, stage)
+        time.sleep(payload.get("seconds", 1.0))
+    return {"stages": len(payload["stages"])}

@@ -15,6 +15,8 @@ import pytest
 from csttool_nipype.cli.main import main
 from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
 
+from walkthrough import check_console
+
 pytestmark = pytest.mark.slow
 
 FAST = ["--stages", "tensor", "--no-gibbs", "--no-motion-correction"]
@@ -51,17 +53,24 @@ def _wait_for(predicate, timeout=600, what="condition"):
 
 def test_corrupt_subject_fails_alone_and_csv_has_real_numbers(raw, tmp_path, capsys):
     out = tmp_path / "out"
+    # --plugin/--plugin-args reach each subject's workflow (Nipype logs its plugin to the subject log)
     code = main(["batch", "--bids-dir", str(raw), "--out", str(out), "--nprocs", "2", "--denoise-method",
-                 "none", *FAST])
-    printed = capsys.readouterr().out
+                 "none", "--plugin", "MultiProc", "--plugin-args", '{"n_procs": 1}', *FAST])
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 1, "some subjects failed: exit code 1"
+    subjects = check_console(printed, out)   # the walkthrough's console, line by line
+    assert subjects["sub-03"].group("kind") == "INVALID INPUT"
+    assert printed.rstrip().endswith(f"Batch Report: {out / 'batch_report.html'}"), "nothing below the block"
+    assert not captured.err, "log lines go to the log files, not the console"
+    assert "[MultiProc]" in (out / "sub-01" / "logs" / "sub-01.log").read_text()
     rows = _rows(out)
     assert rows["sub-01"]["status"] == rows["sub-02"]["status"] == "SUCCESS"
     assert rows["sub-03"]["status"] == "FAILED" and rows["sub-03"]["error_category"] == "invalid input"
     assert "sub-03_dwi.nii.gz" in rows["sub-03"]["error_reason"]
     assert re.search(r"^\d\. sub-03: Failed \(INVALID INPUT\) - .*sub-03_dwi\.nii\.gz", printed, re.M)
     assert re.search(r"^\d\. sub-01: Success in \d", printed, re.M)
-    assert "Failed:  1 (sub-03)" in printed
+    assert "Failed:     1 (sub-03)" in printed
     for sub in ("sub-01", "sub-02"):
         promoted = out / sub
         assert (promoted / "dwi" / f"{sub}_space-dwi_model-tensor_param-fa_dwimap.nii.gz").exists()

@@ -67,7 +67,7 @@ def test_hostile_manifest_ids_write_nothing_and_are_listed_once(phantom, tmp_pat
     for i in range(2, 8):
         assert re.search(rf"^{i}\. entry#{i}: Failed \(INVALID INPUT\) - subjects\[{i}\]", printed, re.M), printed
     assert "duplicate of entry 1" in printed
-    assert "Success: 1" in printed and "Failed:  6" in printed
+    assert "Success:    1" in printed and "Failed:     6" in printed
     table = rows(out)
     assert [r["subject"] for r in table] == ["sub-01"] + [f"entry#{i}" for i in range(2, 8)]
     assert table[0]["status"] == "SUCCESS" and {r["status"] for r in table[1:]} == {"FAILED"}
@@ -98,7 +98,7 @@ def test_ctrl_c_writes_interrupted_everywhere_and_exits_130(phantom, tmp_path):
     assert proc.returncode == 130, stdout
     assert "Traceback" not in stdout
     assert re.search(r"^1\. sub-01: INTERRUPTED - the batch was interrupted", stdout, re.M), stdout
-    assert "Interrupted: 1 (sub-01), not started: 1" in stdout and "Metrics:" in stdout
+    assert "Interrupted: 1 (sub-01), not started: 1" in stdout and "Main metrics:" in stdout
     status = json.loads((out / "batch_status.json").read_text())
     assert status["interrupted"] is True
     assert status["outcomes"]["sub-01"]["status"] == status["outcomes"]["sub-02"]["status"] == "INTERRUPTED"
