@@ -8,7 +8,7 @@ from pathlib import Path
 from .bids import write_dataset_description
 from .config import ExecutionConfig, PipelineConfig
 from .errors import InputError, check_writable_dir
-from .execution import WorkflowFailed, run_workflow
+from .execution import WorkflowFailed, run_workflow, write_graphs
 from .workflows.base import DWIInputs, init_subject_wf
 
 LOGGER = logging.getLogger(__name__)
@@ -116,28 +116,3 @@ def _remove_work_dir(work_dir: Path, output_dir: Path) -> None:
             parent.rmdir()
         except OSError:   # other subjects' work folders are in it
             pass
-
-
-def write_graphs(wf, folder: Path) -> list[Path]:
-    """Draw the workflow (``colored`` and ``flat``) as PNG and SVG into ``folder``.
-
-    Without Graphviz's ``dot`` only the ``.dot`` files are written, with a warning
-    saying how to install it.
-    """
-    import shutil
-
-    folder.mkdir(parents=True, exist_ok=True)
-    has_dot = shutil.which("dot") is not None
-    for style in ("colored", "flat"):
-        dotfile = folder / f"workflow_{style}.dot"
-        for fmt in ("png", "svg") if has_dot else ("png",):
-            try:
-                wf.write_graph(dotfilename=str(dotfile), graph2use=style, format=fmt, simple_form=True)
-            except Exception as exc:  # noqa: BLE001 - nipype shells out to `dot`
-                if has_dot:
-                    raise
-                LOGGER.debug("graph rendering skipped: %s", exc)
-    if not has_dot:
-        LOGGER.warning("Graphviz 'dot' not found: wrote .dot files only; install Graphviz "
-                       "('apt-get install graphviz' or 'conda install graphviz') for PNG/SVG")
-    return sorted(p for p in folder.iterdir() if p.name.startswith("workflow_"))

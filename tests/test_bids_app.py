@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from csttool_nipype import __version__
-from csttool_nipype.cli.bids_app import check_bids_dir, check_locations, main, read_plugin_args
+from csttool_nipype.cli.bids_app import check_bids_dir, check_locations, main
+from csttool_nipype.cli.plugin_options import read_plugin_args
 from csttool_nipype.errors import InputError
 from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
 from walkthrough import check_console

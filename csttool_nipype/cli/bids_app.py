@@ -22,9 +22,9 @@ from .logging_setup import setup_logging
 from .main import add_pipeline_options, explicit_options
 from .options import (
     ArgumentParser, absolute_paths, add_timeout_option, check_pipeline_options, positive_float, positive_int, resolve_timeout,
-    run_command,
+    read_filters, run_command,
 )
-from .plugin_options import add_plugin_options, plugin_from_args, read_plugin_args  # noqa: F401 (re-exported)
+from .plugin_options import add_plugin_options, plugin_from_args
 
 LOGGER = logging.getLogger("csttool-nipype")
 #: Subjects driven at once with a SLURM plugin when --nprocs is not given (each is a
@@ -119,17 +119,6 @@ def check_bids_dir(bids_dir: Path, skip_validation: bool) -> None:
         raise InputError(description, f"not readable JSON ({exc})") from None
     if not isinstance(content, dict) or "BIDSVersion" not in content:
         raise InputError(description, "has no BIDSVersion (--skip-bids-validation to go on anyway)")
-
-
-def read_filters(path: Path | None) -> dict | None:
-    """The ``dwi`` query of a NiPreps-style BIDS filter file."""
-    if path is None:
-        return None
-    try:
-        filters = json.loads(path.read_text())
-        return dict(filters.get("dwi", {}))
-    except (OSError, ValueError, AttributeError, TypeError) as exc:
-        raise InputError(path, f"not a readable BIDS filter file ({exc})") from None
 
 
 def participant(args) -> int:

@@ -15,7 +15,7 @@ from ..config import (
 from .logging_setup import setup_logging
 from .options import (
     ArgumentParser, absolute_paths, add_timeout_option, check_pipeline_options, positive_float, positive_int, resolve_timeout,
-    run_command,
+    read_filters, run_command,
 )
 from .plugin_options import add_plugin_options, plugin_from_args
 
@@ -255,8 +255,6 @@ def batch_options(manifest_options: dict, args) -> dict:
 
 
 def _cmd_batch(args) -> int:
-    import json
-
     from ..batch.subjects import load_manifest
     from ..bids import discover_bids
     from ..cohort import CohortOptions, run_cohort
@@ -269,14 +267,8 @@ def _cmd_batch(args) -> int:
     if args.manifest:
         global_options, specs = load_manifest(args.manifest)
     else:
-        filters = None
-        if args.bids_filter_file:
-            try:
-                filters = json.loads(args.bids_filter_file.read_text()).get("dwi", {})
-            except (OSError, ValueError, AttributeError) as exc:
-                raise InputError(args.bids_filter_file, f"not a readable BIDS filter file ({exc})") from None
         specs = discover_bids(args.bids_dir, args.participant_label, args.session_label, args.include,
-                              args.exclude, filters, database_dir=args.bids_database_dir)
+                              args.exclude, read_filters(args.bids_filter_file), database_dir=args.bids_database_dir)
         if not specs:
             raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
     global_options = batch_options(global_options, args)

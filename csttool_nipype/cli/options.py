@@ -8,6 +8,7 @@ file or the option, nothing written), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -103,3 +104,14 @@ def run_command(func, args, logger: logging.Logger) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted")
         return EXIT_INTERRUPTED
+
+
+def read_filters(path: Path | None) -> dict | None:
+    """The ``dwi`` query of a NiPreps-style BIDS filter file."""
+    if path is None:
+        return None
+    try:
+        filters = json.loads(path.read_text())
+        return dict(filters.get("dwi", {}))
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise InputError(path, f"not a readable BIDS filter file ({exc})") from None

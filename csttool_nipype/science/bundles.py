@@ -31,6 +31,7 @@ from nibabel.streamlines import ArraySequence
 
 from ..config import CLIP_ENDS, MIDLINE_RULES
 from ..errors import InputError
+from .reliability import dice  # noqa: F401 (part of this module's interface)
 
 __all__ = [
     "SIDES",
@@ -831,11 +832,3 @@ def density_map(bundle, shape, affine: np.ndarray) -> np.ndarray:
 def bundle_mask(bundle, shape, affine: np.ndarray, *, min_count: int = 1) -> np.ndarray:
     """Voxels visited by at least ``min_count`` streamlines (bool, shape ``shape[:3]``)."""
     return density_map(bundle, shape, affine) >= int(min_count)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap 2|A∩B| / (|A|+|B|) of two boolean masks (NaN when both are empty)."""
-    a = np.asarray(a, bool)
-    b = np.asarray(b, bool)
-    total = a.sum() + b.sum()
-    return float(2.0 * (a & b).sum() / total) if total else float("nan")

@@ -60,6 +60,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from .reliability import dice
+
 logger = logging.getLogger(__name__)
 
 #: Default SyN iterations per pyramid level (coarsest first) on the template grid. An
@@ -338,13 +340,6 @@ def _affine_map(affine, template: Template | None = None, shape=None, grid=None)
                      codomain_grid_shape=shape, codomain_grid2world=grid)
 
 
-def _dice(a, b):
-    a = np.asarray(a, bool)
-    b = np.asarray(b, bool)
-    denom = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / denom) if denom else 0.0
-
-
 def registration_quality(fa, mask, template_wm, template_brain) -> dict:
     """Agreement between a subject and the template warped onto it.
 
@@ -378,8 +373,8 @@ def registration_quality(fa, mask, template_wm, template_brain) -> dict:
         order = np.argsort(-fa_in, kind="stable")
         s_wm = np.zeros(fa_in.size, bool)
         s_wm[order[:n]] = True
-        wm_dice = _dice(s_wm, t_wm)
-    brain_dice = _dice(np.asarray(template_brain) > 0.5, mask)
+        wm_dice = dice(s_wm, t_wm, empty=0.0)
+    brain_dice = dice(np.asarray(template_brain) > 0.5, mask, empty=0.0)
     if fa_in.std() > 0 and wm_in.std() > 0:
         corr = float(np.corrcoef(fa_in, wm_in)[0, 1])
     else:

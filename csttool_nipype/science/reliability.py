@@ -18,6 +18,14 @@ from itertools import combinations
 import numpy as np
 
 
+def dice(a: np.ndarray, b: np.ndarray, empty: float = float("nan")) -> float:
+    """Dice overlap 2|A∩B| / (|A|+|B|) of two boolean masks; ``empty`` when both are empty."""
+    a = np.asarray(a, bool)
+    b = np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return float(2.0 * (a & b).sum() / total) if total else float(empty)
+
+
 def coefficient_of_variation(values) -> float:
     """Sample standard deviation over the mean (a fraction, not %); NaN for a mean of 0."""
     x = np.asarray(values, float)
