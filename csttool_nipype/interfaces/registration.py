@@ -73,19 +73,27 @@ ROI_LABELS = {"brainstem": 1, "precentral_left": 2, "precentral_right": 3, "caps
 
 
 class CSTRois(StageInterface):
-    """Warp the atlas ROIs to the subject (``science.rois.cst_rois``) and check coverage."""
+    """Warp the atlas ROIs to the subject (``science.rois.cst_rois``) and check coverage.
+
+    When the field of view stops above the medulla (``partial`` coverage), ``rois.json``
+    also names ``cst_start``: where the CST starts (``science.coverage.start_roi``).
+    """
 
     input_spec = _RoisInputSpec
     output_spec = _RoisOutputSpec
 
     def _run_interface(self, runtime):
         from ..science.registration import load_registration
+        from ..science.coverage import start_roi
         from ..science.rois import coverage, cst_rois
 
         ref = nib.load(self.inputs.in_reference)
         mask = load_mask(self.inputs.in_mask)
         result = load_registration(self.inputs.in_registration)
         rois = cst_rois(result, ref.shape[:3], ref.affine, mask=mask)
+        covered = coverage(rois, mask)
+        if covered["partial"]:
+            rois["cst_start"] = start_roi(rois, rois.mni_z, covered["extent"]["z_min_mm"])
         cwd = Path(runtime.cwd)
         index, labels = {}, np.zeros(ref.shape[:3], np.uint8)
         for name, roi in rois.items():
@@ -97,5 +105,5 @@ class CSTRois(StageInterface):
         nib.save(nib.Nifti1Image(labels, ref.affine), cwd / "roi_labels.nii.gz")
         self._results["out_rois"] = write_json(index, cwd / "rois.json")
         self._results["out_labels"] = str(cwd / "roi_labels.nii.gz")
-        self._results["out_coverage"] = write_json(coverage(rois, mask), cwd / "coverage.json")
+        self._results["out_coverage"] = write_json(covered, cwd / "coverage.json")
         return runtime

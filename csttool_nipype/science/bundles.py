@@ -15,6 +15,11 @@ and removes outliers the way AFQ does (:func:`clean_bundle`). The pipeline's ``m
 ROI is a one-voxel layer on the right of the mid-sagittal plane; ``midline_layer="right"``
 applies the same crossing rule to both sides with it (see :func:`extract_cst`).
 
+Where a field of view stops above the medulla, the ROI stage gives a ``cst_start`` ROI (the
+brainstem and cerebral peduncles above the lowest level imaged on both sides, see
+:mod:`csttool_nipype.science.coverage`); it then stands in for ``brainstem`` in the
+selection, orientation and clipping (:func:`start_key`).
+
 A streamline "touches" an ROI when one of its points falls in an ROI voxel (points are
 assigned to the voxel whose centre is nearest); tracking output, sampled every
 0.5-1 mm, is much finer than the voxels. Everything is vectorised over points so a
@@ -39,6 +44,7 @@ __all__ = [
     "midline_plane",
     "midline_x",
     "select_cst",
+    "start_key",
     "resample_streamlines",
     "node_mahalanobis",
     "clean_bundle",
@@ -373,6 +379,12 @@ def _midline_rule(packed: _Packed, rois, affine, *, side: str, midline_tolerance
     return wrong, exclusion, point, normal
 
 
+def start_key(rois: Mapping[str, np.ndarray]) -> str:
+    """The ROI a CST starts in: ``cst_start`` when given (a field of view that stops above the
+    medulla, see :func:`csttool_nipype.science.coverage.start_roi`), else ``brainstem``."""
+    return "cst_start" if rois.get("cst_start") is not None else "brainstem"
+
+
 def _check_side_rois(rois, side: str) -> None:
     _side_sign(side)
     for key in ("brainstem", f"precentral_{side}"):
@@ -470,7 +482,7 @@ def _through_rois(packed: _Packed, candidates: np.ndarray, rois, affine, *, side
     """The ``candidates`` (indices into ``packed``) that pass through the brainstem, the
     side's precentral gyrus and, when given, its capsule waypoint, without touching
     ``exclusion``; and the names of the ROIs required."""
-    required = ["brainstem", f"precentral_{side}"]
+    required = [start_key(rois), f"precentral_{side}"]
     if rois.get(f"capsule_{side}") is not None:
         required.append(f"capsule_{side}")
     subset = packed.select(candidates)
@@ -528,7 +540,7 @@ def _clip_packed(packed: _Packed, rois, affine, *, side: str, end: str) -> _Pack
     starts = packed.starts
     local = np.arange(len(points)) - starts[ids]
     lookup = _VoxelLookup(points, affine)
-    in_bs = lookup.in_roi(rois["brainstem"])
+    in_bs = lookup.in_roi(rois[start_key(rois)])
     in_pc = lookup.in_roi(rois[f"precentral_{side}"])
     first = counts.copy()
     np.minimum.at(first, ids[in_bs], local[in_bs])
@@ -608,7 +620,7 @@ def _orient_packed(packed: _Packed, rois, affine, *, side) -> _Packed:
     flip = z[packed.starts] > z[packed.starts + packed.counts - 1]
     if rois is not None and affine is not None and side is not None:
         lookup = _VoxelLookup(packed.points, affine)
-        bs = _first_hit_rank(packed, np.asarray(rois["brainstem"], bool), affine, lookup)
+        bs = _first_hit_rank(packed, np.asarray(rois[start_key(rois)], bool), affine, lookup)
         pc = _first_hit_rank(packed, np.asarray(rois[f"precentral_{side}"], bool), affine, lookup)
         known = np.isfinite(bs) & np.isfinite(pc) & (bs != pc)
         flip[known] = bs[known] > pc[known]

@@ -54,6 +54,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from .coverage import (FULL_COVERAGE_Z_MM, PEDUNCLE_MIN_FRACTION, missing_length_mm, side_extent,
+                       template_levels)
 from .registration import RegistrationResult, _check_affine, subject_to_mni_points
 
 logger = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ CST_REQUIRED = {
 
 _PAD_MARGIN_MM = 10.0
 #: ROIs that are not anatomical structures (no coverage reported).
-_NOT_STRUCTURES = {"midline"}
+_NOT_STRUCTURES = {"midline", "cst_start"}
 
 
 class CstRois(dict):
@@ -101,17 +103,26 @@ class CstRois(dict):
     expected_voxels : dict of str -> int
         Voxels each anatomical ROI would have on an unlimited subject grid without a
         mask (the atlas structure in full); :func:`coverage` compares against it.
+    template : dict of str -> dict
+        Per side, the template CST in full (beyond the image too), for the covered extent
+        (:mod:`csttool_nipype.science.coverage`).
+    mni_z : ndarray, float32, or None
+        MNI z (mm) of every subject voxel.
     priors : dict of str -> ndarray, float32
         ``cst_prior_left`` / ``cst_prior_right`` probability maps in [0, 1].
     thresholds : dict
         The thresholds used (copy of :data:`THRESHOLDS`).
     """
 
-    def __init__(self, rois=(), *, expected_voxels=None, priors=None):
+    def __init__(self, rois=(), *, expected_voxels=None, priors=None, template=None, mni_z=None):
         super().__init__(rois)
         self.expected_voxels = dict(expected_voxels or {})
         self.priors = dict(priors or {})
         self.thresholds = dict(THRESHOLDS)
+        #: side -> the template CST (:func:`csttool_nipype.science.coverage.template_levels`)
+        self.template = dict(template or {})
+        #: MNI z (mm) of every voxel of the subject grid (float32), or None
+        self.mni_z = mni_z
 
 
 def _load_maps():
@@ -236,6 +247,13 @@ def _paste(work_array, shape, dst, src, dtype):
     return out
 
 
+def _paste_z(z_work, shape, dst, src):
+    """MNI z of the work grid on the subject grid (float32; NaN beyond the work grid)."""
+    out = np.full(shape, np.nan, np.float32)
+    out[dst] = z_work[src]
+    return out
+
+
 def _mni_coordinates(result, shape, affine):
     """MNI coordinates (mm) of every voxel centre of a subject grid, shape + (3,)."""
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1).T
@@ -328,11 +346,25 @@ def cst_rois(
     midline = _midline_surface(x_mni[..., 0]) & (x_mni[..., 2] >= MIDLINE_MIN_Z_MM)
     rois["midline"] = _paste(midline, shape, dst, src, bool)
 
+    # the template CST of each side in full, for the covered extent: the Juelich map and,
+    # below where it ends, the same-side half of the brainstem
+    flat_work = np.full(work_shape, -1, np.int64)
+    flat_work[src] = np.arange(int(np.prod(shape))).reshape(shape)[dst]
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    template = {}
+    for side in ("left", "right"):
+        tract = ((warped[f"cst_prior_{side}"] >= THRESHOLDS["cst"]) | (warped["brainstem"] >= THRESHOLDS["brainstem"]))
+        tract &= side_of[side]
+        ijk = np.argwhere(tract)
+        template[side] = template_levels(x_mni[..., 2][tract], nib.affines.apply_affine(work_affine, ijk),
+                                         flat_work[tract], float(zooms.max()))
+
     if mask is not None:
         for name in rois:
             rois[name] = rois[name] & mask
     _check_sides(rois, affine)
-    out = CstRois(rois, expected_voxels=expected, priors=priors)
+    out = CstRois(rois, expected_voxels=expected, priors=priors, template=template,
+                  mni_z=_paste_z(x_mni[..., 2], shape, dst, src))
     logger.info("CST ROIs (voxels): %s", {k: int(v.sum()) for k, v in out.items()})
     return out
 
@@ -351,14 +383,17 @@ def _check_sides(rois, affine):
 
 
 def coverage(rois: dict, mask: np.ndarray, *, min_fraction: float = COVERAGE_MIN_FRACTION) -> dict:
-    """Which ROIs lie (mostly) inside the imaged brain.
+    """Which ROIs lie (mostly) inside the imaged brain, and how much of the CST is imaged.
+
+    The rule (full, partial, not covered) is :mod:`csttool_nipype.science.coverage`'s.
 
     Parameters
     ----------
     rois : dict of str -> ndarray of bool
         Output of :func:`cst_rois` (uses its ``expected_voxels``: the structure in full,
-        so ROIs cut by the field of view count as partly missing). For a plain dict the
-        reference is the ROI itself, i.e. the fraction of it inside ``mask``.
+        so ROIs cut by the field of view count as partly missing, and its ``template`` for
+        the covered extent). For a plain dict the reference is the ROI itself, i.e. the
+        fraction of it inside ``mask``, and no extent is measured.
     mask : ndarray of bool
         Brain mask on the same grid (the imaged brain).
     min_fraction : float
@@ -370,10 +405,18 @@ def coverage(rois: dict, mask: np.ndarray, *, min_fraction: float = COVERAGE_MIN
     dict
         ``rois``: name -> ``{"voxels", "expected_voxels", "fraction", "covered"}`` for
         every ROI but ``midline`` (a cutting surface, not a structure);
-        ``cst_left_covered``, ``cst_right_covered``: every ROI of
-        :data:`CST_REQUIRED` for that side covered; ``cst_covered`` (also as ``covered``):
-        both sides; ``missing``: names of ROIs not covered, sorted; ``reason``: one
-        sentence naming the required ROIs not covered ("" when covered).
+        ``cst_left_covered``, ``cst_right_covered``: enough of that side imaged for a CST
+        (precentral and capsule ROIs covered, peduncle at least
+        :data:`~csttool_nipype.science.coverage.PEDUNCLE_MIN_FRACTION` inside);
+        ``cst_covered`` (also as ``covered``): both sides; ``missing``: names of ROIs not
+        covered, sorted; ``reason``: one sentence naming the required ROIs not covered (""
+        when covered). ``partial``: covered, but not down to the medulla; ``extent``: per
+        side the covered MNI z range and share of the template CST (see
+        :func:`~csttool_nipype.science.coverage.side_extent`, without its levels), and
+        ``z_min_mm``/``z_max_mm`` (the MNI z range imaged on both sides: the partial CST
+        starts at ``z_min_mm``), ``share`` (of the template CST's length, the smaller
+        side's) and ``missing_length_mm`` (per side, the profile length below the field of
+        view); ``partial_reason``: one sentence ("" when not partial).
     """
     mask = np.asarray(mask, bool)
     expected_all = getattr(rois, "expected_voxels", {})
@@ -390,8 +433,15 @@ def coverage(rois: dict, mask: np.ndarray, *, min_fraction: float = COVERAGE_MIN
         per_roi[name] = {"voxels": inside, "expected_voxels": expected, "fraction": round(fraction, 4),
                          "covered": bool(expected > 0 and fraction >= min_fraction)}
     out = {"rois": per_roi}
+
+    def enough(name):
+        entry = per_roi.get(name, {})
+        if name.startswith("peduncle"):
+            return bool(entry.get("expected_voxels", 0) > 0 and entry.get("fraction", 0.0) >= PEDUNCLE_MIN_FRACTION)
+        return bool(entry.get("covered", False))
+
     for side, required in CST_REQUIRED.items():
-        out[f"cst_{side}_covered"] = bool(all(per_roi.get(n, {}).get("covered", False) for n in required))
+        out[f"cst_{side}_covered"] = bool(all(enough(n) for n in required if n != "brainstem"))
     out["cst_covered"] = out["cst_left_covered"] and out["cst_right_covered"]
     out["missing"] = sorted(n for n, v in per_roi.items() if not v["covered"])
     out["covered"] = out["cst_covered"]
@@ -400,6 +450,35 @@ def coverage(rois: dict, mask: np.ndarray, *, min_fraction: float = COVERAGE_MIN
              for n in required if not per_roi.get(n, {}).get("covered", False)]
     out["reason"] = ("" if out["covered"] else
                      "the imaged brain does not cover the CST ROIs: " + ", ".join(short))
+    out.update(_extent(getattr(rois, "template", {}), mask, out["covered"], short))
     if not out["cst_covered"]:
         logger.warning("CST not covered: %s", out["reason"])
+    elif out["partial"]:
+        logger.warning("CST partly covered: %s", out["partial_reason"])
     return out
+
+
+def _extent(template: dict, mask: np.ndarray, covered: bool, short: list[str]) -> dict:
+    """The ``partial``, ``extent`` and ``partial_reason`` entries of :func:`coverage`."""
+    nan = float("nan")
+    sides = {side: side_extent(t, mask) for side, t in template.items()}
+    for entry in sides.values():
+        entry.pop("levels")
+    extent = {"sides": sides, "z_min_mm": nan, "z_max_mm": nan, "share": nan, "missing_length_mm": {}}
+    if set(sides) == {"left", "right"}:
+        extent["z_min_mm"] = max(sides["left"]["z_min_mm"], sides["right"]["z_min_mm"])
+        extent["z_max_mm"] = min(sides["left"]["z_max_mm"], sides["right"]["z_max_mm"])
+        extent["share"] = min(sides["left"]["share"], sides["right"]["share"])
+    z_min = extent["z_min_mm"]
+    if not sides:  # a plain dict of ROIs: partial when any ROI is partly outside
+        partial = bool(covered and short)
+    else:
+        partial = bool(covered and np.isfinite(z_min) and z_min > FULL_COVERAGE_Z_MM)
+    reason = ""
+    if partial:
+        extent["missing_length_mm"] = {side: round(missing_length_mm(t, z_min), 1) for side, t in template.items()}
+        where = (f"from MNI z = {z_min:.0f} mm up ({100 * extent['share']:.0f} % of the template CST's length)"
+                 if np.isfinite(z_min) else "in part")
+        reason = (f"the field of view holds the CST {where}, not down to the medulla "
+                  f"(MNI z = {FULL_COVERAGE_Z_MM:.0f} mm)" + (": " + ", ".join(short) if short else ""))
+    return {"partial": partial, "extent": extent, "partial_reason": reason}

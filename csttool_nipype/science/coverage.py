@@ -1,0 +1,156 @@
+"""How much of the corticospinal tract a field of view holds, and where the CST starts in it.
+
+The rule is anatomical and uses the imaged brain (the brain mask) and the warped template,
+never the image box: a scan can hold the box and still miss tissue.
+
+Template CST
+    Per side, the Juelich CST map (>= 25 %) together with the same-side half of the
+    Harvard-Oxford brainstem (>= 50 %), warped to the subject: the Juelich map ends at MNI
+    z = -25 mm, below which the tract runs inside the pons and medulla. It spans MNI z = -67
+    to 79 mm.
+Levels
+    The template CST is cut into axial levels of one voxel (the largest voxel size, mm of
+    MNI z). A level is imaged when at least :data:`LEVEL_MIN_FRACTION` of its template voxels
+    lie in the brain mask (voxels beyond the image count as not imaged). A side's covered
+    extent is the run of imaged levels through the internal capsule (MNI z = 6 mm).
+Full, partial, not covered
+    * ``cst_not_covered`` when too little is imaged for any CST: the precentral gyrus or the
+      internal capsule waypoint of either side less than half inside the imaged brain, or the
+      cerebral-peduncle waypoint of either side less than :data:`PEDUNCLE_MIN_FRACTION`
+      inside. The peduncle is the lowest level where a CST can be told from its neighbours:
+      in the posterior limb of the internal capsule and the corona radiata the
+      corticospinal fibres run alongside the thalamic radiations to the same gyrus, and only
+      below the thalamus, in the crus cerebri, are the descending fibres alone. A slab that
+      stops above the midbrain ends with this flag.
+    * ``partial_coverage`` otherwise, when either side's covered extent starts above MNI
+      z = :data:`FULL_COVERAGE_Z_MM` (-55 mm, the lower medulla above the pyramidal
+      decussation, where the intracranial CST ends): the CST is then taken from the lowest
+      level imaged on both sides (the higher of the two sides' lowest levels, so left and
+      right start at the same MNI level and stay comparable), through whichever inferior ROIs
+      (brainstem, cerebral peduncles) lie above it (:func:`start_roi`).
+    * full coverage otherwise (whole-brain scans: the Philips and Canon test scans are
+      imaged down to MNI z = -70 and -64 mm).
+
+Profiles of a partial CST (:func:`missing_length_mm`): the nodes of a whole-brain profile run
+from where the CST streamlines start in the brainstem to the precentral gyrus. With tensor
+tracking those starts lie, on the median, at MNI z = -30 to -35 mm (Philips and Canon test
+scans, both sides: where the transverse pontine fibres cross the tract in the middle of the
+pons), :data:`PROFILE_START_Z_MM`. A field of view that starts above that level misses the
+length of the template's centreline between the two levels; the profile keeps that stretch's
+nodes as NaN, so node k stays comparable with node k of whole-brain profiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: A level of the template CST is imaged when this share of its voxels lies in the brain mask.
+LEVEL_MIN_FRACTION = 0.5
+#: A CST imaged down to this MNI z (mm) on both sides is covered in full (the lower medulla,
+#: above the pyramidal decussation; the same level starts the midline exclusion surface).
+FULL_COVERAGE_Z_MM = -55.0
+#: Least share of each cerebral-peduncle ROI inside the imaged brain for any CST (about one
+#: 3 mm slice of its 12 mm: the part of the tract below the thalamus).
+PEDUNCLE_MIN_FRACTION = 0.2
+#: MNI z (mm) where the nodes of whole-brain CST profiles start (median start of the CST
+#: streamlines on the whole-brain test scans: -35 / -30 mm Philips, -34 / -34 mm Canon, left / right).
+PROFILE_START_Z_MM = -33.0
+#: MNI z (mm) inside the internal-capsule waypoint: a covered extent runs through it.
+CAPSULE_LEVEL_Z_MM = 6.0
+
+
+def template_levels(z_mni: np.ndarray, world: np.ndarray, flat_index: np.ndarray, bin_mm: float) -> dict:
+    """The template CST of one side, for :func:`side_extent`.
+
+    Parameters
+    ----------
+    z_mni : ndarray, (N,)
+        MNI z (mm) of the template voxels (a grid aligned with the subject's that may extend
+        beyond the image).
+    world : ndarray, (N, 3)
+        Their subject world coordinates (RAS+ mm).
+    flat_index : ndarray of int, (N,)
+        Their flat index on the subject grid, -1 beyond it.
+    bin_mm : float
+        Height of a level (mm of MNI z).
+    """
+    return {"z": np.asarray(z_mni, np.float32), "world": np.asarray(world, np.float32),
+            "flat": np.asarray(flat_index, np.int64), "bin_mm": float(bin_mm)}
+
+
+def side_extent(template: dict, mask: np.ndarray) -> dict:
+    """Covered extent of one side's template CST in a brain mask.
+
+    Returns
+    -------
+    dict
+        ``z_min_mm``, ``z_max_mm``: the run of imaged levels through the capsule (level edges,
+        MNI mm; NaN when the capsule level is not imaged); ``template_z_mm``: the template's
+        own range; ``share``: share of the template's length (MNI z) inside the covered run;
+        ``levels``: (lower edge, share imaged) of every level.
+    """
+    z, flat, h = template["z"], template["flat"], template["bin_mm"]
+    inside = np.zeros(len(z), bool)
+    ok = flat >= 0
+    inside[ok] = np.asarray(mask, bool).reshape(-1)[flat[ok]]
+    nan = float("nan")
+    if not len(z):
+        return {"z_min_mm": nan, "z_max_mm": nan, "template_z_mm": [nan, nan], "share": 0.0, "levels": []}
+    lo = np.floor(z.min() / h) * h
+    level = ((z - lo) // h).astype(int)
+    expected = np.bincount(level)
+    imaged = np.bincount(level, weights=inside, minlength=len(expected))
+    frac = np.where(expected > 0, imaged / np.maximum(expected, 1), 0.0)
+    good = (expected > 0) & (frac >= LEVEL_MIN_FRACTION)
+    k = int(np.clip((CAPSULE_LEVEL_Z_MM - lo) // h, 0, len(good) - 1))
+    top = float(z.max())
+    span = max(top - float(z.min()), 1e-6)
+    out = {"template_z_mm": [round(float(z.min()), 1), round(top, 1)],
+           "levels": [[round(float(lo + i * h), 1), round(float(f), 3)] for i, f in enumerate(frac)]}
+    if not good[k]:
+        return {**out, "z_min_mm": nan, "z_max_mm": nan, "share": 0.0}
+    a = k
+    while a > 0 and good[a - 1]:
+        a -= 1
+    b = k
+    while b < len(good) - 1 and good[b + 1]:
+        b += 1
+    z_min = max(float(lo + a * h), float(z.min()))
+    z_max = min(float(lo + (b + 1) * h), top)
+    return {**out, "z_min_mm": round(z_min, 1), "z_max_mm": round(z_max, 1),
+            "share": round(float(np.clip((z_max - z_min) / span, 0, 1)), 3)}
+
+
+def centreline_length_mm(template: dict, z_from: float, z_to: float) -> float:
+    """Length (subject mm) of the template CST's centreline between two MNI levels.
+
+    The centreline joins the subject-space centroids of the template voxels of each level;
+    0 when ``z_to <= z_from``.
+    """
+    if not z_to > z_from:
+        return 0.0
+    z, world, h = template["z"], template["world"], template["bin_mm"]
+    sel = (z >= z_from) & (z <= z_to)
+    if sel.sum() < 2:
+        return 0.0
+    edges = np.arange(z_from, z_to + h, h)
+    level = np.clip(np.digitize(z[sel], edges) - 1, 0, len(edges) - 1)
+    centroids = np.array([world[sel][level == i].mean(axis=0) for i in np.unique(level)])
+    return float(np.linalg.norm(np.diff(centroids, axis=0), axis=1).sum()) if len(centroids) > 1 else 0.0
+
+
+def missing_length_mm(template: dict, z_start: float) -> float:
+    """Length (subject mm) of the CST between :data:`PROFILE_START_Z_MM` and a covered start level."""
+    return centreline_length_mm(template, PROFILE_START_Z_MM, float(z_start))
+
+
+def start_roi(rois: dict, mni_z: np.ndarray, z_start: float) -> np.ndarray:
+    """Where a partial CST starts: the brainstem and cerebral-peduncle ROIs at or above ``z_start``.
+
+    ``mni_z``: MNI z (mm) of every voxel of the subject grid.
+    """
+    roi = np.asarray(rois["brainstem"], bool).copy()
+    for name in ("peduncle_left", "peduncle_right"):
+        if rois.get(name) is not None:
+            roi |= np.asarray(rois[name], bool)
+    return roi & (np.asarray(mni_z) >= float(z_start))
