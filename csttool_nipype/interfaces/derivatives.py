@@ -85,7 +85,7 @@ class _DerivativeNamesInputSpec(DynamicTraitedSpec, BaseInterfaceInputSpec):
                         desc="field -> {'folder', 'entities' [(key, value), ...], 'suffix', 'sidecar' {...}, "
                              "optional 'compresslevel' (gzip level of a .nii published as .nii.gz; default 1)}")
     sidecar_file = File(exists=True, desc="JSON merged into the sidecar of `sidecar_field` (keys of its sidecar win)")
-    sidecar_field = Str(desc="the field whose sidecar `sidecar_file` joins")
+    sidecar_field = traits.Either(Str, traits.List(Str), desc="the field(s) whose sidecar `sidecar_file` joins")
     source_files = traits.List(Str, desc="paths recorded as Sources in the sidecars")
 
 
@@ -113,7 +113,8 @@ class DerivativeNames(StageInterface):
     def _run_interface(self, runtime):
         session = self.inputs.session if isdefined(self.inputs.session) else None
         sources = list(self.inputs.source_files) if isdefined(self.inputs.source_files) else []
-        extra_field = self.inputs.sidecar_field if isdefined(self.inputs.sidecar_field) else None
+        extra_field = self.inputs.sidecar_field if isdefined(self.inputs.sidecar_field) else []
+        extra_field = [extra_field] if isinstance(extra_field, str) else list(extra_field)
         extra = self.inputs.sidecar_file if isdefined(self.inputs.sidecar_file) else None
         folders = {"dwi": [], "figures": []}
         for field in self._fields:
@@ -121,7 +122,7 @@ class DerivativeNames(StageInterface):
             out, side = publish_derivative(
                 getattr(self.inputs, field), Path(runtime.cwd), self.inputs.subject, spec["suffix"],
                 session=session, entities=spec.get("entities") or (), sidecar=spec.get("sidecar"),
-                sidecar_file=extra if field == extra_field else None, source_files=sources,
+                sidecar_file=extra if field in extra_field else None, source_files=sources,
                 compresslevel=int(spec.get("compresslevel", 1)),
             )
             folders[spec["folder"]] += [str(out)] + ([str(side)] if side else [])

@@ -11,6 +11,7 @@ import numpy as np
 from nipype.interfaces.base import File, Str, TraitedSpec, isdefined, traits
 
 from ..config import METRICS_WEIGHTINGS, PipelineConfig
+from ..science.coverage import PARTIAL_COVERAGE_FLAG
 from .base import StageInterface, VersionedInputSpec, choice, write_json
 
 SCALARS = ("fa", "md", "rd", "ad")
@@ -44,6 +45,7 @@ class _MetricsOutputSpec(TraitedSpec):
     out_profiles = File(exists=True, desc="long TSV: subject, session, side, node, metric, value")
     out_summary = File(exists=True, desc="one-row TSV: per-side metrics, laterality, flags")
     out_json = File(exists=True, desc="the summary row as JSON")
+    out_record = File(exists=True, desc="JSON for the summary and profile sidecars: the covered extent")
 
 
 class CSTMetrics(StageInterface):
@@ -70,14 +72,17 @@ class CSTMetrics(StageInterface):
         voxel_volume = float(np.prod(ref.header.get_zooms()[:3]))
         metrics, profiles = {}, {}
         n_nodes = int(self.inputs.n_nodes)
+        coverage = self._optional_json("in_coverage") or {}
+        extent = coverage.get("extent", {})
+        missing = extent.get("missing_length_mm", {}) if coverage.get("partial") else {}
         for side in ("left", "right"):
             bundle = load_trk(getattr(self.inputs, f"in_{side}"))
             metrics[side] = bundle_metrics(bundle, maps, ref.affine, voxel_volume, weighting=self.inputs.weighting)
             if len(bundle):  # oriented, resampled and weighted once for the four maps
-                profiles[side] = tract_profiles(bundle, {m: maps[m] for m in SCALARS}, ref.affine, n_nodes)
+                profiles[side] = tract_profiles(bundle, {m: maps[m] for m in SCALARS}, ref.affine, n_nodes,
+                                                missing_length_mm=float(missing.get(side, 0.0)))
             else:  # an empty side keeps its rows (all NaN), so every table has the same shape
                 profiles[side] = {m: np.full(n_nodes, np.nan) for m in SCALARS}
-        coverage = self._optional_json("in_coverage")
         flags = quality_flags(self._optional_json("in_registration_quality"), coverage,
                               self.inputs.min_registration_dice)
         if "cst_not_covered" in flags:
@@ -89,7 +94,7 @@ class CSTMetrics(StageInterface):
                 LOGGER.warning("no %s CST streamlines: its metrics and profiles are empty (NaN)", side)
         session = self.inputs.session if isdefined(self.inputs.session) else ""
         row = summary_row(self.inputs.subject, metrics["left"], metrics["right"], flags,
-                          min_streamlines=self.inputs.min_streamlines)
+                          min_streamlines=self.inputs.min_streamlines, extent=extent)
         row = {"subject": row.pop("subject"), "session": session, **row}
         table = profiles_table(self.inputs.subject, profiles)
         table.insert(1, "session", session)
@@ -99,6 +104,7 @@ class CSTMetrics(StageInterface):
         self._results["out_profiles"] = str(cwd / "tractprofile.tsv")
         self._results["out_summary"] = str(cwd / "summary.tsv")
         self._results["out_json"] = write_json(row, cwd / "summary.json")
+        self._results["out_record"] = write_json(coverage_record(coverage, profiles), cwd / "record.json")
         return runtime
 
     def _optional_json(self, name):
@@ -106,8 +112,32 @@ class CSTMetrics(StageInterface):
         return json.loads(Path(value).read_text()) if isdefined(value) else None
 
 
+def coverage_record(coverage: dict, profiles: dict) -> dict:
+    """Sidecar keys of the summary and profiles: what of the CST the field of view holds.
+
+    ``CoveredExtent``: ``MNIzRangeMM`` (imaged on both sides), ``TemplateShare`` (of the
+    template CST's length), ``Partial``, ``NotCovered``; ``ProfileNodesCovered``: per side
+    the first and last node with an FA value (None when none).
+    """
+    extent = coverage.get("extent", {})
+
+    def number(value):
+        return float(value) if value is not None and np.isfinite(value) else None
+
+    nodes = {}
+    for side, per_metric in profiles.items():
+        ok = np.flatnonzero(np.isfinite(per_metric["fa"]))
+        nodes[side] = [int(ok[0]), int(ok[-1])] if ok.size else None
+    return {"CoveredExtent": {"MNIzRangeMM": [number(extent.get("z_min_mm")), number(extent.get("z_max_mm"))],
+                              "TemplateShare": number(extent.get("share")),
+                              "Partial": bool(coverage.get("partial", False)),
+                              "NotCovered": not coverage.get("covered", True)},
+            "ProfileNodesCovered": nodes}
+
+
 def quality_flags(registration: dict | None, coverage: dict | None, min_dice: float) -> dict[str, str]:
-    """Flags raised upstream of the metrics: poor registration, ROIs outside the image."""
+    """Flags raised upstream of the metrics: poor registration, ROIs outside the image
+    (``cst_not_covered``), a field of view that stops above the medulla (``partial_coverage``)."""
     flags = {}
     if registration:
         dice = registration.get("wm_dice")
@@ -115,4 +145,6 @@ def quality_flags(registration: dict | None, coverage: dict | None, min_dice: fl
             flags["poor_registration"] = f"white-matter Dice after registration {dice:.2f} < {min_dice:.2f}"
     if coverage and not coverage.get("covered", True):
         flags["cst_not_covered"] = coverage.get("reason", "the image does not cover the CST ROIs")
+    elif coverage and coverage.get("partial"):
+        flags[PARTIAL_COVERAGE_FLAG] = coverage.get("partial_reason", "the field of view holds part of the CST")
     return flags

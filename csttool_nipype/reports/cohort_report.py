@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..science.coverage import PARTIAL_COVERAGE_FLAG
 from . import cohort_figures
+from ..science.profiles import COVERAGE_COLUMNS
 from .render import figure_entry, format_number, render, to_float
 from .subject_report import report_name
 
@@ -83,7 +85,7 @@ def find_outliers(rows: list[dict]) -> dict[str, list[str]]:
                     f"{label} {format_number(row.get(column), 3)} (robust z = {z:+.1f})")
     for row in ok:
         for reason in (row.get("flag_reasons") or row.get("flags") or "").split(";"):
-            if reason.strip():
+            if reason.strip() and not reason.strip().startswith(PARTIAL_COVERAGE_FLAG):
                 reasons.setdefault(row["key"], []).append(f"QC flag: {reason.strip()}")
     return reasons
 
@@ -103,7 +105,28 @@ def _sortable(value) -> str:
     return repr(x) if math.isfinite(x) else ""
 
 
-def table_rows(out_dir: Path, rows: list[dict], outliers: dict, last_status: dict) -> list[dict]:
+def covered_nodes(profiles) -> dict[str, dict[str, tuple[int, int]]]:
+    """Subject key -> side -> (first, last) profile node with an FA value (the covered range)."""
+    out: dict = {}
+    fa = profiles[(profiles["metric"] == "fa") & profiles["value"].notna()]
+    for (key, side), nodes in fa.groupby(["key", "side"])["node"]:
+        out.setdefault(key, {})[side] = (int(nodes.min()), int(nodes.max()))
+    return out
+
+
+def coverage_text(row: dict, nodes: dict | None) -> str:
+    """What of the CST a subject's field of view holds: MNI z range, share, profile nodes."""
+    z_min, z_max, share = (to_float(row.get(c)) for c in COVERAGE_COLUMNS)
+    parts = []
+    if math.isfinite(z_min) and math.isfinite(z_max):
+        parts.append(f"z {z_min:.0f} to {z_max:.0f} mm" + (f" ({100 * share:.0f} %)" if math.isfinite(share) else ""))
+    if nodes:
+        parts.append("nodes " + ", ".join(f"{side[0].upper()} {a}–{b}" for side, (a, b) in sorted(nodes.items())))
+    return "; ".join(parts)
+
+
+def table_rows(out_dir: Path, rows: list[dict], outliers: dict, last_status: dict,
+               nodes: dict | None = None) -> list[dict]:
     out = []
     for index, row in enumerate(rows, start=1):
         report = Path(row["key"]) / report_name(row["key"])
@@ -116,6 +139,8 @@ def table_rows(out_dir: Path, rows: list[dict], outliers: dict, last_status: dic
             "category": row.get("error_category", ""), "reason": row.get("error_reason", ""),
             "duration_min": format_number(duration / 60, 2), "duration_sort": _sortable(duration),
             "cells": cells, "flags": (row.get("flags") or "").replace(";", ", "),
+            "coverage": coverage_text(row, (nodes or {}).get(row["key"])) if row["status"] == "SUCCESS" else "",
+            "partial": PARTIAL_COVERAGE_FLAG in (row.get("flags") or "").split(";"),
             "outlier": "; ".join(outliers.get(row["key"], [])),
             "outlier_on": ", ".join(dict.fromkeys(_what(r) for r in outliers.get(row["key"], []))),
             "report": str(report) if (out_dir / report).is_file() else "",
@@ -178,7 +203,9 @@ def cohort_figures_for(rows: list[dict], outliers: dict, profiles_tsv: Path) -> 
         figs.append(_figure(
             "Tract profiles", "FA and MD along each CST (node 0 = brainstem): every subject in grey, the mean "
             "(coloured line) ± 1 SD (band) of the subjects not highlighted, and outliers and flagged subjects in "
-            "their own colours. A focal dip on one side in one subject points to a lesion or a local tracking "
+            "their own colours. At each node the mean and SD use only the subjects whose profile covers it: a "
+            "field of view that stops above the medulla leaves the lowest nodes empty (partial_coverage; the "
+            "table gives each subject's covered nodes). A focal dip on one side in one subject points to a lesion or a local tracking "
             "problem.",
             lambda: cohort_figures.profiles_figure(_profiles(profiles_tsv), flagged)))
     figs.append(_figure("Laterality", "Laterality index (L−R)/(L+R) per subject: 0 is symmetric, positive means "
@@ -193,7 +220,9 @@ def write_batch_report(out_dir) -> Path:
     rows = read_rows(out_dir / "batch_metrics.csv")
     outliers = find_outliers(rows)
     last = {k: v.get("status", "") for k, v in batch_status(out_dir).get("outcomes", {}).items()}
-    table = table_rows(out_dir, rows, outliers, last)
+    profiles_tsv = out_dir / "batch_profiles.tsv"
+    nodes = covered_nodes(_profiles(profiles_tsv)) if profiles_tsv.is_file() else {}
+    table = table_rows(out_dir, rows, outliers, last, nodes)
     path = render(
         "batch_report.html.j2", out_dir / "batch_report.html", head=header(out_dir, rows), rows=table,
         metric_headers=[(h, kind) for h, _, _, kind in METRIC_COLUMNS],

@@ -218,6 +218,17 @@ def metrics_table(summary: dict) -> list[dict]:
     return rows
 
 
+def extent_text(summary: dict) -> str:
+    """The covered extent of the summary row: MNI z range and share of the template CST."""
+    from ..science.profiles import COVERAGE_COLUMNS
+
+    z_min, z_max, share = (to_float(summary.get(c)) for c in COVERAGE_COLUMNS)
+    if not (math.isfinite(z_min) and math.isfinite(z_max)):
+        return ""
+    share_text = f", {100 * share:.0f} % of the template tract's length" if math.isfinite(share) else ""
+    return f"MNI z = {z_min:.0f} to {z_max:.0f} mm on both sides{share_text}"
+
+
 def flags(summary: dict) -> list[str]:
     reasons = summary.get("flag_reasons") or ""
     return [r.strip() for r in reasons.split(";") if r.strip()] or [
@@ -351,7 +362,8 @@ def write_subject_report(subject_dir, config: dict | None = None, node_durations
         version=__version__, acquisition=acquisition(files), processing=processing(files, config, done),
         versions=versions(), stages=stages, total_s=total, peak_rss_mb=(done.get("result") or {}).get("peak_rss_mb"),
         flags=flags(summary), warnings=log_warnings(log_file), missing_rois=coverage.get("missing", []),
-        coverage_reason=coverage.get("reason", ""), metrics=metrics_table(summary),
+        coverage_reason=coverage.get("reason") or coverage.get("partial_reason", ""),
+        extent=extent_text(summary), metrics=metrics_table(summary),
         figures=subject_figures(files), log_link=f"logs/{Path(log_file).name}" if log_file else "",
         methods=methods_section(subject_dir, config),
     )

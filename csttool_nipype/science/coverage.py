@@ -44,6 +44,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Flag of a subject whose field of view holds the CST in part (informative, not a failure:
+#: the covered part is measured as usual).
+PARTIAL_COVERAGE_FLAG = "partial_coverage"
 #: A level of the template CST is imaged when this share of its voxels lies in the brain mask.
 LEVEL_MIN_FRACTION = 0.5
 #: A CST imaged down to this MNI z (mm) on both sides is covered in full (the lower medulla,
@@ -144,13 +147,23 @@ def missing_length_mm(template: dict, z_start: float) -> float:
     return centreline_length_mm(template, PROFILE_START_Z_MM, float(z_start))
 
 
-def start_roi(rois: dict, mni_z: np.ndarray, z_start: float) -> np.ndarray:
-    """Where a partial CST starts: the brainstem and cerebral-peduncle ROIs at or above ``z_start``.
+def start_roi(rois: dict, mni_z: np.ndarray, z_start: float, priors: dict | None = None,
+              prior_threshold: float = 0.25, below_z_mm: float = 0.0) -> np.ndarray:
+    """Where a partial CST starts: the inferior ROIs at or above the MNI level ``z_start``.
 
-    ``mni_z``: MNI z (mm) of every voxel of the subject grid.
+    The inferior ROIs are the brainstem, the cerebral peduncles and, from ``priors``
+    (``cst_prior_left/right`` on the subject grid), the template CST itself (>=
+    ``prior_threshold``) below ``below_z_mm`` (the lower edge of the internal-capsule
+    waypoint): between the peduncle waypoint (which ends at MNI z = -8 mm) and the capsule
+    the tract is only this. ``mni_z``: MNI z (mm) of every voxel of the subject grid (NaN
+    beyond the registration's reach).
     """
+    mni_z = np.asarray(mni_z)
     roi = np.asarray(rois["brainstem"], bool).copy()
     for name in ("peduncle_left", "peduncle_right"):
         if rois.get(name) is not None:
             roi |= np.asarray(rois[name], bool)
-    return roi & (np.asarray(mni_z) >= float(z_start))
+    with np.errstate(invalid="ignore"):
+        for prior in (priors or {}).values():
+            roi |= (np.asarray(prior) >= prior_threshold) & (mni_z < below_z_mm)
+        return roi & (mni_z >= float(z_start))

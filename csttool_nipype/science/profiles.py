@@ -52,6 +52,11 @@ N_NODES = 100
 #: The tensor maps summarised by default, with their units.
 METRICS = {"fa": "1", "md": "mm^2/s", "rd": "mm^2/s", "ad": "mm^2/s"}
 
+#: Summary columns of the covered extent -> key of ``coverage["extent"]``
+#: (:func:`csttool_nipype.science.rois.coverage`): the MNI z range (mm) of the CST imaged on
+#: both sides and the share of the template CST's length it holds.
+COVERAGE_COLUMNS = {"covered_z_min_mm": "z_min_mm", "covered_z_max_mm": "z_max_mm", "covered_share": "share"}
+
 #: Fewer streamlines than this on one side raises the ``too_few_streamlines_<side>`` flag.
 MIN_STREAMLINES = PipelineConfig().min_streamlines
 
@@ -131,15 +136,22 @@ def tract_profile(bundle, scalar_map: np.ndarray, affine: np.ndarray, n_nodes: i
 
 
 def tract_profiles(bundle, maps: Mapping[str, np.ndarray], affine: np.ndarray,
-                   n_nodes: int = N_NODES) -> dict[str, np.ndarray]:
+                   n_nodes: int = N_NODES, missing_length_mm: float = 0.0) -> dict[str, np.ndarray]:
     """:func:`tract_profile` of several maps of the same grid, ``{name: profile}``.
 
     The streamlines are oriented, resampled and weighted once for all maps; each
     profile equals what :func:`tract_profile` gives for its map.
+
+    ``missing_length_mm`` (> 0 for a tract cut by the field of view, see
+    :func:`csttool_nipype.science.coverage.missing_length_mm`): each streamline is taken
+    to continue that far below its first point; the nodes there are NaN and the others
+    sit where they would on the whole streamline (node 0 at the missing start).
     """
     if len(bundle) == 0:
         LOGGER.warning("empty bundle: the profile is all NaN")
         return {name: np.full(int(n_nodes), np.nan) for name in maps}
+    if missing_length_mm > 0:
+        return _partial_profiles(bundle, maps, affine, int(n_nodes), float(missing_length_mm))
     arrays = {}
     for name, scalar_map in maps.items():
         scalar_map = np.asarray(scalar_map)
@@ -156,6 +168,56 @@ def tract_profiles(bundle, maps: Mapping[str, np.ndarray], affine: np.ndarray,
         total = weights.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[name] = np.where(total > 0, (weights * np.where(valid, values, 0.0)).sum(axis=0) / total, np.nan)
+    return out
+
+
+def resample_below_missing(bundle, n_nodes: int, missing_length_mm: float) -> np.ndarray:
+    """Nodes of streamlines that start ``missing_length_mm`` below their first point.
+
+    Each streamline (oriented inferior to superior) is extended by that length at its
+    start and the whole resampled to ``n_nodes`` equidistant nodes; nodes on the
+    extension are NaN. Returns (N, n_nodes, 3), world mm.
+    """
+    packed = _oriented_packed(bundle)
+    out = np.full((len(packed), int(n_nodes), 3), np.nan)
+    for i, (start, count) in enumerate(zip(packed.starts, packed.counts)):
+        pts = packed.points[start:start + count]
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+        t = np.linspace(0.0, arc[-1] + missing_length_mm, int(n_nodes)) - missing_length_mm
+        ok = t >= 0
+        out[i, ok] = np.stack([np.interp(t[ok], arc, pts[:, d]) for d in range(3)], axis=1)
+    return out
+
+
+def _nan_node_weights(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM) -> np.ndarray:
+    """:func:`node_weights` over the streamlines that reach each node (NaN nodes weigh 0)."""
+    valid = np.isfinite(resampled[..., 0])
+    n = np.maximum(valid.sum(axis=0), 1)
+    mean = np.where(valid[..., None], resampled, 0.0).sum(axis=0) / n[:, None]
+    delta = np.where(valid[..., None], resampled - mean, 0.0)
+    cov = np.einsum("snj,snk->njk", delta, delta) / n[:, None, None] + (float(floor_mm) ** 2) * np.eye(3)
+    d2 = np.einsum("snj,njk,snk->sn", delta, np.linalg.inv(cov), delta)
+    w = np.where(valid, np.exp(-0.5 * np.maximum(d2, 0.0)), 0.0)
+    total = w.sum(axis=0, keepdims=True)
+    return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+
+
+def _partial_profiles(bundle, maps, affine, n_nodes: int, missing_length_mm: float) -> dict[str, np.ndarray]:
+    """:func:`tract_profiles` of a tract whose first ``missing_length_mm`` lie outside the field of view."""
+    resampled = resample_below_missing(bundle, n_nodes, missing_length_mm)
+    weights = _nan_node_weights(resampled)
+    reached = np.isfinite(resampled[..., 0])
+    out = {}
+    for name, scalar_map in maps.items():
+        scalar_map = np.asarray(scalar_map)
+        if scalar_map.ndim != 3:
+            raise InputError(None, f"scalar map must be 3D, got shape {scalar_map.shape}")
+        values = sample_nodes(np.where(reached[..., None], resampled, 0.0), scalar_map, affine)
+        valid = reached & np.isfinite(values)
+        w = np.where(valid, weights, 0.0)
+        total = w.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = np.where(total > 0, (w * np.where(valid, values, 0.0)).sum(axis=0) / total, np.nan)
     return out
 
 
@@ -282,6 +344,7 @@ def summary_row(
     flags: Mapping[str, str] | None = None,
     *,
     min_streamlines: int = MIN_STREAMLINES,
+    extent: Mapping[str, float] | None = None,
 ) -> dict:
     """One row of the per-subject summary table.
 
@@ -296,12 +359,16 @@ def summary_row(
     min_streamlines : int
         A side with fewer streamlines gets the ``too_few_streamlines_<side>`` flag
         (0 disables it).
+    extent : mapping, optional
+        ``coverage["extent"]`` of the ROI stage: its values go to the
+        :data:`COVERAGE_COLUMNS` (NaN without it).
 
     Returns
     -------
     row : dict
         ``subject``; ``<metric>_left``, ``<metric>_right`` and ``<metric>_li``
-        (:func:`laterality_index`) for every metric of either side; ``flags``
+        (:func:`laterality_index`) for every metric of either side; the
+        :data:`COVERAGE_COLUMNS`; ``flags``
         (names joined by ``;``, empty when none), ``flag_reasons`` (``name: reason``
         joined by ``; ``) and ``n_flags``.
     """
@@ -313,6 +380,9 @@ def summary_row(
         row[f"{key}_left"] = lv
         row[f"{key}_right"] = rv
         row[f"{key}_li"] = laterality_index(lv, rv)
+    for column, key in COVERAGE_COLUMNS.items():
+        value = (extent or {}).get(key)
+        row[column] = float(value) if value is not None else float("nan")
     all_flags = dict(flags or {})
     for side, metrics in (("left", metrics_left), ("right", metrics_right)):
         count = metrics.get("streamline_count", 0)

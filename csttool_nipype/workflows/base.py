@@ -129,9 +129,10 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
         outputs += [(cst_wf, "left", "cst_left"), (cst_wf, "right", "cst_right"),
                     (cst_wf, "left_density", "cst_left_density"), (cst_wf, "right_density", "cst_right_density")]
         if config.runs("metrics"):
-            outputs += [(cst_wf, "profiles", "profiles"), (cst_wf, "summary", "summary")]
+            outputs += [(cst_wf, "profiles", "profiles"), (cst_wf, "summary", "summary"),
+                        (cst_wf, "metrics_record", "metrics_record")]
 
-    fields = [dst for _, _, dst in outputs if dst in DERIVATIVES]
+    fields = [dst for _, _, dst in outputs if dst in DERIVATIVES]  # the records go into sidecars
     derivatives_wf = init_derivatives_wf(output_dir, sub, session=session, fields=fields, container=container)
     for src, field, dst in outputs:
         wf.connect(src, f"outputnode.{field}", derivatives_wf, f"inputnode.{dst}")

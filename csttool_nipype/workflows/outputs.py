@@ -111,11 +111,13 @@ def init_derivatives_wf(output_dir: str, subject: str, session: str | None = Non
     Inputs
     ------
     One field per key of :data:`DERIVATIVES`, plus ``source_file`` (recorded in
-    sidecars) and ``preproc_record`` (a JSON file merged into the preprocessed DWI's sidecar).
+    sidecars), ``preproc_record`` (a JSON file merged into the preprocessed DWI's sidecar) and
+    ``metrics_record`` (merged into the summary and profile sidecars: the covered extent).
     """
     fields = list(fields or DERIVATIVES)
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(IdentityInterface(fields=[*fields, "source_file", "preproc_record"]), name="inputnode")
+    inputnode = pe.Node(IdentityInterface(fields=[*fields, "source_file", "preproc_record", "metrics_record"]),
+                        name="inputnode")
     sub = subject if subject.startswith("sub-") else f"sub-{subject}"
     if container is None:
         container = sub if not session else f"{sub}/{session if session.startswith('ses-') else 'ses-' + session}"
@@ -140,6 +142,9 @@ def init_derivatives_wf(output_dir: str, subject: str, session: str | None = Non
         if "dwi" in chosen:
             names.inputs.sidecar_field = "dwi"
             wf.connect(inputnode, "preproc_record", names, "sidecar_file")
+        elif "summary" in chosen:
+            names.inputs.sidecar_field = [f for f in ("summary", "profiles") if f in chosen]
+            wf.connect(inputnode, "metrics_record", names, "sidecar_file")
         wf.connect([(inputnode, names, [(f, f) for f in chosen])])
         for folder in sorted({specs[f]["folder"] for f in chosen}):
             wf.connect(names, folder, sink, f"{folder}.@{group}")

@@ -11,7 +11,7 @@ from ..interfaces.metrics import CSTMetrics
 from ..interfaces.tracking import Track
 
 CST_OUTPUTS = ["left", "right", "left_density", "right_density"]
-METRICS_OUTPUTS = ["profiles", "summary", "summary_json"]
+METRICS_OUTPUTS = ["profiles", "summary", "summary_json", "metrics_record"]
 
 
 def init_tracking_wf(config: PipelineConfig, mem_gb: float = 1.0, omp_nthreads: int = 1, name: str = "tracking_wf"):
@@ -54,7 +54,8 @@ def init_cst_wf(config: PipelineConfig, subject: str, session: str | None = None
 
     Inputs: ``tractogram``, ``rois`` (rois.json), ``fa``/``md``/``rd``/``ad``, ``quality``, ``coverage``.
     Outputs: ``left``/``right`` (.trk), their density maps, and with ``metrics``: ``profiles``
-    (long TSV), ``summary`` (one-row TSV), ``summary_json``.
+    (long TSV), ``summary`` (one-row TSV), ``summary_json``, ``metrics_record`` (sidecar keys:
+    the covered extent).
     """
     wf = pe.Workflow(name=name)
     fields = ["tractogram", "rois", "fa", "md", "rd", "ad", "quality", "coverage"]
@@ -78,6 +79,6 @@ def init_cst_wf(config: PipelineConfig, subject: str, session: str | None = None
             (inputnode, node, [(m, f"in_{m}") for m in ("fa", "md", "rd", "ad")]
              + [("quality", "in_registration_quality"), ("coverage", "in_coverage")]),
             (node, outputnode, [("out_profiles", "profiles"), ("out_summary", "summary"),
-                                ("out_json", "summary_json")]),
+                                ("out_json", "summary_json"), ("out_record", "metrics_record")]),
         ])
     return wf
