@@ -84,7 +84,7 @@ class CSTRois(StageInterface):
 
     def _run_interface(self, runtime):
         from ..science.registration import load_registration
-        from ..science.coverage import start_roi
+        from ..science.coverage import interior, start_roi
         from ..science.rois import CAPSULE_Z_MM, THRESHOLDS, coverage, cst_rois
 
         ref = nib.load(self.inputs.in_reference)
@@ -94,7 +94,7 @@ class CSTRois(StageInterface):
         covered = coverage(rois, mask)
         if covered["partial"]:
             rois["cst_start"] = start_roi(rois, rois.mni_z, covered["extent"]["z_min_mm"], rois.priors,
-                                          prior_threshold=THRESHOLDS["cst"], below_z_mm=CAPSULE_Z_MM[0]) & mask
+                                          prior_threshold=THRESHOLDS["cst"], below_z_mm=CAPSULE_Z_MM[0]) & interior(mask)
         cwd = Path(runtime.cwd)
         index, labels = {}, np.zeros(ref.shape[:3], np.uint8)
         for name, roi in rois.items():

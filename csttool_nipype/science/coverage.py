@@ -62,6 +62,24 @@ PROFILE_START_Z_MM = -33.0
 CAPSULE_LEVEL_Z_MM = 6.0
 
 
+def interior(mask: np.ndarray) -> np.ndarray:
+    """The brain mask without the voxels on the faces of the image grid.
+
+    The outermost slice of a field of view is not imaged reliably once preprocessed (the
+    motion correction's interpolation reaches past it): cropping the Philips and Canon test
+    scans at the midbrain raised the mean FA of the new first slice by 0.43 and 0.05 (mean
+    absolute change 0.44 and 0.17) against 0.01 or less from the second slice on. A level
+    of a whole-brain scan never lies on a face, so only cut fields of view are affected.
+    """
+    out = np.asarray(mask, bool).copy()
+    for axis in range(out.ndim):
+        edge = [slice(None)] * out.ndim
+        for index in (0, -1):
+            edge[axis] = index
+            out[tuple(edge)] = False
+    return out
+
+
 def template_levels(z_mni: np.ndarray, world: np.ndarray, flat_index: np.ndarray, bin_mm: float) -> dict:
     """The template CST of one side, for :func:`side_extent`.
 

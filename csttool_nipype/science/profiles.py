@@ -57,6 +57,9 @@ METRICS = {"fa": "1", "md": "mm^2/s", "rd": "mm^2/s", "ad": "mm^2/s"}
 #: both sides and the share of the template CST's length it holds.
 COVERAGE_COLUMNS = {"covered_z_min_mm": "z_min_mm", "covered_z_max_mm": "z_max_mm", "covered_share": "share"}
 
+#: A profile node of a tract cut by the field of view needs this share of its streamlines.
+MIN_NODE_SUPPORT = 0.5
+
 #: Fewer streamlines than this on one side raises the ``too_few_streamlines_<side>`` flag.
 MIN_STREAMLINES = PipelineConfig().min_streamlines
 
@@ -205,8 +208,12 @@ def _nan_node_weights(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM
 def _partial_profiles(bundle, maps, affine, n_nodes: int, missing_length_mm: float) -> dict[str, np.ndarray]:
     """:func:`tract_profiles` of a tract whose first ``missing_length_mm`` lie outside the field of view."""
     resampled = resample_below_missing(bundle, n_nodes, missing_length_mm)
-    weights = _nan_node_weights(resampled)
     reached = np.isfinite(resampled[..., 0])
+    # a node most streamlines do not reach is left out: its few values are those of the
+    # longest streamlines, at the very edge of the field of view
+    resampled[:, reached.mean(axis=0) < MIN_NODE_SUPPORT] = np.nan
+    reached = np.isfinite(resampled[..., 0])
+    weights = _nan_node_weights(resampled)
     out = {}
     for name, scalar_map in maps.items():
         scalar_map = np.asarray(scalar_map)

@@ -54,7 +54,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .coverage import (FULL_COVERAGE_Z_MM, PEDUNCLE_MIN_FRACTION, missing_length_mm, side_extent,
+from .coverage import (FULL_COVERAGE_Z_MM, PEDUNCLE_MIN_FRACTION, interior, missing_length_mm, side_extent,
                        template_levels)
 from .registration import RegistrationResult, _check_affine, subject_to_mni_points
 
@@ -461,7 +461,7 @@ def coverage(rois: dict, mask: np.ndarray, *, min_fraction: float = COVERAGE_MIN
 def _extent(template: dict, mask: np.ndarray, covered: bool, short: list[str]) -> dict:
     """The ``partial``, ``extent`` and ``partial_reason`` entries of :func:`coverage`."""
     nan = float("nan")
-    sides = {side: side_extent(t, mask) for side, t in template.items()}
+    sides = {side: side_extent(t, interior(mask)) for side, t in template.items()}
     for entry in sides.values():
         entry.pop("levels")
     extent = {"sides": sides, "z_min_mm": nan, "z_max_mm": nan, "share": nan, "missing_length_mm": {}}
