@@ -85,7 +85,7 @@ class CSTRois(StageInterface):
     def _run_interface(self, runtime):
         from ..science.registration import load_registration
         from ..science.coverage import interior, start_roi
-        from ..science.rois import CAPSULE_Z_MM, THRESHOLDS, coverage, cst_rois
+        from ..science.rois import THRESHOLDS, coverage, cst_rois
 
         ref = nib.load(self.inputs.in_reference)
         mask = load_mask(self.inputs.in_mask)
@@ -93,8 +93,9 @@ class CSTRois(StageInterface):
         rois = cst_rois(result, ref.shape[:3], ref.affine, mask=mask)
         covered = coverage(rois, mask)
         if covered["partial"]:
-            rois["cst_start"] = start_roi(rois, rois.mni_z, covered["extent"]["z_min_mm"], rois.priors,
-                                          prior_threshold=THRESHOLDS["cst"], below_z_mm=CAPSULE_Z_MM[0]) & interior(mask)
+            band = 2 * float(np.max(ref.header.get_zooms()[:3]))
+            rois["cst_start"] = start_roi(rois, rois.mni_z, covered["extent"]["z_min_mm"], band, rois.priors,
+                                          prior_threshold=THRESHOLDS["cst"]) & interior(mask)
         cwd = Path(runtime.cwd)
         index, labels = {}, np.zeros(ref.shape[:3], np.uint8)
         for name, roi in rois.items():

@@ -10,9 +10,10 @@ Template CST
     to 79 mm.
 Levels
     The template CST is cut into axial levels of one voxel (the largest voxel size, mm of
-    MNI z). A level is imaged when at least :data:`LEVEL_MIN_FRACTION` of its template voxels
-    lie in the brain mask (voxels beyond the image count as not imaged). A side's covered
-    extent is the run of imaged levels through the internal capsule (MNI z = 6 mm).
+    MNI z). A level is imaged when at least :data:`LEVEL_MIN_FRACTION` of the template voxels
+    of it and its two neighbouring levels lie in the brain mask (voxels beyond the image count as not imaged). A side's covered
+    extent is the run of imaged levels through the internal capsule (MNI z = 6 mm), from its
+    lowest to its highest imaged template voxel.
 Full, partial, not covered
     * ``cst_not_covered`` when too little is imaged for any CST: the precentral gyrus or the
       internal capsule waypoint of either side less than half inside the imaged brain, or the
@@ -23,13 +24,18 @@ Full, partial, not covered
       below the thalamus, in the crus cerebri, are the descending fibres alone. A slab that
       stops above the midbrain ends with this flag.
     * ``partial_coverage`` otherwise, when either side's covered extent starts above MNI
-      z = :data:`FULL_COVERAGE_Z_MM` (-55 mm, the lower medulla above the pyramidal
-      decussation, where the intracranial CST ends): the CST is then taken from the lowest
+      z = :data:`FULL_COVERAGE_Z_MM` (-45 mm, the lower border of the pons, below which
+      whole-brain tensor tracking rarely follows the CST): the CST is then taken from the lowest
       level imaged on both sides (the higher of the two sides' lowest levels, so left and
       right start at the same MNI level and stay comparable), through whichever inferior ROIs
       (brainstem, cerebral peduncles) lie above it (:func:`start_roi`).
     * full coverage otherwise (whole-brain scans: the Philips and Canon test scans are
-      imaged down to MNI z = -70 and -64 mm).
+      imaged down to MNI z = -66 and -59 mm by this rule).
+
+The registration (:func:`csttool_nipype.science.registration.register_to_mni`) matches the
+template only inside the field of view when it misses the brainstem above that level, so
+that the warped template (and the extent measured with it) is not stretched over the missing
+part.
 
 Profiles of a partial CST (:func:`missing_length_mm`): the nodes of a whole-brain profile run
 from where the CST streamlines start in the brainstem to the precentral gyrus. With tensor
@@ -49,9 +55,12 @@ import numpy as np
 PARTIAL_COVERAGE_FLAG = "partial_coverage"
 #: A level of the template CST is imaged when this share of its voxels lies in the brain mask.
 LEVEL_MIN_FRACTION = 0.5
-#: A CST imaged down to this MNI z (mm) on both sides is covered in full (the lower medulla,
-#: above the pyramidal decussation; the same level starts the midline exclusion surface).
-FULL_COVERAGE_Z_MM = -55.0
+#: A CST imaged down to this MNI z (mm) on both sides is covered in full: the lower border of
+#: the pons (pontomedullary junction). Whole-brain tensor tracking at 2-3 mm follows the CST
+#: little below it (in the medulla the pyramids are thinner than two voxels): on the test scans
+#: three quarters of the CST streamlines start above it, and the "whole-brain" Philips test
+#: scan, by its affine registration, is imaged down to MNI z = -48 mm at the brainstem only.
+FULL_COVERAGE_Z_MM = -45.0
 #: Least share of each cerebral-peduncle ROI inside the imaged brain for any CST (about one
 #: 3 mm slice of its 12 mm: the part of the tract below the thalamus).
 PEDUNCLE_MIN_FRACTION = 0.2
@@ -105,8 +114,9 @@ def side_extent(template: dict, mask: np.ndarray) -> dict:
     Returns
     -------
     dict
-        ``z_min_mm``, ``z_max_mm``: the run of imaged levels through the capsule (level edges,
-        MNI mm; NaN when the capsule level is not imaged); ``template_z_mm``: the template's
+        ``z_min_mm``, ``z_max_mm``: MNI z of the lowest and highest imaged template voxel
+        of the run of imaged levels through the capsule (NaN when the capsule level is not
+        imaged); ``template_z_mm``: the template's
         own range; ``share``: share of the template's length (MNI z) inside the covered run;
         ``levels``: (lower edge, share imaged) of every level.
     """
@@ -119,10 +129,17 @@ def side_extent(template: dict, mask: np.ndarray) -> dict:
         return {"z_min_mm": nan, "z_max_mm": nan, "template_z_mm": [nan, nan], "share": 0.0, "levels": []}
     lo = np.floor(z.min() / h) * h
     level = ((z - lo) // h).astype(int)
-    expected = np.bincount(level)
+    expected = np.bincount(level).astype(float)
     imaged = np.bincount(level, weights=inside, minlength=len(expected))
-    frac = np.where(expected > 0, imaged / np.maximum(expected, 1), 0.0)
-    good = (expected > 0) & (frac >= LEVEL_MIN_FRACTION)
+    # each level with its two neighbours: one-voxel levels on a grid of the same spacing
+    # alias (some hold no template voxel, some twice their share), and a mask hole in a
+    # single level (CSF in the midbrain) is not a field of view's edge; a sharp cut stays
+    # where it is (the last level above it has two imaged levels of three)
+    window = np.ones(3)
+    expected_w = np.convolve(expected, window, mode="same")
+    imaged_w = np.convolve(imaged, window, mode="same")
+    frac = np.where(expected_w > 0, imaged_w / np.maximum(expected_w, 1), 0.0)
+    good = (expected_w > 0) & (frac >= LEVEL_MIN_FRACTION)
     k = int(np.clip((CAPSULE_LEVEL_Z_MM - lo) // h, 0, len(good) - 1))
     top = float(z.max())
     span = max(top - float(z.min()), 1e-6)
@@ -136,8 +153,8 @@ def side_extent(template: dict, mask: np.ndarray) -> dict:
     b = k
     while b < len(good) - 1 and good[b + 1]:
         b += 1
-    z_min = max(float(lo + a * h), float(z.min()))
-    z_max = min(float(lo + (b + 1) * h), top)
+    run = inside & (level >= a) & (level <= b)
+    z_min, z_max = float(z[run].min()), float(z[run].max())
     return {**out, "z_min_mm": round(z_min, 1), "z_max_mm": round(z_max, 1),
             "share": round(float(np.clip((z_max - z_min) / span, 0, 1)), 3)}
 
@@ -165,23 +182,24 @@ def missing_length_mm(template: dict, z_start: float) -> float:
     return centreline_length_mm(template, PROFILE_START_Z_MM, float(z_start))
 
 
-def start_roi(rois: dict, mni_z: np.ndarray, z_start: float, priors: dict | None = None,
-              prior_threshold: float = 0.25, below_z_mm: float = 0.0) -> np.ndarray:
-    """Where a partial CST starts: the inferior ROIs at or above the MNI level ``z_start``.
+def start_roi(rois: dict, mni_z: np.ndarray, z_start: float, band_mm: float, priors: dict | None = None,
+              prior_threshold: float = 0.25) -> np.ndarray:
+    """Where a partial CST starts: the inferior ROIs in the band of MNI z from ``z_start`` up.
 
     The inferior ROIs are the brainstem, the cerebral peduncles and, from ``priors``
     (``cst_prior_left/right`` on the subject grid), the template CST itself (>=
-    ``prior_threshold``) below ``below_z_mm`` (the lower edge of the internal-capsule
-    waypoint): between the peduncle waypoint (which ends at MNI z = -8 mm) and the capsule
-    the tract is only this. ``mni_z``: MNI z (mm) of every voxel of the subject grid (NaN
-    beyond the registration's reach).
+    ``prior_threshold``), which is all the tract is between the peduncle waypoint (up to MNI
+    z = -8 mm) and the internal capsule. The band, ``band_mm`` high (two voxels), is the
+    lowest stretch imaged on both sides: a CST streamline must reach it and is cut where it
+    enters it, so both sides start at the same MNI level. ``mni_z``: MNI z (mm) of every
+    voxel of the subject grid (NaN beyond the registration's reach).
     """
     mni_z = np.asarray(mni_z)
     roi = np.asarray(rois["brainstem"], bool).copy()
     for name in ("peduncle_left", "peduncle_right"):
         if rois.get(name) is not None:
             roi |= np.asarray(rois[name], bool)
+    for prior in (priors or {}).values():
+        roi |= np.asarray(prior) >= prior_threshold
     with np.errstate(invalid="ignore"):
-        for prior in (priors or {}).values():
-            roi |= (np.asarray(prior) >= prior_threshold) & (mni_z < below_z_mm)
-        return roi & (mni_z >= float(z_start))
+        return roi & (mni_z >= float(z_start)) & (mni_z < float(z_start) + float(band_mm))

@@ -388,6 +388,43 @@ def registration_quality(fa, mask, template_wm, template_brain) -> dict:
 _GM_TO_WM_FA = 0.3
 
 
+def _grid_interior(shape) -> np.ndarray:
+    """True on a grid but on its six faces (the outermost slices of a field of view)."""
+    out = np.zeros(tuple(int(n) for n in shape[:3]), bool)
+    out[1:-1, 1:-1, 1:-1] = True
+    return out
+
+
+def _misses_brainstem(tpl: Template, brain: np.ndarray, inside: np.ndarray) -> bool:
+    """Whether a field of view misses a level of the brainstem from the lower medulla up.
+
+    The brainstem column is the template brain within MNI |x| <= 20 mm, -45 <= y <= 0 mm;
+    a level (one template voxel of z, from
+    :data:`~csttool_nipype.science.coverage.FULL_COVERAGE_Z_MM` to 0 mm) is missed when less
+    than half of it is ``inside`` (the rule :mod:`~csttool_nipype.science.coverage` applies
+    to the warped template).
+    """
+    from .coverage import FULL_COVERAGE_Z_MM, LEVEL_MIN_FRACTION
+
+    mm = nib.affines.apply_affine(tpl.affine, np.indices(tpl.shape).reshape(3, -1).T).reshape(*tpl.shape, 3)
+    column = brain & (np.abs(mm[..., 0]) <= 20) & (mm[..., 1] >= -45) & (mm[..., 1] <= 0)
+    for z in np.unique(mm[..., 2][column & (mm[..., 2] >= FULL_COVERAGE_Z_MM) & (mm[..., 2] <= 0)]):
+        level = column & (mm[..., 2] == z)
+        if inside[level].mean() < LEVEL_MIN_FRACTION:
+            return True
+    return False
+
+
+def _field_of_view(tpl: Template, affine_mni: np.ndarray, shape, affine: np.ndarray) -> np.ndarray:
+    """Template voxels whose subject position (through the affine ``affine_mni``, MNI mm ->
+    subject mm) lies inside the subject grid but its outermost slices (bool, template grid)."""
+    ijk = np.indices(tpl.shape, dtype=np.float64).reshape(3, -1).T
+    to_voxel = np.linalg.inv(np.asarray(affine, float)) @ np.asarray(affine_mni, float) @ np.asarray(tpl.affine, float)
+    vox = nib.affines.apply_affine(to_voxel, ijk)
+    hi = np.asarray(shape[:3], float) - 1.5
+    return np.all((vox >= 0.5) & (vox <= hi), axis=1).reshape(tpl.shape)
+
+
 def _pseudo_fa(tpl: Template, gm_to_wm: float) -> np.ndarray:
     """Template image with an FA-like contrast: WM 1, the rest of the brain ``gm_to_wm``, outside 0."""
     img = np.asarray(tpl.wm) + gm_to_wm * np.clip(np.asarray(tpl.brain) - np.asarray(tpl.wm), 0, 1)
@@ -556,7 +593,19 @@ def register_to_mni(
         ratio = _gm_to_wm_ratio(fa_m, mask, affine, affine_mni, tpl_aff)
         stages["gm_to_wm_fa_ratio"] = round(ratio, 3)
         static = _pseudo_fa(tpl, ratio)
-        mapping = sdr.optimize(static, fa_m, static_grid2world=tpl.affine, moving_grid2world=affine,
+        moving = fa_m
+        inside = _field_of_view(tpl, affine_mni, fa.shape, affine)
+        brain = static > 0
+        if _misses_brainstem(tpl, brain, inside):
+            # a field of view that stops above the medulla: SyN would stretch the lowest
+            # slices imaged down over the template's missing brainstem (by 20 mm at the pons
+            # on a cropped scan); the template is matched only where the subject is imaged,
+            # and the outermost slice, which preprocessing leaves unreliable, is left out of
+            # both images. Whole-brain scans (brainstem imaged) are registered as before.
+            static = np.where(inside, static, 0.0).astype(static.dtype)
+            moving = np.where(_grid_interior(fa.shape), fa_m, 0.0).astype(fa_m.dtype)
+            stages["syn_field_of_view_share"] = round(float(inside[brain].mean()), 3)
+        mapping = sdr.optimize(static, moving, static_grid2world=tpl.affine, moving_grid2world=affine,
                                prealign=affine_mni)
         stages["syn_iterations"] = [done.get(level, 0) for level in range(len(level_iters) - 1, -1, -1)]
         stages["syn_s"] = round(time.perf_counter() - t0, 2)
