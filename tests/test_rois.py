@@ -228,3 +228,28 @@ def test_cropped_atlas_maps_keep_a_margin_of_zeros():
     # the brain box the maps were cropped to lies inside the crop
     corners = nib.affines.apply_affine(np.linalg.inv(crop_affine), box_mm)
     assert (corners >= -1e-6).all() and (corners <= np.array(volumes[0].shape) - 1 + 1e-6).all()
+
+
+def test_coverage_of_a_field_of_view_from_mid_pons(phantom, rois):
+    """The imaged brain cut at MNI z = -30 mm (mid-pons, by the known pose): partial coverage,
+    the extent starting at the cut, both sides at one level; the whole brain is covered in full."""
+    from csttool_nipype.science.coverage import FULL_COVERAGE_Z_MM, start_roi
+
+    whole = roi_mod.coverage(rois, phantom.truth["brain_mask"])
+    assert not whole["partial"] and whole["extent"]["z_min_mm"] <= FULL_COVERAGE_Z_MM
+    mni_z = _mni_of_voxels(phantom)[..., 2]
+    mask = phantom.truth["brain_mask"] & (mni_z >= -30.0)
+    cov = roi_mod.coverage(rois, mask)
+    assert cov["covered"] and cov["partial"] and "cst_not_covered" not in cov["reason"]
+    extent = cov["extent"]
+    # levels are one voxel (3 mm) high and the registration is good to a few mm
+    assert -33.0 <= extent["z_min_mm"] <= -24.0
+    assert extent["z_min_mm"] == max(extent["sides"]["left"]["z_min_mm"], extent["sides"]["right"]["z_min_mm"])
+    assert 0.6 < extent["share"] < 0.8      # (79 + 30) / (79 + 67) = 0.75 of the template's length
+    assert "-2" in cov["partial_reason"] or "-3" in cov["partial_reason"]
+    start = start_roi(rois, rois.mni_z, extent["z_min_mm"], 6.0, rois.priors) & mask
+    z = rois.mni_z[start]
+    assert start.any() and z.min() >= extent["z_min_mm"] and z.max() < extent["z_min_mm"] + 6.0
+    # above the peduncles too little is imaged for any CST
+    high = roi_mod.coverage(rois, phantom.truth["brain_mask"] & (mni_z >= -6.0))
+    assert not high["covered"] and not high["partial"] and "peduncle" in high["reason"]
