@@ -153,6 +153,10 @@ def test_cropped_scan_gives_both_csts_flagged_partial(scan, level, cropped):
         starts = np.array([s[0] for s in cut.bundle(side)])
         z_start = subject_to_mni_points(starts, reg)[:, 2]
         assert z_start.min() >= row["covered_z_min_mm"] - voxel, (side, z_start.min())
+    print(f"{scan} {level}: cut at MNI z {z_cut:.1f} mm, covered from {row['covered_z_min_mm']} to "
+          f"{row['covered_z_max_mm']} mm (share {row['covered_share']}), streamlines "
+          f"{row['streamline_count_left']} / {row['streamline_count_right']} (whole scan "
+          f"{full.summary()['streamline_count_left']} / {full.summary()['streamline_count_right']})")
     sidecar = json.loads(cut.file("desc-summary_metrics.json").read_text())
     assert sidecar["CoveredExtent"]["Partial"] is True
     assert sidecar["CoveredExtent"]["MNIzRangeMM"][0] == pytest.approx(row["covered_z_min_mm"])
@@ -194,6 +198,8 @@ def test_mean_fa_over_the_common_nodes_matches_the_whole_scan(scan, level, cropp
     for side in ("left", "right"):
         common = whole[side].notna() & part[side].notna()
         found[side] = (part[side][common].mean(), whole[side][common].mean(), int(common.sum()))
+    print(f"{scan} {level}: mean FA over the common nodes, cropped - whole: "
+          + ", ".join(f"{side} {a - b:+.3f} ({n} nodes)" for side, (a, b, n) in found.items()))
     for side, (a, b, n) in found.items():
         assert abs(a - b) <= FA_TOLERANCE, f"{scan} {level} {side}: mean FA over {n} common nodes {a:.3f} vs {b:.3f}"
 
