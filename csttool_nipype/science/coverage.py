@@ -39,9 +39,9 @@ part.
 
 Profiles of a partial CST (:func:`missing_length_mm`): the nodes of a whole-brain profile run
 from where the CST streamlines start in the brainstem to the precentral gyrus. With tensor
-tracking those starts lie, on the median, at MNI z = -30 to -35 mm (Philips and Canon test
+tracking those starts lie, on the median, at MNI z = -31 to -37 mm (Philips and Canon test
 scans, both sides: where the transverse pontine fibres cross the tract in the middle of the
-pons), :data:`PROFILE_START_Z_MM`. A field of view that starts above that level misses the
+pons); :data:`PROFILE_START_Z_MM` is -33 mm. A field of view that starts above that level misses the
 length of the template's centreline between the two levels; the profile keeps that stretch's
 nodes as NaN, so node k stays comparable with node k of whole-brain profiles.
 """
@@ -58,14 +58,14 @@ LEVEL_MIN_FRACTION = 0.5
 #: A CST imaged down to this MNI z (mm) on both sides is covered in full: the lower border of
 #: the pons (pontomedullary junction). Whole-brain tensor tracking at 2-3 mm follows the CST
 #: little below it (in the medulla the pyramids are thinner than two voxels): on the test scans
-#: three quarters of the CST streamlines start above it, and the "whole-brain" Philips test
+#: 62-89 % of a side's CST streamlines start above it, and the "whole-brain" Philips test
 #: scan, by its affine registration, is imaged down to MNI z = -48 mm at the brainstem only.
 FULL_COVERAGE_Z_MM = -45.0
 #: Least share of each cerebral-peduncle ROI inside the imaged brain for any CST (about one
 #: 3 mm slice of its 12 mm: the part of the tract below the thalamus).
 PEDUNCLE_MIN_FRACTION = 0.2
 #: MNI z (mm) where the nodes of whole-brain CST profiles start (median start of the CST
-#: streamlines on the whole-brain test scans: -35 / -30 mm Philips, -34 / -34 mm Canon, left / right).
+#: streamlines on the whole-brain test scans: -34 / -31 mm Philips, -36 / -37 mm Canon, left / right).
 PROFILE_START_Z_MM = -33.0
 #: MNI z (mm) inside the internal-capsule waypoint: a covered extent runs through it.
 CAPSULE_LEVEL_Z_MM = 6.0
