@@ -323,7 +323,7 @@ def test_streamline_weighted_means_count_each_crossing():
     z = np.arange(0.0, 22.5, 0.5)
     core = [np.stack([np.full_like(z, 2.0), np.full_like(z, 2.0), z], axis=1)] * 9
     stray = [np.stack([np.full_like(z, 8.0), np.full_like(z, 2.0), z], axis=1)]
-    voxel = bundle_metrics(core + stray, {"fa": fa}, affine, 8.0)
+    voxel = bundle_metrics(core + stray, {"fa": fa}, affine, 8.0, weighting="voxel")
     weighted = bundle_metrics(core + stray, {"fa": fa}, affine, 8.0, weighting="streamlines")
     assert voxel["volume_mm3"] == weighted["volume_mm3"] == 2 * 12 * 8.0
     assert voxel["fa_mean"] == pytest.approx(0.45)  # two columns, once each
