@@ -117,10 +117,14 @@ def test_24_subjects_bad_inputs_killed_worker_killed_batch_then_rerun(small_phan
         return False
 
     _wait(lambda: 'Executing "brain_mask"' in log.read_text(), 120, f"{KILLED} to compute its brain mask")
-    _wait(kill_a_pool_worker, 30, f"{KILLED}'s MultiProc pool worker")   # mid-node
-    time.sleep(0.5)
+    # the process tree before the kill: subject workers, their watchdogs and the pool workers
+    # (after it, the killed subject may already have ended: the snapshot is what must not survive)
     tree = psutil.Process(batch.pid).children(recursive=True)
     assert len(tree) >= 3, "the batch runs subjects with pool workers and watchdogs"
+    _wait(kill_a_pool_worker, 30, f"{KILLED}'s MultiProc pool worker")   # mid-node
+    time.sleep(0.5)
+    seen = {p.pid for p in tree}
+    tree += [p for p in psutil.Process(batch.pid).children(recursive=True) if p.pid not in seen]
     batch.send_signal(signal.SIGKILL)                      # kill -9 of the orchestrator
     batch.communicate(timeout=60)
     _, alive = psutil.wait_procs(tree, timeout=15)
