@@ -9,8 +9,8 @@ Runs ``csttool run`` on each scan (default: the three Canon scans of one head in
 them; ``--scan NAME="--dwi path"`` for another head) with the same pipeline flags, then
 prints per side:
 
-* coefficient of variation and largest deviation from the mean of mean FA, MD, volume
-  and streamline count;
+* coefficient of variation and largest deviation from the mean of mean FA (whole tract and
+  core nodes), MD, volume (voxels visited, and the density volume) and streamline count;
 * the median pairwise Pearson correlation of the 100-node FA profiles;
 * the median pairwise weighted Dice of the CST density maps in MNI space (each scan's
   map warped with its own registration onto the template grid; Kruper et al., 2021);
@@ -40,9 +40,11 @@ from csttool_nipype.science.reliability import (
 )
 
 SIDES = ("left", "right")
-MEASURES = ("fa_mean", "md_mean", "volume_mm3", "streamline_count")
-#: target -> (limit, how it is read)
-TARGETS = {"fa_mean": 0.015, "volume_mm3": 0.10, "streamline_count": 0.15, "profile_r": 0.9, "wdice": 0.75}
+MEASURES = ("fa_mean", "fa_core_mean", "md_mean", "volume_mm3", "density_volume_mm3", "streamline_count")
+#: measure -> limit: FA as max - min, volumes and count as the largest deviation from the mean
+#: (a fraction), profile r and weighted Dice as minima
+TARGETS = {"fa_mean": 0.015, "fa_core_mean": 0.015, "volume_mm3": 0.10, "density_volume_mm3": 0.10,
+           "streamline_count": 0.15, "profile_r": 0.9, "wdice": 0.75}
 
 
 def profiles(subject_dir: Path, side: str, metric: str = "fa") -> np.ndarray:
@@ -86,10 +88,10 @@ def table(names: list[str], scores: dict) -> list[str]:
         entry = scores[side]
         for key in MEASURES:
             m = entry[key]
-            shown = ", ".join(f"{v:.3f}" if key == "fa_mean" else (f"{v:.2e}" if key == "md_mean" else f"{v:.0f}")
+            shown = ", ".join(f"{v:.3f}" if key.startswith("fa_") else (f"{v:.2e}" if key == "md_mean" else f"{v:.0f}")
                               for v in m["values"])
             goal, met = "", ""
-            if key == "fa_mean":
+            if key.startswith("fa_"):
                 goal, ok = f"{m['spread']:.3f}≤{TARGETS[key]}", m["spread"] <= TARGETS[key]
                 met = "yes" if ok else "NO"
                 met_all &= ok

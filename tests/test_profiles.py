@@ -207,3 +207,34 @@ def test_tract_profiles_of_several_maps_match_single_profiles_and_the_reference(
             assert np.array_equal(tract_profile(given, arr, AFFINE), expected, equal_nan=True)
     empty = tract_profiles([], maps, AFFINE)
     assert set(empty) == set(maps) and all(np.isnan(v).all() for v in empty.values())
+
+
+def test_density_volume_keeps_the_body_and_does_not_grow_with_the_count():
+    """40 streamlines along one line of voxels (z = 0..40 mm at x = y = 0), one stray along
+    another (x = 10 mm): the visited volume holds both lines, the density volume (voxels that
+    at least 5 % of the streamlines pass) only the first; twice the streamlines, same volumes."""
+    from csttool_nipype.science.profiles import DENSITY_SHARE, bundle_metrics
+
+    z = np.linspace(0.0, 40.0, 81)
+    body = [np.column_stack([np.zeros_like(z), np.zeros_like(z), z])] * 40
+    stray = [np.column_stack([np.full_like(z, 10.0), np.zeros_like(z), z])]
+    fa = {"fa": np.full(SHAPE, 0.5)}
+    line_voxels = 21   # z = 0, 2, ..., 40 mm on the 2 mm grid
+    m = bundle_metrics(body + stray, fa, AFFINE, 8.0)
+    assert m["volume_mm3"] == pytest.approx(2 * line_voxels * 8.0)
+    assert 1 < DENSITY_SHARE * 41 <= 40
+    assert m["density_volume_mm3"] == pytest.approx(line_voxels * 8.0)
+    doubled = bundle_metrics(2 * (body + stray), fa, AFFINE, 8.0)
+    assert doubled["density_volume_mm3"] == m["density_volume_mm3"]
+    assert bundle_metrics([], fa, AFFINE, 8.0)["density_volume_mm3"] == 0.0
+
+
+def test_core_means_are_the_middle_nodes():
+    from csttool_nipype.science.profiles import core_means
+
+    ramp = np.arange(100.0)
+    assert core_means({"fa": ramp})["fa_core_mean"] == pytest.approx(np.mean(np.arange(20, 80)))
+    cut = ramp.copy()
+    cut[:30] = np.nan            # a field of view that starts higher: the covered core nodes only
+    assert core_means({"fa": cut})["fa_core_mean"] == pytest.approx(np.mean(np.arange(30, 80)))
+    assert math.isnan(core_means({"fa": np.full(100, np.nan)})["fa_core_mean"])

@@ -64,7 +64,7 @@ class CSTMetrics(StageInterface):
     def _run_interface(self, runtime):
         import pandas as pd
 
-        from ..science.profiles import bundle_metrics, profiles_table, summary_row, tract_profiles
+        from ..science.profiles import bundle_metrics, core_means, profiles_table, summary_row, tract_profiles
         from ..science.tracking import load_trk
 
         ref = nib.load(self.inputs.in_fa)
@@ -83,6 +83,7 @@ class CSTMetrics(StageInterface):
                                                 missing_length_mm=float(missing.get(side, 0.0)))
             else:  # an empty side keeps its rows (all NaN), so every table has the same shape
                 profiles[side] = {m: np.full(n_nodes, np.nan) for m in SCALARS}
+            metrics[side].update(core_means(profiles[side]))
         flags = quality_flags(self._optional_json("in_registration_quality"), coverage,
                               self.inputs.min_registration_dice)
         if "cst_not_covered" in flags:

@@ -60,6 +60,16 @@ COVERAGE_COLUMNS = {"covered_z_min_mm": "z_min_mm", "covered_z_max_mm": "z_max_m
 #: A profile node of a tract cut by the field of view needs this share of its streamlines.
 MIN_NODE_SUPPORT = 0.5
 
+#: Share of a bundle's streamlines a voxel must hold to count in its density volume. The
+#: visited-voxel volume grows with the streamline count (every stray streamline adds its own
+#: voxels); a share of the count does not, so two runs that find the same tract with
+#: different counts get the same density volume. One in twenty keeps the tract's body and
+#: drops the fringe that single streamlines make.
+DENSITY_SHARE = 0.05
+#: Profile nodes whose means are reported as the tract's core (``<map>_core_mean``): the
+#: middle 60 of 100, away from the ends, where the brainstem's edge and the cortex mix into
+#: the tensor and where partial fields of view cut the profile.
+CORE_NODES = slice(20, 80)
 #: Fewer streamlines than this on one side raises the ``too_few_streamlines_<side>`` flag.
 MIN_STREAMLINES = PipelineConfig().min_streamlines
 
@@ -228,6 +238,15 @@ def _partial_profiles(bundle, maps, affine, n_nodes: int, missing_length_mm: flo
     return out
 
 
+def core_means(profiles: Mapping[str, np.ndarray]) -> dict:
+    """``<map>_core_mean``: the mean of each profile over :data:`CORE_NODES` (NaN nodes left out)."""
+    out = {}
+    for name, values in profiles.items():
+        core = np.asarray(values, float)[CORE_NODES]
+        out[f"{name}_core_mean"] = float(np.nanmean(core)) if np.isfinite(core).any() else float("nan")
+    return out
+
+
 def bundle_metrics(
     bundle,
     maps: Mapping[str, np.ndarray],
@@ -261,7 +280,8 @@ def bundle_metrics(
     -------
     metrics : dict
         ``streamline_count`` (int), ``mean_length_mm``, ``volume_mm3`` (voxels visited
-        by at least one streamline x voxel volume) and, per map, ``<name>_mean`` and
+        by at least one streamline x voxel volume), ``density_volume_mm3`` (voxels that at
+        least :data:`DENSITY_SHARE` of the streamlines pass through x voxel volume) and, per map, ``<name>_mean`` and
         ``<name>_std`` (population SD, same weights) over the voxels visited, NaN voxels
         left out. Means are NaN for an empty bundle.
     """
@@ -276,6 +296,8 @@ def bundle_metrics(
     counts = density_map(bundle, shape, affine) if n else np.zeros(shape, np.int64)
     mask = counts > 0
     out["volume_mm3"] = float(mask.sum() * float(voxel_volume_mm3))
+    core = counts >= max(1, math.ceil(DENSITY_SHARE * n))
+    out["density_volume_mm3"] = float(core.sum() * float(voxel_volume_mm3)) if n else 0.0
     for name, arr in maps.items():
         arr = np.asarray(arr, dtype=np.float64)
         if arr.shape[:3] != tuple(shape):
