@@ -31,6 +31,9 @@ from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.pat
 
 HERE = Path(__file__).resolve().parent
 CANON = HERE.parent.parent / "shared" / "data" / "canon_galan_dti12_b1500"
+#: The ``csttool`` of the Python running this script (its venv's), else the one on PATH.
+CSTTOOL = str(Path(sys.executable).parent / "csttool") if (Path(sys.executable).parent / "csttool").is_file() \
+    else "csttool"
 #: scan -> csttool run input flags
 SCANS = {
     "axial PA": ["--dwi", str(CANON / "nifti" / "3000_DTI_PA-ortho_cl.nii.gz")],
@@ -52,7 +55,7 @@ def disagreement(values: list[float], kind: str) -> float:
 
 def run_scan(scan: str, flags: list[str], out: Path, work: Path, nprocs: int, inputs: list[str] | None = None) -> dict:
     """One ``csttool run`` (input flags ``inputs``, default ``SCANS[scan]``); the summary row and wall time."""
-    cmd = ["csttool", "run", *(inputs or SCANS[scan]), "--out", str(out), "--work-dir", str(work), "--subject-id", "sub-01",
+    cmd = [CSTTOOL, "run", *(inputs or SCANS[scan]), "--out", str(out), "--work-dir", str(work), "--subject-id", "sub-01",
            "--nprocs", str(nprocs), *flags]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)

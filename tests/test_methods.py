@@ -190,6 +190,7 @@ def test_cohort_methods_has_one_text_per_configuration(tmp_path):
     paths = build_cohort_reports(out, subject_reports="none")
     text = paths["methods"].read_text()
     assert paths["methods"] == out / "methods.md"
+    assert 'href="methods.md"' in paths["report"].read_text()   # the cohort report links it
     blocks = re.split(r"^## Configuration ", text, flags=re.M)[1:]
     assert [b.splitlines()[0] for b in blocks] == [common.config_hash(), other.config_hash(),
                                                   PipelineConfig(seed=3).config_hash()]
