@@ -81,7 +81,7 @@ def score(subject_dirs: list[Path], summaries: list[dict]) -> dict:
 
 def table(names: list[str], scores: dict) -> list[str]:
     lines = [f"scans (in this order): {', '.join(names)}", ""]
-    header = f"{'side':<7}{'measure':<18}{'values':<30}{'CV':>8}{'max dev':>9}{'target':>12}  met"
+    header = f"{'side':<7}{'measure':<20}{'values':<30}{'CV':>8}{'max dev':>9}{'target':>12}  met"
     lines += [header, "-" * len(header)]
     met_all = True
     for side in SIDES:
@@ -99,12 +99,12 @@ def table(names: list[str], scores: dict) -> list[str]:
                 goal, ok = f"±{100 * TARGETS[key]:.0f} %", m["maxdev"] <= TARGETS[key]
                 met = "yes" if ok else "NO"
                 met_all &= ok
-            lines.append(f"{side:<7}{key:<18}{shown:<30}{100 * m['cv']:>7.1f}%{100 * m['maxdev']:>8.1f}%"
+            lines.append(f"{side:<7}{key:<20}{shown:<30}{100 * m['cv']:>7.1f}%{100 * m['maxdev']:>8.1f}%"
                          f"{goal:>12}  {met}")
         for key, label in (("profile_r", "FA profile r"), ("wdice", "weighted Dice")):
             ok = entry[key] >= TARGETS[key]
             met_all &= ok
-            lines.append(f"{side:<7}{label:<18}{entry[key]:<30.3f}{'':>8}{'':>9}{'≥' + str(TARGETS[key]):>12}  "
+            lines.append(f"{side:<7}{label:<20}{entry[key]:<30.3f}{'':>8}{'':>9}{'≥' + str(TARGETS[key]):>12}  "
                          f"{'yes' if ok else 'NO'}")
     lines += ["", f"all targets met: {'yes' if met_all else 'no'}"]
     return lines
