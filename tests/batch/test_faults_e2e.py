@@ -80,17 +80,9 @@ def _wait(predicate, timeout, what):
         time.sleep(0.05)
 
 
-def test_24_subjects_bad_inputs_killed_worker_killed_batch_then_rerun(small_phantom, tmp_path):
-    t_start = time.monotonic()
-    raw = bids_copy(small_phantom, tmp_path / "raw", SUBJECTS)
-    bad = _spoil(raw)
-    raw_before = _snapshot(raw)
-    out, cwd = tmp_path / "out", tmp_path / "cwd"
-    cwd.mkdir()
-    argv = [sys.executable, "-m", "csttool_nipype.cli.bids_app", str(raw), str(out), "participant",
-            "--nprocs", "2", "--plugin", "MultiProc", "--stages", "preprocess", *FAST]
-    batch = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
+def _kill_a_pool_worker_mid_node(batch, out: Path) -> list:
+    """SIGKILL one MultiProc pool worker of the KILLED subject while it computes its brain mask;
+    return the batch's process tree (taken before the kill, plus what appeared since)."""
     # the killed subject's Nipype pool worker: a child of its worker that is not the watchdog
     log = out / KILLED / "logs" / f"{KILLED}.log"
     _wait(lambda: log.exists() and "watchdog pid" in log.read_text(), 300, f"{KILLED} to start")
@@ -125,6 +117,25 @@ def test_24_subjects_bad_inputs_killed_worker_killed_batch_then_rerun(small_phan
     time.sleep(0.5)
     seen = {p.pid for p in tree}
     tree += [p for p in psutil.Process(batch.pid).children(recursive=True) if p.pid not in seen]
+    return tree
+
+
+def test_24_subjects_bad_inputs_killed_worker_killed_batch_then_rerun(small_phantom, tmp_path):
+    t_start = time.monotonic()
+    raw = bids_copy(small_phantom, tmp_path / "raw", SUBJECTS)
+    bad = _spoil(raw)
+    raw_before = _snapshot(raw)
+    out, cwd = tmp_path / "out", tmp_path / "cwd"
+    cwd.mkdir()
+    argv = [sys.executable, "-m", "csttool_nipype.cli.bids_app", str(raw), str(out), "participant",
+            "--nprocs", "2", "--plugin", "MultiProc", "--stages", "preprocess", *FAST]
+    batch = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        tree = _kill_a_pool_worker_mid_node(batch, out)
+    except BaseException:   # a failed check must not leave the batch (and its subjects) running
+        batch.kill()
+        batch.communicate(timeout=60)
+        raise
     batch.send_signal(signal.SIGKILL)                      # kill -9 of the orchestrator
     batch.communicate(timeout=60)
     _, alive = psutil.wait_procs(tree, timeout=15)
