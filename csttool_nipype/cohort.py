@@ -16,13 +16,12 @@ from .batch.runner import FAILED, INTERRUPTED, INVALID, SKIPPED, TIMEOUT, BatchO
 from .batch.state import dataset_lock, write_json_atomic
 from .batch.subjects import SubjectSpec
 from .config import DEFAULT_TIMEOUT_MINUTES, PipelineConfig
-from .errors import check_writable_dir
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, check_writable_dir
 from .reports import build_cohort_reports
 from .subject_job import JOB_FUNCTION, make_jobs
 
 LOGGER = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 STATUS_FILE = "batch_status.json"
 #: The orchestrator's own log lines during a run (the subjects' are in OUT/<key>/logs/).
 BATCH_LOG = "batch_run.log"

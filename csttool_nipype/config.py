@@ -33,6 +33,7 @@ B0_THRESHOLD = 50.0
 #: manifest's ``"preprocessing": true|false``): off sets these options; on turns Gibbs removal
 #: and motion correction on and keeps the denoiser (the default one if it was ``none``).
 PREPROCESSING_OFF = {"denoise_method": "none", "gibbs": False, "motion_correction": False}
+PREPROCESSING_ON = {"gibbs": True, "motion_correction": True}
 #: Per-subject time limit of a local batch when none is given (minutes; the walkthrough's
 #: 120m). 0 given on the command line means no limit.
 DEFAULT_TIMEOUT_MINUTES = 120.0
@@ -274,7 +275,7 @@ def expand_aliases(options: dict[str, Any]) -> dict[str, Any]:
     switch = options.pop("preprocessing")
     if not isinstance(switch, bool):
         raise ValueError(f"preprocessing must be true or false, not {switch!r}")
-    implied = dict(PREPROCESSING_OFF) if not switch else {"gibbs": True, "motion_correction": True}
+    implied = dict(PREPROCESSING_ON if switch else PREPROCESSING_OFF)
     return {**implied, **options}
 
 

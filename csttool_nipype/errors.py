@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from os import PathLike
 
+#: Exit codes of every command: 0 success, 1 some subject or the pipeline failed, 2 a usage
+#: error or unusable input (one line naming the file or the option, nothing written), 130
+#: interrupted.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
 
 class CsttoolError(Exception):
     """Base class for errors that are reported to the user without a traceback."""

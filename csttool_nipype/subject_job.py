@@ -155,7 +155,7 @@ def run_subject_job(payload: dict, work_dir: str, stage_dir: str, crash_dir: str
     report_started = time.time()
     progress("report")
     with PeakMemory() as report_peak:
-        try_write_subject_report(stage_dir, key=key, config=config.to_dict(),
+        try_write_subject_report(stage_dir, key=key, config=result["config"],
                                  node_durations=result["node_durations_s"],
                                  log_file=next(Path(crash_dir).parent.glob("*.log"), None))
     result["report_s"] = time.time() - report_started

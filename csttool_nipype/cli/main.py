@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import (
-    CLIP_ENDS, DENOISE_METHODS, METRICS_WEIGHTINGS, MIDLINE_RULES, PREPROC_REGIONS, PREPROCESSING_OFF, STAGES,
-    TENSOR_FIT_METHODS, TRACKING_METHODS, ExecutionConfig, PipelineConfig, available_cpus,
+    CLIP_ENDS, DENOISE_METHODS, METRICS_WEIGHTINGS, MIDLINE_RULES, PREPROC_REGIONS, PREPROCESSING_OFF,
+    PREPROCESSING_ON, STAGES, TENSOR_FIT_METHODS, TRACKING_METHODS, ExecutionConfig, PipelineConfig, available_cpus,
 )
 from .logging_setup import setup_logging
 from .options import (
@@ -247,7 +247,7 @@ def batch_options(manifest_options: dict, args) -> dict:
         options.update(PREPROCESSING_OFF)
     elif args.preprocessing:
         options.pop("preprocessing", None)
-        options.update(gibbs=True, motion_correction=True)
+        options.update(PREPROCESSING_ON)
         if options.get("denoise_method") == "none":
             options.pop("denoise_method")
     options.update(explicit_options(args))

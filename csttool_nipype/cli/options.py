@@ -1,8 +1,7 @@
 """What both command-line tools share: value types, path resolution, the error policy.
 
-Exit codes (one policy for ``csttool`` and ``csttool-nipype``): 0 success, 1 some
-subject or the pipeline failed, 2 a usage error or unusable input (one line naming the
-file or the option, nothing written), 130 interrupted.
+Exit codes (one policy for ``csttool`` and ``csttool-nipype``): see
+:data:`csttool_nipype.errors.EXIT_OK` and the codes beside it.
 """
 
 from __future__ import annotations
@@ -14,9 +13,7 @@ import os
 from pathlib import Path
 
 from ..config import DEFAULT_TIMEOUT_MINUTES, PipelineConfig
-from ..errors import CsttoolError, InputError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CsttoolError, InputError
 
 
 class ArgumentParser(argparse.ArgumentParser):

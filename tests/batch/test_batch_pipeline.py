@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from csttool_nipype.cli.main import main
 from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
 
+from waiting import wait_until
 from walkthrough import check_console
 
 pytestmark = pytest.mark.slow
@@ -43,12 +43,6 @@ def _batch(raw, out, *extra):
          *FAST, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(predicate, timeout=600, what="condition"):
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def test_corrupt_subject_fails_alone_and_csv_has_real_numbers(raw, tmp_path, capsys):
@@ -83,7 +77,7 @@ def test_killed_worker_fails_that_subject_only(raw, tmp_path):
     out = tmp_path / "out"
     proc = _batch(raw, out, "--nprocs", "1", "--participant-label", "01", "02")
     log = out / "sub-01" / "logs" / "sub-01.log"
-    _wait_for(lambda: log.exists() and "attempt started (pid" in log.read_text(), what="sub-01 worker")
+    wait_until(lambda: log.exists() and "attempt started (pid" in log.read_text(), 600, "sub-01 worker", 0.5)
     pid = int(re.search(r"attempt started \(pid (\d+)", log.read_text()).group(1))
     os.kill(pid, signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=900)
@@ -103,12 +97,12 @@ def test_killed_batch_resumes_from_cached_nodes(raw, tmp_path):
     args = ("--nprocs", "1", "--participant-label", "01", "02", "--denoise-method", "patch2self")
     proc = _batch(raw, out, *args)
     log = out / "sub-02" / "logs" / "sub-02.log"
-    _wait_for(lambda: log.exists() and 'Finished "denoise"' in log.read_text(), what="sub-02 denoised")
+    wait_until(lambda: log.exists() and 'Finished "denoise"' in log.read_text(), 600, "sub-02 denoised", 0.5)
     proc.kill()                      # the orchestrator dies; its worker must die with it
     proc.communicate(timeout=60)
     worker = int(re.search(r"sub-02: attempt started \(pid (\d+)", log.read_text()).group(1))
-    _wait_for(lambda: not Path(f"/proc/{worker}").exists() or
-              Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z", timeout=30, what="worker to die")
+    wait_until(lambda: not Path(f"/proc/{worker}").exists() or
+               Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z", 30, "worker to die", 0.5)
     assert (out / "sub-01" / "_done.json").exists() and not (out / "sub-02" / "_done.json").exists()
 
     proc = _batch(raw, out, *args)

@@ -24,6 +24,8 @@ import pytest
 
 from .test_faults_batch import FAST, bids_copy
 
+from waiting import wait_until
+
 pytestmark = pytest.mark.slow
 
 SUBJECTS = [f"sub-{i:02d}" for i in range(1, 25)]
@@ -72,12 +74,6 @@ def _ours(out: Path) -> list[psutil.Process]:
     return found
 
 
-def _wait(predicate, timeout, what):
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _kill_a_pool_worker_mid_node(batch, out: Path) -> list:
@@ -85,7 +81,7 @@ def _kill_a_pool_worker_mid_node(batch, out: Path) -> list:
     return the batch's process tree (taken before the kill, plus what appeared since)."""
     # the killed subject's Nipype pool worker: a child of its worker that is not the watchdog
     log = out / KILLED / "logs" / f"{KILLED}.log"
-    _wait(lambda: log.exists() and "watchdog pid" in log.read_text(), 300, f"{KILLED} to start")
+    wait_until(lambda: log.exists() and "watchdog pid" in log.read_text(), 300, f"{KILLED} to start", 0.05)
     text = log.read_text()
     worker = psutil.Process(int(re.search(r"attempt started \(pid (\d+)", text).group(1)))
     watchdog = int(re.search(r"watchdog pid (\d+)", text).group(1))
@@ -108,12 +104,12 @@ def _kill_a_pool_worker_mid_node(batch, out: Path) -> list:
                 continue
         return False
 
-    _wait(lambda: 'Executing "brain_mask"' in log.read_text(), 120, f"{KILLED} to compute its brain mask")
+    wait_until(lambda: 'Executing "brain_mask"' in log.read_text(), 120, f"{KILLED} to compute its brain mask", 0.05)
     # the process tree before the kill: subject workers, their watchdogs and the pool workers
     # (after it, the killed subject may already have ended: the snapshot is what must not survive)
     tree = psutil.Process(batch.pid).children(recursive=True)
     assert len(tree) >= 3, "the batch runs subjects with pool workers and watchdogs"
-    _wait(kill_a_pool_worker, 30, f"{KILLED}'s MultiProc pool worker")   # mid-node
+    wait_until(kill_a_pool_worker, 30, f"{KILLED}'s MultiProc pool worker", 0.05)   # mid-node
     time.sleep(0.5)
     seen = {p.pid for p in tree}
     tree += [p for p in psutil.Process(batch.pid).children(recursive=True) if p.pid not in seen]

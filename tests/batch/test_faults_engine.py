@@ -17,6 +17,8 @@ from csttool_nipype.batch.jobs import Job
 from csttool_nipype.batch.runner import BatchOptions, BatchRunner
 from csttool_nipype.batch.state import job_paths, read_done
 
+from waiting import wait_until
+
 FUNCTION = "tests.batch.fake_jobs:behave"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -37,12 +39,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait(predicate, timeout=60.0, what="condition"):
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _driver(out: Path, key: str, function: str, payload: dict) -> subprocess.Popen:
@@ -63,7 +59,7 @@ def _driver(out: Path, key: str, function: str, payload: dict) -> subprocess.Pop
 def _pool_pids(out, tmp_path, key):
     pids_file = tmp_path / "pids.txt"
     proc = _driver(out, key, "tests.batch.fake_jobs:pool", {"pids": str(pids_file)})
-    _wait(lambda: pids_file.exists() and pids_file.read_text().endswith("\n"), what="the pool workers")
+    wait_until(lambda: pids_file.exists() and pids_file.read_text().endswith("\n"), 60, "the pool workers")
     pids = [int(p) for p in pids_file.read_text().split()]
     log = job_paths(out, key).log.read_text()
     pids.append(int(log.split("watchdog pid ")[1].split()[0]))
@@ -78,7 +74,7 @@ def test_orchestrator_sigkill_ends_the_pool_workers_and_a_rerun_runs_clean(tmp_p
     proc, pids = _pool_pids(out, tmp_path, "sub-01")
     proc.kill()
     proc.communicate(timeout=30)
-    _wait(lambda: not any(_alive(p) for p in pids), timeout=10, what="every process of the job to end")
+    wait_until(lambda: not any(_alive(p) for p in pids), 10, "every process of the job to end")
     outcome, = _run(out, [_job("sub-01")])
     assert outcome.status == "SUCCESS"
 
