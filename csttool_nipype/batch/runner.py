@@ -333,6 +333,9 @@ class BatchRunner:
                 lock.release()
                 self._finish(Outcome(job.key, SKIPPED, index, reason="done by another batch", log=log))
                 return None
+            if self._adopt(index, job, paths):   # finished before, but its batch died before promoting it
+                lock.release()
+                return None
             if why:
                 LOGGER.warning("%s: %s", job.key, why)
             return self._launch(index, job, paths, lock, why)
@@ -343,6 +346,37 @@ class BatchRunner:
             self._finish(Outcome(job.key, FAILED, index, OUTPUT_ERROR, f"could not prepare {paths.root}: {exc}",
                                  log=log))
             return None
+
+    def _adopt(self, index: int, job: Job, paths: JobPaths) -> bool:
+        """Promote an attempt that finished but was never promoted (its batch was killed in between).
+
+        Only when the attempt's job file is this very job (function, payload, config hash),
+        its result says SUCCESS, and its promotion never began (no ``replaced-*`` folder in
+        ``_work``: a half-done promotion is not trusted, the job runs again). With ``force``
+        the job always runs again. True when adopted (the outcome is recorded).
+        """
+        if self.options.force:
+            return False
+        try:
+            ran = json.loads(paths.jobfile.read_text())
+            result = json.loads(paths.result.read_text())
+        except (OSError, ValueError):
+            return False
+        same = (ran.get("function"), ran.get("payload"), ran.get("config_hash")) == \
+            (self.options.function, job.payload, job.config_hash)
+        if not same or result.get("status") != SUCCESS or not paths.stage.is_dir() \
+                or any(paths.work.glob("replaced-*")):
+            return False
+        outcome = Outcome(job.key, SUCCESS, index, duration_s=float(result.get("duration_s") or 0.0),
+                          log=str(paths.log), result=_result_value(result))
+        try:
+            self._promote(job, paths, outcome)
+        except OSError as exc:
+            LOGGER.warning("%s: could not promote its finished attempt (%s): running it again", job.key, exc)
+            return False
+        _note(paths.log, "INFO", "the batch that ran this attempt ended before promoting it: promoted now")
+        self._finish(outcome)
+        return True
 
     def _launch(self, index: int, job: Job, paths: JobPaths, lock, note: str | None = None) -> _Running:
         shutil.rmtree(paths.stage, ignore_errors=True)
@@ -401,7 +435,7 @@ class BatchRunner:
             run.log_fh.close()
         if outcome.status == SUCCESS:
             try:
-                self._promote(run, outcome)
+                self._promote(run.job, run.paths, outcome)
             except OSError as exc:   # the previous outputs (if any) are back in place
                 outcome = Outcome(run.job.key, FAILED, run.index, OUTPUT_ERROR,
                                   f"promotion failed, previous outputs kept: {exc}", elapsed, str(run.paths.log))
@@ -440,20 +474,25 @@ class BatchRunner:
             return Outcome(run.job.key, FAILED, run.index, "crashed",
                            f"worker exited with code {code} without a result", elapsed, log)
         if result.get("status") == SUCCESS and code == 0:
-            value = dict(result.get("result") or {})
-            value.setdefault("peak_rss_mb", result.get("peak_rss_mb"))
-            return Outcome(run.job.key, SUCCESS, run.index, duration_s=elapsed, log=log, result=value)
+            return Outcome(run.job.key, SUCCESS, run.index, duration_s=elapsed, log=log, result=_result_value(result))
         return Outcome(run.job.key, FAILED, run.index, result.get("category", "pipeline error"),
                        result.get("reason", f"exit code {code}"), elapsed, log)
 
-    def _promote(self, run: _Running, outcome: Outcome) -> None:
-        promote(run.paths, run.paths.stage, {
-            "status": SUCCESS, "key": run.job.key, "version": __version__, "config_hash": run.job.config_hash,
+    def _promote(self, job: Job, paths: JobPaths, outcome: Outcome) -> None:
+        promote(paths, paths.stage, {
+            "status": SUCCESS, "key": job.key, "version": __version__, "config_hash": job.config_hash,
             "duration_s": round(outcome.duration_s, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "result": outcome.result,
         })
         if not self.options.keep_work:
-            shutil.rmtree(run.paths.work, ignore_errors=True)
+            shutil.rmtree(paths.work, ignore_errors=True)
+
+
+def _result_value(result: dict) -> dict:
+    """The job function's return value from a worker's result record, with its peak memory."""
+    value = dict(result.get("result") or {})
+    value.setdefault("peak_rss_mb", result.get("peak_rss_mb"))
+    return value
 
 
 def _ignore_sigint():

@@ -22,6 +22,8 @@ def behave(payload, work_dir, stage_dir, crash_dir, n_procs, **_):
         os.kill(os.getpid(), signal.SIGKILL)
     if action == "segfault":
         ctypes.string_at(0)
+    if action == "stop_batch" and counter and counter.read_text().count(f"{payload['name']}\n") == 1:
+        os.kill(os.getppid(), signal.SIGSTOP)   # first call: the orchestrator freezes before it can promote
     if action == "sleep":
         time.sleep(payload.get("seconds", 60))
     if action == "slow":

@@ -41,16 +41,17 @@ def _alive(pid: int) -> bool:
 
 
 
-def _driver(out: Path, key: str, function: str, payload: dict) -> subprocess.Popen:
-    """An orchestrator in its own process (as `csttool batch` is), running one job."""
+def _driver(out: Path, key: str, function: str, payload: dict, keys: tuple = ()) -> subprocess.Popen:
+    """An orchestrator in its own process (as `csttool batch` is), running job ``key`` (and
+    ``keys``, with the same payload) one at a time."""
     code = textwrap.dedent(f"""
         import sys
         from csttool_nipype.batch.jobs import Job
         from csttool_nipype.batch.runner import BatchOptions, BatchRunner
-        runner = BatchRunner([Job({key!r}, {payload!r}, "h1")], {str(out)!r},
+        runner = BatchRunner([Job(k, {{**{payload!r}, "name": k}}, "h1") for k in {(key, *keys)!r}], {str(out)!r},
                              BatchOptions(function={function!r}, nprocs=1, timeout_s=300))
-        outcome, = runner.run()
-        print(outcome.status, outcome.reason)
+        for outcome in runner.run():
+            print(outcome.status, outcome.reason)
         sys.exit(130 if runner.interrupted else 0)
     """)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -77,6 +78,39 @@ def test_orchestrator_sigkill_ends_the_pool_workers_and_a_rerun_runs_clean(tmp_p
     wait_until(lambda: not any(_alive(p) for p in pids), 10, "every process of the job to end")
     outcome, = _run(out, [_job("sub-01")])
     assert outcome.status == "SUCCESS"
+
+
+def test_an_attempt_finished_but_not_promoted_is_promoted_by_the_rerun_not_run_again(tmp_path):
+    """Row "orchestrator SIGKILL" between a job's end and its promotion: the job's worker wrote
+    its result, the batch died before promoting it. The rerun promotes that attempt (the job
+    function is not called again) when it is the same job with the same config; a changed
+    config runs it again."""
+    out, counter = tmp_path / "out", tmp_path / "calls.txt"
+    proc = _driver(out, "sub-01", FUNCTION, {"action": "stop_batch", "counter": str(counter)})
+    result = job_paths(out, "sub-01").result
+    wait_until(lambda: result.exists(), 60, "the job's result while its batch is stopped")
+    proc.kill()                                   # SIGKILL reaches a stopped process too
+    proc.communicate(timeout=30)
+    assert not job_paths(out, "sub-01").done.exists(), "nothing was promoted before the kill"
+    calls_before = counter.read_text().splitlines()
+
+    adopted, = _run(out, [_job("sub-01", "stop_batch", counter=str(counter))])
+    assert adopted.status == "SUCCESS" and adopted.result["value"] == 1
+    assert counter.read_text().splitlines() == calls_before, "the job function did not run again"
+    assert (out / "sub-01" / "dwi" / "sub-01_result.txt").read_text() == "1\n"
+    assert read_done(job_paths(out, "sub-01"))["config_hash"] == "h1"
+    assert "ended before promoting it: promoted now" in job_paths(out, "sub-01").log.read_text()
+    skipped, = _run(out, [_job("sub-01", "stop_batch", counter=str(counter))])
+    assert skipped.status == "SKIPPED"
+
+    proc = _driver(out, "sub-02", FUNCTION, {"action": "stop_batch", "counter": str(counter)})
+    wait_until(lambda: job_paths(out, "sub-02").result.exists(), 60, "sub-02's result")
+    proc.kill()
+    proc.communicate(timeout=30)
+    changed = Job("sub-02", {"name": "sub-02", "action": "ok", "counter": str(counter)}, "h2")
+    rerun, = _run(out, [changed])
+    assert rerun.status == "SUCCESS"
+    assert counter.read_text().splitlines().count("sub-02") == 2, "another config: the job ran again"
 
 
 def test_ctrl_c_marks_the_running_job_interrupted_in_its_log_and_record(tmp_path):
