@@ -74,10 +74,7 @@ class PipelineConfig:
     mppca_patch_stride : int
         MP-PCA patch centres on every n-th voxel along each axis (1: every voxel, dipy's
         result). Every voxel is still the weighted mean of several overlapping patch
-        estimates; 2 is about 3x faster and, on phantoms with known clean signal (clinical
-        1.75 mm / 33 volumes and 3 mm / 16 volumes), its error against the clean signal
-        was 1-2 % higher (0.282 vs 0.276 and 0.413 vs 0.408 of the noise) with the same
-        FA error to the third decimal (``benchmarks/bench_mppca_stride.py``).
+        estimates (why 2: docs/decisions.md).
     gibbs : bool
         Gibbs unringing (dipy's sub-voxel shift method) on the acquisition plane.
     gibbs_slice_axis : int
@@ -113,23 +110,15 @@ class PipelineConfig:
         Whole-brain seeds per mm³ of the seed region (brain mask where FA > threshold), at
         random positions: 1/9 is 3 seeds per 3 mm voxel and 0.85 per 1.75x1.75x2.5 mm
         voxel. A density rather than a count per voxel keeps streamline counts comparable
-        between resolutions and the tracking time proportional to the brain's volume, not
-        to its number of voxels. At 3 mm one seed per voxel left 7-125 streamlines a side
-        on the 12-direction Canon test scans (too few for stable counts and profiles);
-        three give about three times as many. On the clinical-size phantom (1.75 mm, with
-        a left CST lesion) this density (0.85 seeds per voxel) against 3 seeds per voxel:
-        CST Dice with the truth 0.727 / 0.753 vs 0.736 / 0.766 (left / right), mean FA
-        error 0.025 / 0.029 vs 0.026 / 0.029, the same lesion node, 0.38x the tracking
-        and 0.33x the extraction time (``benchmarks/check_seed_density.py``).
+        between resolutions (why this density: docs/decisions.md).
     step_size_mm, fa_threshold, max_angle_deg, min_length_mm, max_length_mm
         Whole-brain tractography stopping and length parameters.
     tracking_smoothing_mm : float
         Gaussian sigma (mm) of the smoothing of the tensor field that deterministic tracking
         follows (its directions, and the FA that seeds and stops it); streamline ends are
         trimmed back to where the fitted FA is above the threshold, and the metrics always
-        use the unsmoothed maps. 0 (default) tracks the fitted tensors as they are. See
-        ``science.tracking.smoothed_tensor_field`` for what 3 mm does on the Canon scans
-        and why it is not the default (it blurs the narrow brainstem part of the tract).
+        use the unsmoothed maps. 0 (default) tracks the fitted tensors as they are (why:
+        docs/decisions.md).
     cst_midline : {"reject", "cut"}
         A CST streamline that crosses the midline above the decussation is dropped whole
         (default, as AFQ does) or cut there, keeping its longest piece that still runs
