@@ -294,35 +294,3 @@ def test_root_level_bval_bvec_dataset_plans_valid_and_runs(tmp_path, capsys):
     assert sidecar["InstitutionName"] == "inherited from the subject level"
     assert sidecar["PhaseEncodingDirection"] == "j-"   # from the root JSON
     assert (out / "sub-01" / "dwi" / "sub-01_space-dwi_model-tensor_param-fa_dwimap.nii.gz").is_file()
-
-
-def _imported_modules(module: Path, package: str) -> set[str]:
-    """Absolute names of what a module imports (``from .. import x`` gives ``<parent>.x``)."""
-    import ast
-
-    out = set()
-    for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0]
-                base = f"{parent}.{base}" if base else parent
-            out.add(base)
-            out.update(f"{base}.{a.name}" for a in node.names)
-    return out
-
-
-def test_the_batch_engine_knows_nothing_of_bids():
-    """``csttool_nipype/batch/`` imports neither pybids nor ``csttool_nipype.bids`` (nor the diffusion side)."""
-    import csttool_nipype.batch as batch
-
-    banned = ("bids", "csttool_nipype.bids", "csttool_nipype.science", "csttool_nipype.interfaces",
-              "csttool_nipype.workflows")
-    for module in Path(batch.__file__).parent.glob("*.py"):
-        imported = _imported_modules(module, "csttool_nipype.batch")
-        bad = sorted(m for m in imported if any(m == b or m.startswith(b + ".") for b in banned))
-        assert not bad, f"{module.name} imports {bad}"
-    assert "csttool_nipype.bids" in _imported_modules(Path(batch.__file__).parents[1] / "cli" / "main.py",
-                                                       "csttool_nipype.cli")   # the check sees relative imports

@@ -135,3 +135,9 @@ def test_layer_boundaries(layer, forbidden):
                       for imported in _imported_names(name, path)
                       if any(imported == f or imported.startswith(f + ".") for f in forbidden))
     assert not crossing, crossing
+
+
+def test_the_import_reader_resolves_relative_imports():
+    """``from ..bids import x`` in cli/main.py reads as csttool_nipype.bids (else the checks above see nothing)."""
+    assert "csttool_nipype.bids" in IMPORTS["csttool_nipype.cli.main"]
+    assert "csttool_nipype.batch.runner" in IMPORTS["csttool_nipype.batch.console"]
