@@ -153,8 +153,8 @@ class MotionCorrect(StageInterface):
 
 # --------------------------------------------------------------------------- mask
 class _MaskInputSpec(DWIInputSpec):
-    median_radius = traits.Int(2, usedefault=True)
-    numpass = traits.Int(1, usedefault=True)
+    median_radius = traits.Int(_D.mask_median_radius, usedefault=True, desc="median_otsu filter radius (voxels)")
+    numpass = traits.Int(_D.mask_numpass, usedefault=True, desc="median_otsu filter passes")
 
 
 class _MaskOutputSpec(TraitedSpec):

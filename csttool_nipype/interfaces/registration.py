@@ -8,13 +8,15 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import Directory, File, TraitedSpec, traits
 
+from ..config import PipelineConfig
 from .base import StageInterface, VersionedInputSpec, load_mask, write_json
 
 
 class _RegisterInputSpec(VersionedInputSpec):
     in_fa = File(exists=True, mandatory=True, desc="subject FA")
     in_mask = File(exists=True, mandatory=True, desc="subject brain mask")
-    template_resolution_mm = traits.Float(2.0, usedefault=True)
+    template_resolution_mm = traits.Float(PipelineConfig().template_resolution_mm, usedefault=True,
+                                          desc="template grid spacing for SyN (mm)")
     syn = traits.Bool(True, usedefault=True, desc="non-linear (SyN) step after the affine")
 
 
