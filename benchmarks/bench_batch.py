@@ -148,7 +148,8 @@ def main(argv=None) -> int:
     if args.planning_only:
         return planning_only(args)
 
-    from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+    from csttool_nipype.sims.model import PhantomSpec
+    from csttool_nipype.sims.writer import write_bids_dataset
 
     raw = args.out / "raw"
     shutil.rmtree(raw, ignore_errors=True)

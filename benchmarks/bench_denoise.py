@@ -4,7 +4,7 @@ Data:
 
 * ``vanderbilt``: the real Philips Achieva subject (80x80x40, 16 volumes: b0 + 15
   directions at b=2000) from ``../shared/data`` (skipped if absent);
-* ``clinical``: the digital phantom (:mod:`csttool_nipype.science.phantom`) at
+* ``clinical``: the digital phantom (:mod:`csttool_nipype.sims`) at
   1.75x1.75x2.5 mm, 128x128x60, 1 b0 + 32 directions at b=1000, SNR 30 - the size of a
   typical clinical DTI.
 
@@ -67,7 +67,8 @@ def load(name: str) -> tuple[np.ndarray, str]:
 
         img = nib.load(str(VANDERBILT))
         return np.asarray(img.get_fdata(dtype=np.float32)), "real Philips subject"
-    from csttool_nipype.science.phantom import PhantomSpec, make_phantom
+    from csttool_nipype.sims.model import PhantomSpec
+    from csttool_nipype.sims.phantom import make_phantom
 
     spec = PhantomSpec(voxel_size=(1.75, 1.75, 2.5), n_directions=32, n_b0=1, field_of_view_mm=(224.0, 224.0, 150.0))
     with warnings.catch_warnings():

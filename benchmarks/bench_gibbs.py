@@ -42,7 +42,7 @@ with mask (inside it)::
     python benchmarks/bench_gibbs.py --compare-old --sizes clinical --nifti DWI.nii.gz --no-save
 
 ``--nifti`` adds a row for a DWI series (``DWI.bval`` next to it), e.g. the
-128x128x60x33 phantom of ``csttool_nipype.science.phantom``. The table is printed and
+128x128x60x33 phantom of ``csttool_nipype.sims``. The table is printed and
 written to ``benchmarks/results/gibbs.txt`` (``--save PATH`` elsewhere, ``--no-save`` to
 skip).
 """

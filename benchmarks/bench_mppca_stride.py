@@ -76,7 +76,8 @@ def load(name: str, quick: bool) -> dict:
         brain, _ = brain_mask(dwi, bvals)
         return {"dwi": dwi, "bvals": bvals, "bvecs": bvecs, "brain": brain,
                 "desc": "real Philips Achieva, 3 mm isotropic, b0 + 15 dirs b=2000"}
-    from csttool_nipype.science.phantom import PhantomSpec, make_phantom
+    from csttool_nipype.sims.model import PhantomSpec
+    from csttool_nipype.sims.phantom import make_phantom
 
     if name == "clinical":
         spec = PhantomSpec(voxel_size=(1.75, 1.75, 2.5), n_directions=32, n_b0=1, field_of_view_mm=(224.0, 224.0, 150.0))

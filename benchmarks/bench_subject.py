@@ -32,7 +32,8 @@ SHARED = HERE.parent.parent / "shared" / "data"
 
 
 def _phantom(root: Path, **spec) -> Path:
-    from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+    from csttool_nipype.sims.model import PhantomSpec
+    from csttool_nipype.sims.writer import write_bids_dataset
 
     write_bids_dataset(root, 1, spec=PhantomSpec(snr=30.0, rotation_deg=5.0, translation_mm=5.0, **spec), seed=0)
     return next(root.glob("sub-*/dwi/*_dwi.nii.gz"))

@@ -24,7 +24,9 @@ def write_demo_dataset(raw_dir, n_subjects: int = 4) -> Path:
     ``sub-04`` (the last subject) a truncated NIfTI. Ground truth goes to
     ``raw_dir/derivatives/phantom-truth``.
     """
-    from .science.phantom import LesionSpec, PhantomSpec, make_phantom, write_bids_dataset, write_phantom
+    from .sims.model import LesionSpec, PhantomSpec
+    from .sims.phantom import make_phantom
+    from .sims.writer import write_bids_dataset, write_phantom
 
     raw_dir = Path(raw_dir)
     spec = PhantomSpec(voxel_size=3.0, snr=30.0, rotation_deg=10.0, translation_mm=5.0, motion_deg=1.0)

@@ -37,7 +37,8 @@ def _session_array_cache():
 def small_phantom(tmp_path_factory) -> Path:
     """Folder with one small phantom subject (4 mm, 8 directions, SNR 30):
     ``sub-01_dwi.{nii.gz,bval,bvec,json}``; the fault tests copy and spoil it."""
-    from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+    from csttool_nipype.sims.model import PhantomSpec
+    from csttool_nipype.sims.writer import write_bids_dataset
 
     root = tmp_path_factory.mktemp("small_phantom")
     write_bids_dataset(root, 1, spec=PhantomSpec(voxel_size=4.0, n_directions=8, snr=30.0), seed=3)

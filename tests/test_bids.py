@@ -264,7 +264,8 @@ def test_root_level_bval_bvec_dataset_plans_valid_and_runs(tmp_path, capsys):
     run agree: sub-01 (inherits them) is valid and succeeds, sub-02 (an acquisition they do not
     apply to, without its own bvec) is invalid in both with the same reason."""
     from csttool_nipype.cli.main import main
-    from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+    from csttool_nipype.sims.model import PhantomSpec
+    from csttool_nipype.sims.writer import write_bids_dataset
 
     raw = write_bids_dataset(tmp_path / "raw", 1, spec=PhantomSpec(voxel_size=3.0, n_directions=12, snr=30.0),
                              seed=3)

@@ -15,7 +15,8 @@ from csttool_nipype import __version__
 from csttool_nipype.cli.bids_app import check_bids_dir, check_locations, main
 from csttool_nipype.cli.plugin_options import read_plugin_args
 from csttool_nipype.errors import InputError
-from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+from csttool_nipype.sims.model import PhantomSpec
+from csttool_nipype.sims.writer import write_bids_dataset
 from walkthrough import check_console
 
 FAST = ["--stages", "tensor", "--denoise-method", "none", "--no-gibbs", "--no-motion-correction"]

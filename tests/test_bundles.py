@@ -276,7 +276,8 @@ def test_extraction_is_repeatable(tracked):
 
 def _phantom_api():
     try:
-        from csttool_nipype.science.phantom import LesionSpec, PhantomSpec, make_phantom
+        from csttool_nipype.sims.model import LesionSpec, PhantomSpec
+        from csttool_nipype.sims.phantom import make_phantom
     except ImportError:
         return None
     return PhantomSpec, make_phantom, LesionSpec
@@ -328,7 +329,7 @@ def _track_phantom_truth(lesion=None):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_phantom_api() is None, reason="csttool_nipype.science.phantom not available yet")
+@pytest.mark.skipif(_phantom_api() is None, reason="csttool_nipype.sims not available yet")
 def test_extraction_on_the_phantom_truth_field():
     """Acceptance test of CST extraction on the 3 mm phantom's truth field.
 
@@ -357,7 +358,7 @@ def test_extraction_on_the_phantom_truth_field():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_phantom_api() is None, reason="csttool_nipype.science.phantom not available yet")
+@pytest.mark.skipif(_phantom_api() is None, reason="csttool_nipype.sims not available yet")
 def test_phantom_lesion_shows_as_a_dip_in_the_left_profile():
     """A 30 % FA lesion over 10 mm of the left CST (posterior limb of the internal capsule,
     MNI z = 10 mm) is the lowest point of the left FA profile, at the lesion's node, and

@@ -22,7 +22,9 @@ import pytest
 
 from csttool_nipype.cli.options import DEFAULT_TIMEOUT_MINUTES, resolve_timeout
 from csttool_nipype.science.dwi_io import MIN_AXIS_EXTENT_MM, MIN_AXIS_VOXELS
-from csttool_nipype.science.phantom import PhantomSpec, make_phantom, write_phantom
+from csttool_nipype.sims.model import PhantomSpec
+from csttool_nipype.sims.phantom import make_phantom
+from csttool_nipype.sims.writer import write_phantom
 
 BIN = Path(sys.executable).parent
 FAST = ["--denoise-method", "none", "--no-gibbs", "--no-motion-correction", "--nprocs", "1"]

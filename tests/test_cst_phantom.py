@@ -33,7 +33,9 @@ import pytest
 
 from csttool_nipype.cli.main import main
 from csttool_nipype.science.bundles import resample_streamlines
-from csttool_nipype.science.phantom import LesionSpec, PhantomSpec, make_phantom, on_truth_grid, write_phantom
+from csttool_nipype.sims.model import LesionSpec, PhantomSpec
+from csttool_nipype.sims.phantom import make_phantom, on_truth_grid
+from csttool_nipype.sims.writer import write_phantom
 from csttool_nipype.science.profiles import orient_inferior_superior
 from csttool_nipype.science.tracking import load_trk
 

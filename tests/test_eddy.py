@@ -124,7 +124,9 @@ def test_phase_encoding_axis_survives_the_import_reorientation(tmp_path):
     import nibabel as nib
 
     from csttool_nipype.science.dwi_io import import_dwi
-    from csttool_nipype.science.phantom import PhantomSpec, make_phantom, write_phantom
+    from csttool_nipype.sims.model import PhantomSpec
+    from csttool_nipype.sims.phantom import make_phantom
+    from csttool_nipype.sims.writer import write_phantom
 
     paths = write_phantom(make_phantom(PhantomSpec(voxel_size=4.0, n_directions=8, orientation="PSR", seed=2)),
                           tmp_path, subject="sub-01")

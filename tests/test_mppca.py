@@ -27,7 +27,8 @@ from dipy.denoise.localpca import mppca
 
 from csttool_nipype.science import preprocess
 from csttool_nipype.science.mppca import mppca_fast
-from csttool_nipype.science.phantom import PhantomSpec, make_phantom
+from csttool_nipype.sims.model import PhantomSpec
+from csttool_nipype.sims.phantom import make_phantom
 
 TOL = 1e-4          # float32 data: max |ours - dipy| / image max (achieved ~1e-6)
 TOL_EXACT = 1e-10   # float64 data (achieved ~1e-14)

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from csttool_nipype.cli.main import main
-from csttool_nipype.science.phantom import PhantomSpec, make_phantom, write_phantom
+from csttool_nipype.sims.model import PhantomSpec
+from csttool_nipype.sims.phantom import make_phantom
+from csttool_nipype.sims.writer import write_phantom
 
 pytestmark = pytest.mark.slow
 

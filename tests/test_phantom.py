@@ -12,10 +12,9 @@ from scipy.spatial.transform import Rotation
 
 from csttool_nipype import data
 from csttool_nipype.science import gradients
-from csttool_nipype.science.phantom import (
-    COMPARTMENTS, S0_CSF, S0_GM, S0_WM, LesionSpec, PhantomSpec, make_phantom, on_truth_grid, write_bids_dataset,
-    write_phantom,
-)
+from csttool_nipype.sims.model import COMPARTMENTS, S0_CSF, S0_GM, S0_WM, LesionSpec, PhantomSpec
+from csttool_nipype.sims.phantom import make_phantom, on_truth_grid
+from csttool_nipype.sims.writer import write_bids_dataset, write_phantom
 
 FEW = dict(n_directions=6)                       # fast: 7 volumes
 POSED = dict(rotation_deg=15.0, translation_mm=10.0, seed=1)

@@ -8,7 +8,9 @@ import pytest
 
 from csttool_nipype.cli.main import main
 from csttool_nipype.science import gradients
-from csttool_nipype.science.phantom import PhantomSpec, make_phantom, on_truth_grid, write_phantom
+from csttool_nipype.sims.model import PhantomSpec
+from csttool_nipype.sims.phantom import make_phantom, on_truth_grid
+from csttool_nipype.sims.writer import write_phantom
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from csttool_nipype.science.gradients import reorient_array, voxel_to_world, world_to_voxel
 from csttool_nipype.science.motion import apply_motion, motion_correct
-from csttool_nipype.science.phantom import PhantomSpec, make_phantom
+from csttool_nipype.sims.model import PhantomSpec
+from csttool_nipype.sims.phantom import make_phantom
 from csttool_nipype.science.preprocess import brain_mask, denoise, gibbs_unring
 from csttool_nipype.science.tensor import fit_tensor
 

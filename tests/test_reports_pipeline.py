@@ -23,7 +23,8 @@ from matplotlib import image as mpimg
 from csttool_nipype.cli.main import main
 from csttool_nipype.reports import build_cohort_reports
 from csttool_nipype.reports.pdf import html_to_pdf
-from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+from csttool_nipype.sims.model import PhantomSpec
+from csttool_nipype.sims.writer import write_bids_dataset
 
 pytestmark = pytest.mark.slow
 

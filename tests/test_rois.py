@@ -23,7 +23,8 @@ SIDES = ("left", "right")
 
 @pytest.fixture(scope="module")
 def phantom():
-    from csttool_nipype.science.phantom import PhantomSpec, make_phantom
+    from csttool_nipype.sims.model import PhantomSpec
+    from csttool_nipype.sims.phantom import make_phantom
 
     # the truth maps do not depend on the gradient scheme or the noise: keep them cheap
     return make_phantom(PhantomSpec(voxel_size=3.0, rotation_deg=15, translation_mm=10, orientation="LPS", seed=1,

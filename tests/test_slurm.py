@@ -192,7 +192,8 @@ PIPELINE = ["--denoise-method", "none", "--no-gibbs", "--no-motion-correction", 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Three phantom subjects; sub-03's NIfTI is truncated (it must fail, alone)."""
-    from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+    from csttool_nipype.sims.model import PhantomSpec
+    from csttool_nipype.sims.writer import write_bids_dataset
 
     root = tmp_path_factory.mktemp("raw")
     write_bids_dataset(root, 3, spec=PhantomSpec(voxel_size=3.0, n_directions=12, snr=30.0), seed=11)

@@ -311,7 +311,7 @@ def _cmd_report(args) -> int:
 
 
 def _phantom_spec(args):
-    from ..science.phantom import LesionSpec, PhantomSpec
+    from ..sims.model import LesionSpec, PhantomSpec
 
     lesion = LesionSpec(side=args.lesion_side, fa_reduction=args.lesion_fa_reduction) if args.lesion_side else None
     return PhantomSpec(
@@ -322,7 +322,7 @@ def _phantom_spec(args):
 
 
 def _cmd_phantom(args) -> int:
-    from ..science.phantom import write_bids_dataset
+    from ..sims.writer import write_bids_dataset
 
     path = write_bids_dataset(args.out, args.subjects, spec=_phantom_spec(args), seed=args.seed)
     LOGGER.info("phantom dataset written to %s (ground truth in derivatives/phantom-truth)", path)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from csttool_nipype.cli.main import main
-from csttool_nipype.science.phantom import PhantomSpec, write_bids_dataset
+from csttool_nipype.sims.model import PhantomSpec
+from csttool_nipype.sims.writer import write_bids_dataset
 
 from waiting import wait_until
 from walkthrough import check_console
