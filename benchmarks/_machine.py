@@ -44,10 +44,10 @@ def warm_array_cache() -> str:
 
     from csttool_nipype import array_cache
     from csttool_nipype.config import PipelineConfig
-    from csttool_nipype.science import registration, rois
+    from csttool_nipype.science import rois, templates
 
     start = time.perf_counter()
-    registration.load_template(PipelineConfig().template_resolution_mm)
+    templates.load_template(PipelineConfig().template_resolution_mm)
     rois._prepared_maps()
     return (f"template/atlas cache {array_cache.cache_dir()} warm ({time.perf_counter() - start:.1f} s to "
             "check or prepare here; a cold cache adds ~6 s to a machine's first subject)")

@@ -34,7 +34,7 @@ import numpy as np
 from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
 from canon_agreement import CANON, SCANS, named_flags, run_scan  # noqa: E402
 
-from csttool_nipype.science.registration import load_registration, warp_to_mni
+from csttool_nipype.science.transforms import load_registration, warp_to_mni
 from csttool_nipype.science.reliability import (
     coefficient_of_variation, max_deviation, median_pairwise_correlation, median_pairwise_weighted_dice,
 )

@@ -72,15 +72,15 @@ def test_a_damaged_entry_is_recomputed(cache_root, tmp_path):
 
 def test_template_and_atlas_maps_from_the_cache_equal_the_computed_ones(cache_root):
     """The cached MNI template and ROI maps are bit-identical to preparing them from the packages."""
-    from csttool_nipype.science import registration, rois
+    from csttool_nipype.science import rois, templates
 
-    direct = registration._compute_template(2.0)
-    registration.load_template.cache_clear()
+    direct = templates._compute_template(2.0)
+    templates.load_template.cache_clear()
     rois._prepared_maps.cache_clear()
     try:
-        stored = registration.load_template(2.0)        # computes and stores
-        registration.load_template.cache_clear()
-        loaded = registration.load_template(2.0)        # reads the entry
+        stored = templates.load_template(2.0)        # computes and stores
+        templates.load_template.cache_clear()
+        loaded = templates.load_template(2.0)        # reads the entry
         for tpl in (stored, loaded):
             np.testing.assert_array_equal(tpl.wm, direct["wm"])
             np.testing.assert_array_equal(tpl.brain, direct["brain"])
@@ -95,5 +95,5 @@ def test_template_and_atlas_maps_from_the_cache_equal_the_computed_ones(cache_ro
         np.testing.assert_array_equal(affine, affine2)
         assert {p.name.split("-")[0] for p in cache_root.iterdir()} == {"template", "cst"}
     finally:
-        registration.load_template.cache_clear()
+        templates.load_template.cache_clear()
         rois._prepared_maps.cache_clear()

@@ -234,7 +234,7 @@ def test_lapack_failures_fall_back_to_eigh(monkeypatch):
     """dsterf / dstein reporting non-convergence (never seen in practice): eigh for those patches."""
     from scipy.linalg import lapack
 
-    from csttool_nipype.science import mppca as module
+    from csttool_nipype.science import mppca_kernels as module
 
     rng = np.random.default_rng(0)
     n, m = 125, 24

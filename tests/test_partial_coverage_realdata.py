@@ -33,7 +33,7 @@ from test_cst_realdata import SCANS, SUB, RealRun, run_scan  # noqa: F401 - the 
 from csttool_nipype.cli.main import main
 from csttool_nipype.reports import build_cohort_reports
 from csttool_nipype.science.coverage import FULL_COVERAGE_Z_MM
-from csttool_nipype.science.registration import load_registration, subject_to_mni_points
+from csttool_nipype.science.transforms import load_registration, subject_to_mni_points
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

@@ -18,8 +18,10 @@ from scipy.spatial.transform import Rotation
 
 from csttool_nipype import data
 from csttool_nipype.errors import InputError
+from csttool_nipype.reports.figures import registration_qc_png
 from csttool_nipype.science import gradients
 from csttool_nipype.science import registration as reg
+from csttool_nipype.science import templates, transforms
 
 VOXEL_MM = 3.0
 
@@ -116,19 +118,19 @@ def test_recovers_pose_at_landmarks(result, subject):
     pts = landmarks_mni()
     truth = nib.affines.apply_affine(subject["pose"], pts)
     affine_err = np.linalg.norm(nib.affines.apply_affine(result.affine_subject_to_mni, pts) - truth, axis=1)
-    full_err = np.linalg.norm(reg.mni_to_subject_points(pts, result) - truth, axis=1)
+    full_err = np.linalg.norm(transforms.mni_to_subject_points(pts, result) - truth, axis=1)
     assert affine_err.max() < 2.0, affine_err
     assert full_err.max() < 2.0, full_err
     # and back
-    back = reg.subject_to_mni_points(truth, result)
+    back = transforms.subject_to_mni_points(truth, result)
     assert np.linalg.norm(back - pts, axis=1).max() < 2.0
     assert np.linalg.det(result.affine_subject_to_mni[:3, :3]) > 0
     np.testing.assert_allclose(result.subject_to_mni_affine @ result.mni_to_subject_affine, np.eye(4), atol=1e-9)
 
 
 def test_warped_template_wm_overlaps_subject_wm(result, subject):
-    tpl = reg.load_template(2.0)
-    wm_warped = reg.warp_to_subject(tpl.wm, tpl.affine, result, subject["fa"].shape, subject["affine"])
+    tpl = templates.load_template(2.0)
+    wm_warped = transforms.warp_to_subject(tpl.wm, tpl.affine, result, subject["fa"].shape, subject["affine"])
     inside = subject["mask"]
     assert dice((wm_warped > 0.5) & inside, (subject["wm"] > 0.5) & inside) >= 0.8
 
@@ -156,10 +158,10 @@ def test_noise_registration_scores_clearly_lower(result, subject):
 
 def test_quality_drops_for_a_flipped_subject(result, subject):
     """The metric itself: the right template placement scored against an A-P flipped FA."""
-    tpl = reg.load_template(2.0)
+    tpl = templates.load_template(2.0)
     shape, aff = subject["fa"].shape, subject["affine"]
-    wm_t = reg.warp_to_subject(tpl.wm, tpl.affine, result, shape, aff)
-    brain_t = reg.warp_to_subject(tpl.brain, tpl.affine, result, shape, aff)
+    wm_t = transforms.warp_to_subject(tpl.wm, tpl.affine, result, shape, aff)
+    brain_t = transforms.warp_to_subject(tpl.brain, tpl.affine, result, shape, aff)
     good = reg.registration_quality(subject["fa"], subject["mask"], wm_t, brain_t)
     flipped = reg.registration_quality(subject["fa"][:, ::-1], subject["mask"][:, ::-1], wm_t, brain_t)
     assert flipped["wm_dice"] < good["wm_dice"] - 0.3
@@ -178,7 +180,7 @@ def test_affine_only_in_psr_storage_recovers_pose():
     assert err.max() < 2.0, err
     assert res.quality["wm_dice"] >= 0.85  # the affine-only image warp puts the template in place
     # affine-only points agree with the affine
-    np.testing.assert_allclose(reg.mni_to_subject_points(pts, res),
+    np.testing.assert_allclose(transforms.mni_to_subject_points(pts, res),
                                nib.affines.apply_affine(res.affine_subject_to_mni, pts))
 
 
@@ -193,40 +195,40 @@ def test_deterministic(subject):
 
 # --------------------------------------------------------------------------- warps
 def test_warp_to_mni_matches_template_and_round_trips(result, subject):
-    fa_mni, mni_aff = reg.warp_to_mni(subject["fa"], subject["affine"], result)
-    tpl = reg.load_template(2.0)
+    fa_mni, mni_aff = transforms.warp_to_mni(subject["fa"], subject["affine"], result)
+    tpl = templates.load_template(2.0)
     assert fa_mni.shape == tpl.shape
     np.testing.assert_allclose(mni_aff, tpl.affine)
     inside = tpl.brain > 0.5
     assert np.corrcoef(fa_mni[inside], tpl.wm[inside])[0, 1] > 0.85
-    back = reg.warp_to_subject(fa_mni, mni_aff, result, subject["fa"].shape, subject["affine"])
+    back = transforms.warp_to_subject(fa_mni, mni_aff, result, subject["fa"].shape, subject["affine"])
     m = ndimage.binary_erosion(subject["mask"], iterations=2)
     assert np.corrcoef(back[m], subject["fa"][m])[0, 1] > 0.9
 
 
 def test_warp_4d_nearest_and_custom_grid(result, subject):
-    tpl = reg.load_template(2.0)
+    tpl = templates.load_template(2.0)
     labels = (tpl.wm > 0.5).astype(np.float32) + 2 * (tpl.brain > 0.5)
     stack = np.stack([labels, labels], axis=-1)
-    out = reg.warp_to_subject(stack, tpl.affine, result, subject["fa"].shape, subject["affine"],
+    out = transforms.warp_to_subject(stack, tpl.affine, result, subject["fa"].shape, subject["affine"],
                               interpolation="nearest")
     assert out.shape == subject["fa"].shape + (2,)
     assert set(np.unique(out)) <= {0.0, 2.0, 3.0}
     # a custom MNI output grid
     grid = np.diag([4.0, 4.0, 4.0, 1.0])
     grid[:3, 3] = (-80, -110, -60)
-    img, aff = reg.warp_to_mni(subject["fa"], subject["affine"], result, out_shape=(41, 49, 41), out_affine=grid)
+    img, aff = transforms.warp_to_mni(subject["fa"], subject["affine"], result, out_shape=(41, 49, 41), out_affine=grid)
     assert img.shape == (41, 49, 41)
     np.testing.assert_allclose(aff, grid)
     with pytest.raises(ValueError):
-        reg.warp_to_mni(subject["fa"], subject["affine"], result, out_shape=(4, 4, 4))
+        transforms.warp_to_mni(subject["fa"], subject["affine"], result, out_shape=(4, 4, 4))
     with pytest.raises(ValueError):
-        reg.warp_to_subject(labels, tpl.affine, result, subject["fa"].shape, subject["affine"], interpolation="cubic")
+        transforms.warp_to_subject(labels, tpl.affine, result, subject["fa"].shape, subject["affine"], interpolation="cubic")
 
 
 # --------------------------------------------------------------------------- files
 def test_save_load_round_trip(result, subject, tmp_path):
-    paths = reg.save_registration(result, tmp_path / "reg")
+    paths = transforms.save_registration(result, tmp_path / "reg")
     assert {"affine_txt", "affine_npy", "inverse_affine_txt", "json", "syn_forward", "syn_backward"} <= set(paths)
     np.testing.assert_allclose(np.loadtxt(paths["affine_txt"]), result.affine_subject_to_mni, rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.loadtxt(paths["inverse_affine_txt"]) @ result.affine_subject_to_mni, np.eye(4),
@@ -238,25 +240,25 @@ def test_save_load_round_trip(result, subject, tmp_path):
     assert meta["quality"] == result.quality
 
     for source in (paths, tmp_path / "reg", paths["json"]):
-        loaded = reg.load_registration(source)
+        loaded = transforms.load_registration(source)
         np.testing.assert_array_equal(loaded.affine_subject_to_mni, result.affine_subject_to_mni)
         assert loaded.quality == result.quality
-        tpl = reg.load_template(2.0)
-        a = reg.warp_to_subject(tpl.wm, tpl.affine, result, subject["fa"].shape, subject["affine"])
-        b = reg.warp_to_subject(tpl.wm, tpl.affine, loaded, subject["fa"].shape, subject["affine"])
+        tpl = templates.load_template(2.0)
+        a = transforms.warp_to_subject(tpl.wm, tpl.affine, result, subject["fa"].shape, subject["affine"])
+        b = transforms.warp_to_subject(tpl.wm, tpl.affine, loaded, subject["fa"].shape, subject["affine"])
         np.testing.assert_array_equal(a, b)
         pts = landmarks_mni()
-        np.testing.assert_allclose(reg.mni_to_subject_points(pts, loaded), reg.mni_to_subject_points(pts, result))
+        np.testing.assert_allclose(transforms.mni_to_subject_points(pts, loaded), transforms.mni_to_subject_points(pts, result))
 
 
 def test_save_load_affine_only(tmp_path):
-    res = reg.RegistrationResult(
+    res = transforms.RegistrationResult(
         affine_subject_to_mni=rigid_pose(), mapping=None, quality={"wm_dice": 0.5},
         template_shape=(10, 11, 12), template_affine=np.eye(4), subject_shape=(5, 6, 7),
         subject_affine=np.diag([3.0, 3.0, 3.0, 1.0]))
-    paths = reg.save_registration(res, tmp_path)
+    paths = transforms.save_registration(res, tmp_path)
     assert "syn_forward" not in paths
-    loaded = reg.load_registration(paths)
+    loaded = transforms.load_registration(paths)
     assert loaded.mapping is None
     np.testing.assert_array_equal(loaded.affine_subject_to_mni, res.affine_subject_to_mni)
     assert loaded.subject_shape == (5, 6, 7)
@@ -264,19 +266,19 @@ def test_save_load_affine_only(tmp_path):
 
 def test_load_registration_errors(tmp_path):
     with pytest.raises(InputError):
-        reg.load_registration(tmp_path)
+        transforms.load_registration(tmp_path)
     (tmp_path / "registration.json").write_text("{}")
     with pytest.raises(InputError):
-        reg.load_registration(tmp_path)
+        transforms.load_registration(tmp_path)
 
 
 # --------------------------------------------------------------------------- QC picture
 def test_qc_png(result, subject, tmp_path):
     import matplotlib.image as mpimg
 
-    tpl = reg.load_template(2.0)
-    wm = reg.warp_to_subject(tpl.wm, tpl.affine, result, subject["fa"].shape, subject["affine"])
-    out = reg.registration_qc_png(subject["fa"], subject["affine"], wm, tmp_path / "qc" / "reg.png", title="test")
+    tpl = templates.load_template(2.0)
+    wm = transforms.warp_to_subject(tpl.wm, tpl.affine, result, subject["fa"].shape, subject["affine"])
+    out = registration_qc_png(subject["fa"], subject["affine"], wm, tmp_path / "qc" / "reg.png", title="test")
     assert out.is_file()
     img = mpimg.imread(out)
     assert img.ndim == 3 and img.shape[1] == 1300
@@ -288,7 +290,7 @@ def test_qc_png(result, subject, tmp_path):
 
 # --------------------------------------------------------------------------- template and inputs
 def test_template_grid_and_fibre_tracts():
-    tpl = reg.load_template(3.0)
+    tpl = templates.load_template(3.0)
     np.testing.assert_allclose(np.diag(tpl.affine)[:3], 3.0)
     assert tpl.wm.shape == tpl.brain.shape == tpl.shape
     assert 0 <= tpl.wm.min() and tpl.wm.max() <= 1 and np.all(tpl.wm <= tpl.brain + 1e-6)
@@ -296,7 +298,7 @@ def test_template_grid_and_fibre_tracts():
     ijk = np.round(nib.affines.apply_affine(np.linalg.inv(tpl.affine), [0, -25, -30])).astype(int)
     assert tpl.wm[tuple(ijk)] > 0.7
     with pytest.raises(ValueError):
-        reg.load_template(0)
+        templates.load_template(0)
 
 
 def test_input_validation(subject):

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from csttool_nipype.reports.figures import registration_qc_png
 from csttool_nipype.science import gradients
 from csttool_nipype.science import registration as reg
+from csttool_nipype.science import templates, transforms
 from csttool_nipype.science import rois as roi_mod
 
 pytestmark = pytest.mark.realdata
@@ -56,9 +58,9 @@ def _centroid(roi, affine):
 def _register_and_check(base, qc_png, min_wm_dice):
     fa, mask, affine, b0 = _fit(base)
     result = reg.register_to_mni(fa, mask, affine, b0=b0)
-    tpl = reg.load_template(result.template_resolution_mm)
-    wm = reg.warp_to_subject(tpl.wm, tpl.affine, result, fa.shape, affine)
-    out = reg.registration_qc_png(fa, affine, wm, qc_png, title=f"{base.name}: {result.quality}")
+    tpl = templates.load_template(result.template_resolution_mm)
+    wm = transforms.warp_to_subject(tpl.wm, tpl.affine, result, fa.shape, affine)
+    out = registration_qc_png(fa, affine, wm, qc_png, title=f"{base.name}: {result.quality}")
     assert out.is_file() and out.stat().st_size > 10_000
 
     q = result.quality

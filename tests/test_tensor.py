@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from csttool_nipype.science.gradients import reorient_array
-from csttool_nipype.science.tensor import fit_tensor, tensor_qc_png
+from csttool_nipype.reports.figures import tensor_qc_png
+from csttool_nipype.science.tensor import fit_tensor
 
 
 def _directions(n: int, seed: int = 0) -> np.ndarray:

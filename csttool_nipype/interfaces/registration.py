@@ -35,8 +35,10 @@ class RegisterToMNI(StageInterface):
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.registration import (load_template, register_to_mni, registration_qc_png,
-                                            save_registration, warp_to_subject)
+        from ..reports.figures import registration_qc_png
+        from ..science.registration import register_to_mni
+        from ..science.templates import load_template
+        from ..science.transforms import save_registration, warp_to_subject
 
         fa_img = nib.load(self.inputs.in_fa)
         fa = np.asarray(fa_img.dataobj, np.float32)
@@ -85,7 +87,7 @@ class CSTRois(StageInterface):
     output_spec = _RoisOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.registration import load_registration
+        from ..science.transforms import load_registration
         from ..science.coverage import interior, start_roi
         from ..science.rois import THRESHOLDS, coverage, cst_rois
 

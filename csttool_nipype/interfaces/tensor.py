@@ -37,7 +37,8 @@ class FitTensor(StageInterface):
     output_spec = _FitTensorOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.tensor import fit_tensor, tensor_qc_png
+        from ..reports.figures import tensor_qc_png
+        from ..science.tensor import fit_tensor
 
         dwi = load_inputs(self.inputs)
         mask = load_mask(self.inputs.in_mask)

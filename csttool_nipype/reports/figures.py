@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
 
 LEFT_COLOR, RIGHT_COLOR = "#e66101", "#1f78b4"
 SIDE_COLORS = {"left": LEFT_COLOR, "right": RIGHT_COLOR}
@@ -256,3 +259,225 @@ def metric_scale(metric: str) -> tuple[float, str]:
     if metric.lower() in ("md", "rd", "ad"):
         return 1e3, " (×10⁻³ mm²/s)"
     return 1.0, ""
+
+
+# --------------------------------------------------------------------------- stage QC pictures (PNG files)
+def _to_ras(arr: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
+    if affine is None:
+        return arr
+    from ..science.gradients import reorient_array
+
+    out, _ = reorient_array(arr, affine, "RAS")
+    return out
+
+
+def tensor_qc_png(
+    fa: np.ndarray,
+    color_fa: np.ndarray,
+    mask: np.ndarray | None,
+    out_png,
+    title: str = "",
+    affine: np.ndarray | None = None,
+) -> Path:
+    """Write a QC figure: FA and colour-FA on three orthogonal slices.
+
+    Slices pass through the centre of the mask's bounding box (array centre without a
+    mask). Display is **neurological**: the subject's left is on the left of the axial
+    and coronal panels; anterior is up in the axial panel, superior is up in the coronal
+    and sagittal panels, anterior is on the right of the sagittal panel. The figure says
+    so.
+
+    Parameters
+    ----------
+    fa : ndarray, shape (X, Y, Z)
+    color_fa : ndarray, shape (X, Y, Z, 3), values in [0, 1]
+    mask : ndarray of bool, shape (X, Y, Z), or None
+        Outlined in the FA panels when given.
+    out_png : path-like
+    title : str
+    affine : ndarray, shape (4, 4), optional
+        When given, the maps are first reoriented (permute/flip only) to RAS voxel order;
+        when None they are assumed to be stored RAS (the package's internal convention).
+
+    Returns
+    -------
+    Path of the PNG written.
+    """
+    # Figure + Agg canvas directly (module imports): no pyplot, so the global backend is left alone
+    fa = _to_ras(np.asarray(fa, float), affine)
+    color_fa = _to_ras(np.asarray(color_fa, float), affine)
+    m = None if mask is None else _to_ras(np.asarray(mask, np.uint8), affine).astype(bool)
+    if color_fa.shape != fa.shape + (3,):
+        raise ValueError(f"color_fa shape {color_fa.shape} does not match FA shape {fa.shape} + (3,)")
+
+    if m is not None and m.any():
+        idx = np.argwhere(m)
+        centre = ((idx.min(0) + idx.max(0)) // 2).astype(int)
+    else:
+        centre = (np.asarray(fa.shape) // 2).astype(int)
+    cx, cy, cz = (int(c) for c in centre)
+
+    # In RAS voxel order: axis0 = R(+), axis1 = A(+), axis2 = S(+). imshow puts row 0 at
+    # the top, so each slice is transposed (rows = second axis) and shown origin="lower".
+    def views(vol):
+        return [
+            ("axial z=%d" % cz, np.swapaxes(vol[:, :, cz], 0, 1), ("L", "R", "P", "A")),
+            ("coronal y=%d" % cy, np.swapaxes(vol[:, cy, :], 0, 1), ("L", "R", "I", "S")),
+            ("sagittal x=%d" % cx, np.swapaxes(vol[cx, :, :], 0, 1), ("P", "A", "I", "S")),
+        ]
+
+    fig = Figure(figsize=(10, 7), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    for col, (name, sl, labels) in enumerate(views(fa)):
+        ax = axes[0, col]
+        ax.imshow(sl, cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest")
+        if m is not None:
+            msl = views(m.astype(float))[col][1]
+            if msl.any() and not msl.all():
+                ax.contour(msl, levels=[0.5], colors="y", linewidths=0.6, origin="lower")
+        ax.set_title(f"FA {name}", fontsize=9)
+    for col, (name, sl, labels) in enumerate(views(color_fa)):
+        ax = axes[1, col]
+        ax.imshow(np.clip(sl, 0, 1), origin="lower", interpolation="nearest")
+        ax.set_title(f"colour FA {name}", fontsize=9)
+    for row in range(2):
+        for col, (_, sl, (left, right, bottom, top)) in enumerate(views(fa)):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            kw = dict(transform=ax.transAxes, fontsize=8, color="w",
+                      bbox=dict(facecolor="k", alpha=0.5, pad=1, linewidth=0))
+            ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
+            ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
+            ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
+            ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
+    heading = (title + "\n" if title else "") + (
+        "neurological display (subject's left on the left); colour FA: red = L-R, green = A-P, blue = S-I"
+    )
+    fig.suptitle(heading, fontsize=10)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    logger.info("tensor_qc_png: wrote %s", out)
+    return out
+
+
+def _world_aligned(image, affine):
+    """Resample onto a grid whose axes are world R, A, S (isotropic, finest voxel size).
+
+    A permutation/flip-only affine (no obliquity) with isotropic voxels maps voxel
+    centres onto grid points, so the values are then copied exactly.
+    """
+    import nibabel as nib
+
+    from ..science.templates import resample_grid
+
+    zoom = float(np.sqrt((affine[:3, :3] ** 2).sum(0)).min())
+    ijk = np.array(np.meshgrid(*[[0, n - 1] for n in image.shape])).reshape(3, -1).T
+    corners = nib.affines.apply_affine(affine, ijk)
+    lo, hi = corners.min(0), corners.max(0)
+    shape = tuple(int(n) for n in np.floor((hi - lo) / zoom + 1e-6) + 1)
+    out_aff = np.diag([zoom, zoom, zoom, 1.0])
+    out_aff[:3, 3] = lo
+    return resample_grid(image, affine, shape, out_aff, order=1), out_aff
+
+
+def registration_qc_png(
+    fa: np.ndarray,
+    affine: np.ndarray,
+    template_in_subject: np.ndarray,
+    out_png: str | Path,
+    *,
+    level: float = 0.5,
+    title: str | None = None,
+) -> Path:
+    """Draw the template WM outline over the subject FA in three orthogonal planes.
+
+    Both images are resampled first onto a grid aligned with the world axes (so oblique
+    acquisitions show true sagittal, coronal and axial planes, and any voxel order on disk
+    shows the same picture), and shown in neurological convention: the subject's left on the left of the coronal and
+    axial panels, anterior on the right of the sagittal panel, superior up. Slices pass
+    through the centre of mass of the template WM on the subject grid.
+
+    Parameters
+    ----------
+    fa : ndarray, (X, Y, Z)
+        Subject FA (grey background).
+    affine : ndarray, (4, 4)
+        Voxel-to-world affine of ``fa``.
+    template_in_subject : ndarray, (X, Y, Z)
+        Template WM fraction warped onto the subject grid (e.g.
+        ``warp_to_subject(tpl.wm, tpl.affine, result, fa.shape, affine)`` with ``tpl = load_template()``).
+    out_png : path
+        Output PNG file (parent folders are created).
+    level : float
+        Iso-level of the red outline (0.5: the template's WM border).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``out_png``.
+    """
+    import nibabel as nib
+    from scipy import ndimage
+
+    from ..science.transforms import check_3d, check_affine
+
+    fa = check_3d("fa", fa)
+    tws = check_3d("template_in_subject", template_in_subject, fa.shape)
+    affine = check_affine(affine)
+    fa_r, aff_r = _world_aligned(np.nan_to_num(np.asarray(fa, np.float32)), affine)
+    t_r, _ = _world_aligned(np.nan_to_num(np.asarray(tws, np.float32)), affine)
+    # crop to the imaged brain and the template (2-voxel margin) so the panels fill the figure
+    support = (fa_r > 0) | (t_r > 0.05)
+    if support.any():
+        ijk = np.argwhere(support)
+        lo = np.maximum(ijk.min(0) - 2, 0)
+        hi = np.minimum(ijk.max(0) + 3, fa_r.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        fa_r, t_r = fa_r[box], t_r[box]
+        aff_r = aff_r @ nib.affines.from_matvec(np.eye(3), lo)
+    zooms = np.sqrt((aff_r[:3, :3] ** 2).sum(0))
+    if t_r.sum() > 0:
+        centre = np.round(ndimage.center_of_mass(t_r)).astype(int)
+    else:
+        centre = np.array(fa_r.shape) // 2
+    centre = np.clip(centre, 0, np.array(fa_r.shape) - 1)
+    vmax = float(np.percentile(fa_r[fa_r > 0], 99)) if np.any(fa_r > 0) else 1.0
+    world = nib.affines.apply_affine(aff_r, centre)
+
+    # (name, sliced axis, horizontal axis, labels left/right of the panel)
+    planes = (("sagittal", 0, 1, ("P", "A")), ("coronal", 1, 0, ("L", "R")), ("axial", 2, 0, ("L", "R")))
+    widths = [fa_r.shape[h] * zooms[h] for _, _, h, _ in planes]
+    heights = [fa_r.shape[v] * zooms[v] for v in (2, 2, 1)]
+    # figure sized so that the tallest panel fills the height (13 in wide)
+    fig_h = float(np.clip(13 * 0.98 * max(heights) / sum(widths) / 0.84, 2.5, 8.0))
+    fig = Figure(figsize=(13, fig_h), dpi=100, facecolor="black")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(1, 3, width_ratios=widths, wspace=0.02, left=0.01, right=0.99, bottom=0.02, top=0.86)
+    for n, (name, axis, horiz, labels) in enumerate(planes):
+        ax = fig.add_subplot(grid[0, n])
+        index = [slice(None)] * 3
+        index[axis] = int(centre[axis])
+        vert = [a for a in range(3) if a not in (axis, horiz)][0]
+        # the 2D slice keeps the other two axes in increasing order (horiz < vert):
+        # transpose so rows run along the vertical axis
+        bg, ov = fa_r[tuple(index)].T, t_r[tuple(index)].T
+        extent = (0, bg.shape[1] * zooms[horiz], 0, bg.shape[0] * zooms[vert])
+        ax.imshow(bg, cmap="gray", origin="lower", vmin=0, vmax=vmax, extent=extent, interpolation="nearest")
+        if ov.max() > level > ov.min():
+            ax.contour(ov, levels=[level], colors=["#ff3030"], linewidths=1.0, origin="lower", extent=extent)
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_axis_off()
+        ax.set_title(f"{name}  {'xyz'[axis]} = {world[axis]:.0f} mm", color="white", fontsize=10)
+        for x, text, ha in ((extent[0], labels[0], "left"), (extent[1], labels[1], "right")):
+            ax.text(x, extent[3] / 2, text, color="yellow", fontsize=12, va="center", ha=ha, fontweight="bold")
+    fig.suptitle(title or "template white matter outline (red) over subject FA", color="white", fontsize=11)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, facecolor=fig.get_facecolor())
+    return out_png

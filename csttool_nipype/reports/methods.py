@@ -285,13 +285,13 @@ def _every(n: int) -> str:
 
 def _registration(m: Methods, config, versions) -> str:
     from ..science import rois
-    from ..science.registration import register_to_mni
+    from ..science.registration import RegistrationParams
 
     thr = rois.THRESHOLDS
     return (
         "The subject's FA was registered to an FA-like image made from the white- and grey-matter maps of the MNI152 "
         f"2009a nonlinear symmetric template {m.cite('fonov2011')}: centre of mass, then translation, rigid and affine "
-        f"steps with mutual information on a {_g(_default(register_to_mni, 'affine_resolution_mm'))} mm grid, then "
+        f"steps with mutual information on a {_g(_default(RegistrationParams, 'affine_resolution_mm'))} mm grid, then "
         f"symmetric diffeomorphic registration {m.cite('avants2008', prefix='SyN')} with local cross-correlation at "
         f"{_g(config.template_resolution_mm)} mm. Regions of interest came from FSL's probabilistic atlases: the "
         f"Harvard-Oxford atlas {m.cite('desikan2006', 'makris2006')} brainstem (≥ {thr['brainstem']:.0%}) and "

@@ -86,6 +86,10 @@ import logging
 
 import numpy as np
 
+from csttool_nipype.science.mppca_kernels import (
+    TRIDIAGONAL_MIN_VOLUMES, Windows, box_constant, eigen_terms, flat_view, full_box_sum, valid_box_sum,
+)
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["mppca_fast"]
@@ -96,305 +100,6 @@ DEFAULT_TILE_BYTES = 96 * 2**20
 #: Patches per batched eigen-decomposition (bounds the (B, m, m) temporaries).
 EIGH_BATCH = 2048
 
-
-# --------------------------------------------------------------------------- box sums
-# Arrays are (x, y, z, channels); box sums run along the three spatial axes. Results go
-# into preallocated flat buffers (re-used for every tile and channel group: fresh large
-# arrays would cost page faults on every use).
-
-
-def _view(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The first ``prod(shape)`` elements of the flat buffer ``buf``, as a C-contiguous array."""
-    return buf[:int(np.prod(shape))].reshape(shape)
-
-
-def _cut(a: np.ndarray, axis: int, start: int, length: int) -> np.ndarray:
-    idx = [slice(None)] * a.ndim
-    idx[axis] = slice(start, start + length)
-    return a[tuple(idx)]
-
-
-def _axis_index(idx: np.ndarray, offset: int):
-    """``idx + offset`` as a basic index where possible: a slice for an arithmetic
-    progression (a view, no copy), else the integer array."""
-    n = len(idx)
-    if n == 1:
-        return slice(int(idx[0]) + offset, int(idx[0]) + offset + 1)
-    step = int(idx[1] - idx[0])
-    if step > 0 and np.all(np.diff(idx) == step):
-        start = int(idx[0]) + offset
-        return slice(start, start + step * (n - 1) + 1, step)
-    return idx + offset
-
-
-class _Windows:
-    """Patch windows of a tile: per axis the sorted window starts (in the tile's region).
-
-    ``index[axis][t]`` indexes the ``t``-th voxel of every window along ``axis`` (a slice
-    where possible); ``every[axis]``: the windows start at every position that fits in
-    ``extent[axis]`` voxels.
-    """
-
-    def __init__(self, starts, size, extent):
-        self.index = [[_axis_index(st, t) for t in range(s)] for st, s in zip(starts, size)]
-        self.every = [len(st) == n - s + 1 and int(st[0]) == 0 and int(st[-1]) == n - s
-                      for st, s, n in zip(starts, size, extent)]
-        self.counts = [len(st) for st in starts]
-        self.extent = tuple(int(n) for n in extent)
-
-
-def _at(a: np.ndarray, axis: int, index) -> np.ndarray:
-    ix = [slice(None)] * a.ndim
-    ix[axis] = index
-    return a[tuple(ix)]
-
-
-def _valid_box_sum(a: np.ndarray, size: tuple[int, int, int], out: np.ndarray, scratch, windows=None) -> np.ndarray:
-    """Sums over ``size`` windows of ``a``: every window that fits, or those of ``windows``.
-
-    ``windows`` (optional, :class:`_Windows`): the windows to sum (default: all; each
-    axis shrinks by ``s - 1``); the result has ``windows.counts[axis]`` entries along each
-    axis. ``out`` receives the result; ``scratch`` is two flat buffers at least ``a.size``
-    long. Window starts are added in a fixed order, so a window's sum depends only on its
-    values and a window of zeros sums to exactly 0.
-    """
-    axes = [axis for axis, s in enumerate(size) if s > 1]
-    src = a
-    for i, axis in enumerate(axes):
-        s = size[axis]
-        shape = list(src.shape)
-        if windows is None or windows.every[axis]:
-            n = shape[axis] - s + 1
-            index = [slice(t, t + n) for t in range(s)]
-        else:
-            n, index = windows.counts[axis], windows.index[axis]
-        shape[axis] = n
-        dst = out if i == len(axes) - 1 else _view(scratch[i % 2], tuple(shape))
-        np.add(_at(src, axis, index[0]), _at(src, axis, index[1]), out=dst)
-        for t in range(2, s):
-            np.add(dst, _at(src, axis, index[t]), out=dst)
-        src = dst
-    return out
-
-
-def _full_box_sum(g: np.ndarray, size: tuple[int, int, int], out: np.ndarray, scratch, windows=None) -> np.ndarray:
-    """Spread each value of ``g`` over the ``size`` window it is the centre of.
-
-    ``out[v] = sum of g[c] over the centres c whose window contains v``. Without
-    ``windows`` every position is a centre: each axis grows by ``s - 1`` (``out`` index
-    ``i`` = centre index ``i - r``); with ``windows`` (:class:`_Windows`) ``g`` holds the
-    values of its windows and ``out`` has the shape ``windows.extent``. ``scratch``: two
-    flat buffers at least ``out.size`` long. Each ``out`` value adds its centres in the
-    same order (window offset 0 first) either way.
-    """
-    axes = [axis for axis, s in enumerate(size) if s > 1]
-    src = g
-    for i, axis in enumerate(axes):
-        s = size[axis]
-        n = src.shape[axis]
-        shape = list(src.shape)
-        shape[axis] = n + s - 1 if windows is None else windows.extent[axis]
-        dst = out if i == len(axes) - 1 else _view(scratch[i % 2], tuple(shape))
-        if windows is None or windows.every[axis]:
-            _cut(dst, axis, 0, n)[...] = src
-            _cut(dst, axis, n, s - 1)[...] = 0.0
-            for t in range(1, s):
-                part = _cut(dst, axis, t, n)
-                np.add(part, src, out=part)
-        else:
-            dst[...] = 0.0
-            for index in windows.index[axis]:
-                if isinstance(index, slice):
-                    part = _at(dst, axis, index)
-                    np.add(part, src, out=part)
-                else:       # distinct indices: no two centres add to one value in one step
-                    ix = [slice(None)] * dst.ndim
-                    ix[axis] = index
-                    dst[tuple(ix)] += src
-        src = dst
-    return out
-
-
-def _box_constant(a: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    """Whether each ``size`` window of ``a`` (x, y, z, m) is constant in every volume."""
-    hi, lo = a, a
-    for axis, s in enumerate(size):
-        if s == 1:
-            continue
-        n_out = hi.shape[axis] - s + 1
-        idx = [slice(None)] * a.ndim
-        new_hi = new_lo = None
-        for t in range(s):
-            idx[axis] = slice(t, t + n_out)
-            h, lw = hi[tuple(idx)], lo[tuple(idx)]
-            new_hi = h.copy() if new_hi is None else np.maximum(new_hi, h, out=new_hi)
-            new_lo = lw.copy() if new_lo is None else np.minimum(new_lo, lw, out=new_lo)
-        hi, lo = new_hi, new_lo
-    return np.all(hi == lo, axis=-1)
-
-
-# --------------------------------------------------------------------------- per patch
-def _classify(d: np.ndarray, n_samples: int, tau_factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Marchenko-Pastur noise variance and number of dropped components, per patch.
-
-    Parameters
-    ----------
-    d : ndarray, shape (B, m)
-        Eigenvalues in ascending order.
-    n_samples : int
-        Voxels per patch.
-    tau_factor : float
-        ``1 + sqrt(m / n_samples)``.
-
-    Returns
-    -------
-    var : ndarray, shape (B,)
-        Noise variance (NaN where dipy's loop runs past the smallest eigenvalue).
-    ncomps : ndarray of int, shape (B,)
-        Number of eigenvalues below ``tau_factor**2 * var`` (dropped).
-    """
-    m = d.shape[1]
-    mm = min(m, n_samples - 1)
-    L = d[:, m - mm:]
-    c = np.arange(mm)
-    var_c = np.cumsum(L, axis=1) / (c + 1.0)
-    r = L - L[:, :1] - 4.0 * np.sqrt((c + 1.0) / n_samples) * var_c
-    stop = ~(r > 0)
-    # dipy walks c down from mm - 1 while r > 0: the answer is the largest c with r <= 0
-    any_stop = stop.any(axis=1)
-    c_star = mm - 1 - np.argmax(stop[:, ::-1], axis=1)
-    var = np.where(any_stop, var_c[np.arange(len(d)), c_star], np.nan)
-    with np.errstate(invalid="ignore"):
-        ncomps = np.count_nonzero(d < (tau_factor**2 * var)[:, None], axis=1)
-    return var, ncomps
-
-
-def _kept_batched(cov: np.ndarray, n_samples: int, tau_factor: float):
-    """Eigenvalues, MP classification and kept eigenvectors with one batched ``eigh``.
-
-    Returns ``(var, ncomps, w_kept)``: ``w_kept[b]`` holds the eigenvectors of the kept
-    components (eigenvalues ``>= tau``) in its last ``m - ncomps[b]`` columns, zeros in
-    the others.
-    """
-    m = cov.shape[-1]
-    d, w = np.linalg.eigh(cov)
-    var, ncomps = _classify(d, n_samples, tau_factor)
-    w *= (np.arange(m)[None, :] >= ncomps[:, None])[:, None, :]
-    return var, ncomps, w
-
-
-def _kept_tridiagonal(cov: np.ndarray, n_samples: int, tau_factor: float):
-    """As :func:`_kept_batched`, computing eigenvectors only for the kept components.
-
-    Per patch (LAPACK through :mod:`scipy.linalg.lapack`): Householder tridiagonalisation
-    ``dsytrd``, all eigenvalues by ``dsterf``; after the classification, the kept
-    eigenvectors of the tridiagonal matrix by inverse iteration (``dstein``, which
-    re-orthogonalises clusters) and back to the original basis with ``dormqr``. Where
-    every component is kept the projector is the identity and no vectors are needed. A
-    patch where ``dsterf`` or ``dstein`` reports a failure to converge is done with
-    ``numpy.linalg.eigh`` instead.
-    """
-    from scipy.linalg import lapack
-
-    sytrd, sterf, stein, ormqr = lapack.dsytrd, lapack.dsterf, lapack.dstein, lapack.dormqr
-    n_batch, m, _ = cov.shape
-    d = np.empty((n_batch, m))
-    factors = []
-    failed = []                     # patches LAPACK could not do: numpy.linalg.eigh instead
-    for b in range(n_batch):
-        # cov[b] is symmetric, so its transpose is the same matrix in Fortran order
-        c, diag, off, tau, _ = sytrd(cov[b].T, lower=1)
-        d[b], info = sterf(diag, off)
-        if info != 0:
-            failed.append(b)
-        factors.append((c, diag, off, tau))
-    if failed:
-        d[failed] = np.linalg.eigvalsh(cov[failed])
-    var, ncomps = _classify(d, n_samples, tau_factor)
-    kept = m - ncomps
-    w = np.zeros((n_batch, m, m))
-    w[kept == m] = np.eye(m)
-    iblock = np.ones(m, np.int32)
-    isplit = np.full(m, m, np.int32)
-    lwork = 64 * m
-    skip = set(failed)
-    for b in np.flatnonzero((kept > 0) & (kept < m)):
-        if b in skip:
-            continue
-        k = kept[b]
-        c, diag, off, tau = factors[b]
-        z, info = stein(diag, off, d[b, m - k:], iblock, isplit)
-        if info != 0:
-            failed.append(b)
-            continue
-        z[1:] = ormqr("L", "N", c[1:, :m - 1], tau, z[1:], lwork)[0]
-        w[b, :, m - k:] = z
-    if failed:
-        # rare (never seen): vectors from eigh, keeping the classification made above
-        logger.debug("mppca_fast: LAPACK failed to converge for %d patch(es); eigh instead", len(failed))
-        w_failed = np.linalg.eigh(cov[failed])[1]
-        w_failed *= (np.arange(m)[None, :] >= ncomps[failed][:, None])[:, None, :]
-        w[failed] = w_failed
-    return var, ncomps, w
-
-
-#: From this many volumes on, eigenvectors are computed only for the kept components
-#: (tridiagonal route): below it one batched ``eigh`` per batch is faster (measured on
-#: OpenBLAS 0.3: equal at ~20 volumes, 2x faster for the tridiagonal route at 33).
-TRIDIAGONAL_MIN_VOLUMES = 20
-
-
-def _eigen_terms(
-    s1: np.ndarray, s2: np.ndarray, constant: np.ndarray, n_samples: int, tau_factor: float,
-    iu: tuple[np.ndarray, np.ndarray], full_index: np.ndarray, out: np.ndarray, eigensolver: str,
-) -> None:
-    """Per-patch terms of the weighted average, for a batch of patches.
-
-    Parameters
-    ----------
-    s1 : ndarray, float64, shape (B, m)
-        Patch sums of the signal.
-    s2 : ndarray, float64, shape (B, K), K = m (m + 1) / 2
-        Patch sums of ``x_i x_j`` (upper triangle in the order of ``iu``).
-    constant : ndarray of bool, shape (B,)
-        Patches constant in every volume (their covariance is set to exactly 0).
-    n_samples, tau_factor
-        Voxels per patch and ``1 + sqrt(m / n_samples)``.
-    iu : tuple of ndarray
-        Upper-triangle indices of an ``m x m`` matrix.
-    full_index : ndarray of int, shape (m, m)
-        Channel of ``s2`` holding element ``(i, j)``.
-    out : ndarray, float64, shape (B, K + m + 2)
-        Receives ``[theta P (upper triangle), theta (mu - mu P), theta, theta var]``.
-    eigensolver : {"batched", "tridiagonal"}
-        See :func:`_kept_batched` and :func:`_kept_tridiagonal` (same results to rounding).
-    """
-    m = s1.shape[1]
-    k_tri = len(iu[0])
-    mu = s1 / n_samples
-    cov_tri = s2 / n_samples
-    cov_tri -= mu[:, iu[0]] * mu[:, iu[1]]
-    cov_tri[constant] = 0.0
-    cov = np.take(cov_tri, full_index.ravel(), axis=1).reshape(-1, m, m)
-    del cov_tri
-    kept_fn = _kept_tridiagonal if eigensolver == "tridiagonal" else _kept_batched
-    var, ncomps, w_kept = kept_fn(cov, n_samples, tau_factor)
-    del cov
-    theta = 1.0 / (1.0 + m - ncomps)
-    # theta P, P = projector on the kept eigenvectors (the last m - ncomps columns of
-    # w_kept); P = I where all are kept, else only the last k_max columns can be non-zero
-    all_kept = ncomps == 0
-    k_max = int(np.max(m - ncomps[~all_kept], initial=0))
-    w_part = w_kept[:, :, m - k_max:]
-    theta_proj = np.matmul(w_part * theta[:, None, None], w_part.transpose(0, 2, 1))
-    del w_kept, w_part
-    theta_proj[all_kept] = theta[all_kept, None, None] * np.eye(m)
-    out[:, :k_tri] = np.take(theta_proj.reshape(-1, m * m), iu[0] * m + iu[1], axis=1)
-    mu_p = np.matmul(mu[:, None, :], theta_proj)[:, 0]
-    np.multiply(mu, theta[:, None], out=out[:, k_tri:k_tri + m])
-    out[:, k_tri:k_tri + m] -= mu_p
-    out[:, k_tri + m] = theta
-    out[:, k_tri + m + 1] = theta * var
 
 
 # --------------------------------------------------------------------------- tiles
@@ -461,48 +166,48 @@ def _process_tile(arr, tile, radius, size, centre_mask_full, n_samples, tau_fact
     region = tuple(slice(int(t[0]) - r, int(t[-1]) + r + 1) for t, r in zip(tile, radius))
     cshape = centre_mask.shape
     n_c = centre_mask.size
-    x = _view(work.x, tuple(t.stop - t.start for t in region) + (m,))
+    x = flat_view(work.x, tuple(t.stop - t.start for t in region) + (m,))
     x[...] = arr[region]
     if not np.isfinite(x).all():
         raise ValueError("data contain NaN or inf")
     rshape = x.shape[:3]
-    windows = _Windows([t - t[0] for t in tile], size, rshape)    # window starts in the region
+    windows = Windows([t - t[0] for t in tile], size, rshape)    # window starts in the region
 
     # patch sums at the centres: first moments and the upper triangle of x x^T, by rows
-    s1 = _valid_box_sum(x, size, _view(work.s1, cshape + (m,)), work.scratch, windows).reshape(n_c, m)
-    s2 = _view(work.s2, (n_c, k_tri))
+    s1 = valid_box_sum(x, size, flat_view(work.s1, cshape + (m,)), work.scratch, windows).reshape(n_c, m)
+    s2 = flat_view(work.s2, (n_c, k_tri))
     s2_grid = s2.reshape(cshape + (k_tri,))
     for a in range(m):
-        p = np.multiply(x[..., a:a + 1], x[..., a:], out=_view(work.prod, rshape + (m - a,)))
-        _valid_box_sum(p, size, s2_grid[..., row_offsets[a]:row_offsets[a + 1]], work.scratch, windows)
-    constant = _box_constant(x, size)[np.ix_(*[t - t[0] for t in tile])].reshape(n_c)
+        p = np.multiply(x[..., a:a + 1], x[..., a:], out=flat_view(work.prod, rshape + (m - a,)))
+        valid_box_sum(p, size, s2_grid[..., row_offsets[a]:row_offsets[a + 1]], work.scratch, windows)
+    constant = box_constant(x, size)[np.ix_(*[t - t[0] for t in tile])].reshape(n_c)
 
     # per-centre terms (0 at centres outside the mask), eigen-decompositions in batches
-    terms = _view(work.terms, (n_c, n_terms))
+    terms = flat_view(work.terms, (n_c, n_terms))
     if sel.size == n_c:
         for b in range(0, n_c, EIGH_BATCH):
             ib = slice(b, b + EIGH_BATCH)
-            _eigen_terms(s1[ib], s2[ib], constant[ib], n_samples, tau_factor, iu, full_index, terms[ib], eigensolver)
+            eigen_terms(s1[ib], s2[ib], constant[ib], n_samples, tau_factor, iu, full_index, terms[ib], eigensolver)
     else:
         terms[...] = 0.0
         for b in range(0, sel.size, EIGH_BATCH):
             ib = sel[b:b + EIGH_BATCH]
             part = np.empty((ib.size, n_terms))
-            _eigen_terms(s1[ib], s2[ib], constant[ib], n_samples, tau_factor, iu, full_index, part, eigensolver)
+            eigen_terms(s1[ib], s2[ib], constant[ib], n_samples, tau_factor, iu, full_index, part, eigensolver)
             terms[ib] = part
     terms = terms.reshape(cshape + (n_terms,))
 
     # spread over the patches: sum_p theta_p X_est,p(v) = x_v Q_v + R_v; Q by rows of its
     # upper triangle: row a adds x_a Q[a, j] to column j >= a and sum_{j>a} x_j Q[a, j]
     # to column a
-    spread = _full_box_sum(terms[..., k_tri:], size, _view(work.spread, rshape + (m + 2,)), work.scratch, windows)
-    weights = _view(work.weights, rshape + (2,))
+    spread = full_box_sum(terms[..., k_tri:], size, flat_view(work.spread, rshape + (m + 2,)), work.scratch, windows)
+    weights = flat_view(work.weights, rshape + (2,))
     weights[...] = spread[..., m:]
-    y = _view(work.y, rshape + (m,))
+    y = flat_view(work.y, rshape + (m,))
     y[...] = spread[..., :m]
     for a in range(m):
-        q_row = _full_box_sum(terms[..., row_offsets[a]:row_offsets[a + 1]], size,
-                              _view(work.spread, rshape + (m - a,)), work.scratch, windows)
+        q_row = full_box_sum(terms[..., row_offsets[a]:row_offsets[a + 1]], size,
+                              flat_view(work.spread, rshape + (m - a,)), work.scratch, windows)
         if a + 1 < m:
             y[..., a] += np.einsum("...j,...j->...", x[..., a + 1:], q_row[..., 1:])
         q_row *= x[..., a:a + 1]

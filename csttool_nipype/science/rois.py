@@ -56,7 +56,7 @@ from scipy import ndimage
 
 from .coverage import (FULL_COVERAGE_Z_MM, PEDUNCLE_MIN_FRACTION, interior, missing_length_mm, side_extent,
                        template_levels)
-from .registration import RegistrationResult, _check_affine, subject_to_mni_points
+from .transforms import RegistrationResult, subject_to_mni_points, check_affine as _check_affine
 
 logger = logging.getLogger(__name__)
 

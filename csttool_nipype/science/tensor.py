@@ -1,4 +1,4 @@
-"""Diffusion tensor fit and its quality-control figure.
+"""Diffusion tensor fit (its QC figure: :func:`csttool_nipype.reports.figures.tensor_qc_png`).
 
 Units: diffusivities (MD, RD, AD, eigenvalues) in mm^2/s when b-values are in s/mm^2.
 Frames: eigenvectors are returned in the image's voxel axes (what dipy fits with voxel
@@ -10,7 +10,6 @@ whatever the storage orientation.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -185,107 +184,3 @@ def _fit_blocks(model, signal: np.ndarray, workers: int) -> tuple[np.ndarray, np
     with ThreadPoolExecutor(workers) as pool:
         parts = list(pool.map(run, np.array_split(signal, workers)))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _to_ras(arr: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
-    if affine is None:
-        return arr
-    from csttool_nipype.science.gradients import reorient_array
-
-    out, _ = reorient_array(arr, affine, "RAS")
-    return out
-
-
-def tensor_qc_png(
-    fa: np.ndarray,
-    color_fa: np.ndarray,
-    mask: np.ndarray | None,
-    out_png,
-    title: str = "",
-    affine: np.ndarray | None = None,
-) -> Path:
-    """Write a QC figure: FA and colour-FA on three orthogonal slices.
-
-    Slices pass through the centre of the mask's bounding box (array centre without a
-    mask). Display is **neurological**: the subject's left is on the left of the axial
-    and coronal panels; anterior is up in the axial panel, superior is up in the coronal
-    and sagittal panels, anterior is on the right of the sagittal panel. The figure says
-    so.
-
-    Parameters
-    ----------
-    fa : ndarray, shape (X, Y, Z)
-    color_fa : ndarray, shape (X, Y, Z, 3), values in [0, 1]
-    mask : ndarray of bool, shape (X, Y, Z), or None
-        Outlined in the FA panels when given.
-    out_png : path-like
-    title : str
-    affine : ndarray, shape (4, 4), optional
-        When given, the maps are first reoriented (permute/flip only) to RAS voxel order;
-        when None they are assumed to be stored RAS (the package's internal convention).
-
-    Returns
-    -------
-    Path of the PNG written.
-    """
-    # Figure + Agg canvas directly: no pyplot, so the global backend is left alone
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    fa = _to_ras(np.asarray(fa, float), affine)
-    color_fa = _to_ras(np.asarray(color_fa, float), affine)
-    m = None if mask is None else _to_ras(np.asarray(mask, np.uint8), affine).astype(bool)
-    if color_fa.shape != fa.shape + (3,):
-        raise ValueError(f"color_fa shape {color_fa.shape} does not match FA shape {fa.shape} + (3,)")
-
-    if m is not None and m.any():
-        idx = np.argwhere(m)
-        centre = ((idx.min(0) + idx.max(0)) // 2).astype(int)
-    else:
-        centre = (np.asarray(fa.shape) // 2).astype(int)
-    cx, cy, cz = (int(c) for c in centre)
-
-    # In RAS voxel order: axis0 = R(+), axis1 = A(+), axis2 = S(+). imshow puts row 0 at
-    # the top, so each slice is transposed (rows = second axis) and shown origin="lower".
-    def views(vol):
-        return [
-            ("axial z=%d" % cz, np.swapaxes(vol[:, :, cz], 0, 1), ("L", "R", "P", "A")),
-            ("coronal y=%d" % cy, np.swapaxes(vol[:, cy, :], 0, 1), ("L", "R", "I", "S")),
-            ("sagittal x=%d" % cx, np.swapaxes(vol[cx, :, :], 0, 1), ("P", "A", "I", "S")),
-        ]
-
-    fig = Figure(figsize=(10, 7), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3)
-    for col, (name, sl, labels) in enumerate(views(fa)):
-        ax = axes[0, col]
-        ax.imshow(sl, cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest")
-        if m is not None:
-            msl = views(m.astype(float))[col][1]
-            if msl.any() and not msl.all():
-                ax.contour(msl, levels=[0.5], colors="y", linewidths=0.6, origin="lower")
-        ax.set_title(f"FA {name}", fontsize=9)
-    for col, (name, sl, labels) in enumerate(views(color_fa)):
-        ax = axes[1, col]
-        ax.imshow(np.clip(sl, 0, 1), origin="lower", interpolation="nearest")
-        ax.set_title(f"colour FA {name}", fontsize=9)
-    for row in range(2):
-        for col, (_, sl, (left, right, bottom, top)) in enumerate(views(fa)):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            kw = dict(transform=ax.transAxes, fontsize=8, color="w",
-                      bbox=dict(facecolor="k", alpha=0.5, pad=1, linewidth=0))
-            ax.text(0.02, 0.5, left, ha="left", va="center", **kw)
-            ax.text(0.98, 0.5, right, ha="right", va="center", **kw)
-            ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **kw)
-            ax.text(0.5, 0.98, top, ha="center", va="top", **kw)
-    heading = (title + "\n" if title else "") + (
-        "neurological display (subject's left on the left); colour FA: red = L-R, green = A-P, blue = S-I"
-    )
-    fig.suptitle(heading, fontsize=10)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    logger.info("tensor_qc_png: wrote %s", out)
-    return out
