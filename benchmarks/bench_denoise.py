@@ -51,7 +51,7 @@ from dipy.denoise.localpca import mppca
 
 from _machine import load_average, machine_line  # noqa: E402 (benchmarks/ on sys.path)
 from csttool_nipype.science.mppca import mppca_fast
-from csttool_nipype.science.preprocess import _mppca_patch_radius
+from csttool_nipype.science.denoise import _mppca_patch_radius
 
 ROOT = Path(__file__).resolve().parents[1]
 VANDERBILT = ROOT.parent / "shared" / "data" / "philips_achieva_vanderbilt_dti15_b2000" / "nifti" / "601_WIP_dti_ax.nii.gz"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
 
-from csttool_nipype.science.dwi_io import import_dwi
+from csttool_nipype.science.dwi_import import import_dwi
 from csttool_nipype.science.eddy import phase_encoding_world
 from csttool_nipype.science.motion import motion_correct
 

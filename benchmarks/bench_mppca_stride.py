@@ -1,7 +1,7 @@
 """Benchmark: MP-PCA (``mppca_fast``) with patch centres on a lattice of stride s vs every voxel.
 
 For each data set the denoiser runs as the pipeline runs it
-(:func:`csttool_nipype.science.preprocess._denoise_mppca`: float32, patch radius from
+(:func:`csttool_nipype.science.denoise._denoise_mppca`: float32, patch radius from
 ``_mppca_patch_radius``, patch centres on the brain mask dilated by the radius, the
 bounding box of that), once per stride, in the same process, one after the other.
 Reported per stride:
@@ -52,7 +52,8 @@ from scipy import ndimage
 
 from _machine import load_average, machine_line  # noqa: E402 (benchmarks/ on sys.path)
 from csttool_nipype.science.mppca import mppca_fast
-from csttool_nipype.science.preprocess import _mppca_patch_radius, brain_mask
+from csttool_nipype.science.denoise import _mppca_patch_radius
+from csttool_nipype.science.preprocess import brain_mask
 from csttool_nipype.science.tensor import fit_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +101,7 @@ def load(name: str, quick: bool) -> dict:
 
 # --------------------------------------------------------------------------- running
 def denoise(dwi: np.ndarray, brain: np.ndarray, stride: int, workers: int):
-    """As ``preprocess._denoise_mppca`` (fast), with ``patch_stride``: (out, sigma map, wall s, cpu s, patches)."""
+    """As ``denoise._denoise_mppca`` (fast), with ``patch_stride``: (out, sigma map, wall s, cpu s, patches)."""
     radius = _mppca_patch_radius(dwi.shape[-1])
     centres = ndimage.binary_dilation(brain, structure=np.ones((2 * radius + 1,) * 3, bool))
     idx = np.argwhere(centres)

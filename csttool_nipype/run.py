@@ -18,7 +18,7 @@ def check_inputs(inputs: DWIInputs) -> None:
     """Fail before any workflow is built when an input file or folder is missing.
 
     Existence, and for a NIfTI the size its header gives (a volume too small or too thin
-    for the pipeline, :func:`~csttool_nipype.science.dwi_io.check_extent`). The workflow's
+    for the pipeline, :func:`~csttool_nipype.science.dwi_import.check_extent`). The workflow's
     import node reads and validates the series (truncated files, count mismatches, missing
     b0, unconvertible DICOM, the size of converted DICOM), once, and its failure carries the
     same one-line reason naming the file.
@@ -40,7 +40,7 @@ def _check_header_extent(nifti) -> None:
     """Voxel counts and field of view from the NIfTI header alone (no voxel data read)."""
     import nibabel as nib
 
-    from .science.dwi_io import check_extent
+    from .science.dwi_import import check_extent
 
     try:
         img = nib.load(str(nifti))

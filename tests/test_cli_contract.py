@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from csttool_nipype.cli.options import DEFAULT_TIMEOUT_MINUTES, resolve_timeout
-from csttool_nipype.science.dwi_io import MIN_AXIS_EXTENT_MM, MIN_AXIS_VOXELS
+from csttool_nipype.science.dwi_import import MIN_AXIS_EXTENT_MM, MIN_AXIS_VOXELS
 from csttool_nipype.sims.model import PhantomSpec
 from csttool_nipype.sims.phantom import make_phantom
 from csttool_nipype.sims.writer import write_phantom

@@ -123,7 +123,7 @@ def test_phase_encoding_axis_survives_the_import_reorientation(tmp_path):
 
     import nibabel as nib
 
-    from csttool_nipype.science.dwi_io import import_dwi
+    from csttool_nipype.science.dwi_import import import_dwi
     from csttool_nipype.sims.model import PhantomSpec
     from csttool_nipype.sims.phantom import make_phantom
     from csttool_nipype.sims.writer import write_phantom

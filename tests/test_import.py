@@ -9,20 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from csttool_nipype.config import B0_THRESHOLD
 from csttool_nipype.errors import InputError
 from csttool_nipype.science import gradients
 from csttool_nipype.science.dicom import convert_dicom, find_dcm2niix
-from csttool_nipype.science.dwi_io import (
-    B0_THRESHOLD,
-    DWIData,
-    drop_derived_volumes,
-    find_sidecars,
-    import_dwi,
-    load_dwi,
-    save_dwi,
-    to_ras,
-    validate_dwi,
-)
+from csttool_nipype.science.dwi_import import drop_derived_volumes, import_dwi, load_dwi, to_ras, validate_dwi
+from csttool_nipype.science.dwi_io import DWIData, find_sidecars, save_dwi
 
 SHAPE = (6, 7, 5)
 # b0 + 6 non-collinear directions (world-agnostic: these are FSL-frame rows).

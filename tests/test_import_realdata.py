@@ -16,7 +16,8 @@ import pytest
 from csttool_nipype.errors import InputError
 from csttool_nipype.science import gradients
 from csttool_nipype.science.dicom import OUTPUT_DIRNAME, convert_dicom
-from csttool_nipype.science.dwi_io import DWIData, drop_derived_volumes, import_dwi, load_dwi, to_ras
+from csttool_nipype.science.dwi_import import drop_derived_volumes, import_dwi, load_dwi, to_ras
+from csttool_nipype.science.dwi_io import DWIData
 
 pytestmark = pytest.mark.realdata
 

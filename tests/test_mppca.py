@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from dipy.denoise.localpca import mppca
 
-from csttool_nipype.science import preprocess
+from csttool_nipype.science import denoise
 from csttool_nipype.science.mppca import mppca_fast
 from csttool_nipype.sims.model import PhantomSpec
 from csttool_nipype.sims.phantom import make_phantom
@@ -402,10 +402,10 @@ def test_preprocess_denoise_uses_it_and_matches_dipy_reference(block):
     data, _, brain, _ = block
     data = np.ascontiguousarray(data[..., SUB16])
     bvals = np.r_[0.0, np.full(15, 1000.0)]
-    out, info = preprocess.denoise(data, bvals, None, method="mppca")
+    out, info = denoise.denoise(data, bvals, None, method="mppca")
     assert info["parameters"]["implementation"] == "fast"
-    ref, ref_info = preprocess._denoise_mppca(data, None, implementation="dipy")
+    ref, ref_info = denoise._denoise_mppca(data, None, implementation="dipy")
     assert _max_rel(out, ref) <= TOL
     assert info["sigma_estimate"] == pytest.approx(ref_info["sigma_estimate"], rel=TOL)
     with pytest.raises(ValueError):
-        preprocess._denoise_mppca(data, None, implementation="gpu")
+        denoise._denoise_mppca(data, None, implementation="gpu")

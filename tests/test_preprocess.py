@@ -7,8 +7,11 @@ import pytest
 from scipy import fft as sp_fft
 from scipy import ndimage
 
+from csttool_nipype.config import DENOISE_METHODS
+from csttool_nipype.science import denoise as denoise_mod
 from csttool_nipype.science import preprocess
-from csttool_nipype.science.preprocess import DENOISE_METHODS, brain_mask, denoise, gibbs_unring
+from csttool_nipype.science.denoise import denoise
+from csttool_nipype.science.preprocess import brain_mask, gibbs_unring
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -134,7 +137,7 @@ def test_processing_region_holds_the_brain_with_a_margin():
 
 
 def test_processing_region_on_real_scans(shared_data):
-    from csttool_nipype.science.dwi_io import load_dwi
+    from csttool_nipype.science.dwi_import import load_dwi
 
     for nifti in (shared_data / "philips_achieva_vanderbilt_dti15_b2000/nifti/601_WIP_dti_ax.nii.gz",
                   shared_data / "canon_galan_dti12_b1500/nifti/3000_DTI_PA-ortho_cl.nii.gz",
@@ -167,10 +170,10 @@ def test_mppca_sigma_and_patch_radius():
     noisy, _, bvals, bvecs, brain, _ = _brain_phantom(sigma=30.0)
     _, info = denoise(noisy, bvals, bvecs, method="mppca", mask=brain)
     assert info["sigma_estimate"] == pytest.approx(30.0, rel=0.2)
-    assert preprocess._mppca_patch_radius(31) == 2  # 125 > 31
-    assert preprocess._mppca_patch_radius(124) == 2
-    assert preprocess._mppca_patch_radius(125) == 3  # 343 > 125
-    assert preprocess._mppca_patch_radius(6) == 2
+    assert denoise_mod._mppca_patch_radius(31) == 2  # 125 > 31
+    assert denoise_mod._mppca_patch_radius(124) == 2
+    assert denoise_mod._mppca_patch_radius(125) == 3  # 343 > 125
+    assert denoise_mod._mppca_patch_radius(6) == 2
 
 
 def test_patch2self_b0_handling():

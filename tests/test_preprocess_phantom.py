@@ -15,7 +15,8 @@ from csttool_nipype.science.gradients import reorient_array, voxel_to_world, wor
 from csttool_nipype.science.motion import apply_motion, motion_correct
 from csttool_nipype.sims.model import PhantomSpec
 from csttool_nipype.sims.phantom import make_phantom
-from csttool_nipype.science.preprocess import brain_mask, denoise, gibbs_unring
+from csttool_nipype.science.denoise import denoise
+from csttool_nipype.science.preprocess import brain_mask, gibbs_unring
 from csttool_nipype.science.tensor import fit_tensor
 
 pytestmark = pytest.mark.slow

@@ -51,7 +51,7 @@ def load_mask(path) -> np.ndarray:
 
 def load_inputs(inputs):
     """Load the DWI triplet of an interface's inputs as a ``DWIData`` (validated)."""
-    from ..science.dwi_io import load_dwi
+    from ..science.dwi_import import load_dwi
 
     return load_dwi(inputs.in_dwi, inputs.in_bval, inputs.in_bvec, b0_threshold=inputs.b0_threshold)
 

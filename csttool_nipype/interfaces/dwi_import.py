@@ -29,13 +29,14 @@ class _ImportDWIOutputSpec(TraitedSpec):
 
 
 class ImportDWI(StageInterface):
-    """Read, validate and reorient one diffusion series (see ``science.dwi_io.import_dwi``)."""
+    """Read, validate and reorient one diffusion series (see ``science.dwi_import.import_dwi``)."""
 
     input_spec = _ImportDWIInputSpec
     output_spec = _ImportDWIOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.dwi_io import check_extent, import_dwi, save_dwi
+        from ..science.dwi_import import check_extent, import_dwi
+        from ..science.dwi_io import save_dwi
 
         def opt(name):
             value = getattr(self.inputs, name)

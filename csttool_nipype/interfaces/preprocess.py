@@ -62,13 +62,13 @@ class _DenoiseOutputSpec(DWIOutputSpec):
 
 
 class Denoise(StageInterface):
-    """Denoise a DWI series (``science.preprocess.denoise``)."""
+    """Denoise a DWI series (``science.denoise.denoise``)."""
 
     input_spec = _DenoiseInputSpec
     output_spec = _DenoiseOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.preprocess import denoise
+        from ..science.denoise import denoise
 
         dwi = load_inputs(self.inputs)
         data, info = denoise(

@@ -68,7 +68,7 @@ class Track(StageInterface):
             extra["end_fa"] = fa
             fa, v1 = smoothed_tensor_field(tensor, mask, fa_img.affine, self.inputs.smoothing_mm)
         if self.inputs.method == "probabilistic":
-            from ..science.dwi_io import load_dwi
+            from ..science.dwi_import import load_dwi
 
             if not all(isdefined(getattr(self.inputs, k)) for k in ("in_dwi", "in_bval", "in_bvec")):
                 raise ValueError("probabilistic tracking needs in_dwi, in_bval and in_bvec")

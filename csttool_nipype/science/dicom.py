@@ -3,8 +3,9 @@
 :func:`convert_dicom` turns a DICOM folder (any depth) or a single DICOM file,
 optionally gzipped, into one 4D diffusion NIfTI with its FSL ``.bval``/``.bvec``
 and BIDS JSON sidecar, as written by ``dcm2niix``. The b-vectors are in the FSL
-frame (see :mod:`csttool_nipype.science.gradients`); reading, validation and
-reorientation are :mod:`csttool_nipype.science.dwi_io`'s job.
+frame (see :mod:`csttool_nipype.science.gradients`); reading is
+:mod:`csttool_nipype.science.dwi_io`'s job, validation and reorientation
+:mod:`csttool_nipype.science.dwi_import`'s.
 
 Everything is written inside ``work_dir``:
 

@@ -32,6 +32,7 @@ from csttool_nipype.science.volume_registration import (  # noqa: F401 (_grid_ce
     FD_RADIUS_MM, _grid_centre, _LSTemplate, _register_ls,
 )
 from csttool_nipype.science.gradients import voxel_to_world, world_to_voxel
+from csttool_nipype.science.preprocess import bounding_box
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +66,6 @@ _MIN_SHELL_FOR_TEMPLATE = 3
 # interpolation of the corrected output (templates use trilinear): cubic B-spline keeps
 # the anisotropy of thin tracts better than trilinear (measured on the phantom)
 _FINAL_ORDER = 3
-
-
-def _bounding_box(region: np.ndarray, margin: int) -> tuple:
-    """Slices of the bounding box of ``region`` grown by ``margin`` voxels (whole grid if empty)."""
-    idx = np.argwhere(region)
-    if not idx.size:
-        return tuple(slice(0, int(n)) for n in region.shape)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, region.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def _foreground(image: np.ndarray, dilate: int = 2) -> np.ndarray:
@@ -473,7 +464,7 @@ def motion_correct(
         # intermediate templates are only looked at around the head (registration region
         # of the first template, and the b0 region for the link): resample that box only
         region0 = _foreground(template) if reg_mask is None else reg_mask
-        box = _bounding_box(region0 | region_ref, _TEMPLATE_BOX_MARGIN)
+        box = bounding_box(region0 | region_ref, _TEMPLATE_BOX_MARGIN)
         to_template = np.tile(np.eye(4), (members.size, 1, 1))
         for p in range(_TEMPLATE_PASSES):
             region = region0 if p == 0 else (_foreground(template) if reg_mask is None else reg_mask)

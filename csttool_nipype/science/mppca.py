@@ -56,10 +56,9 @@ measures them):
   where dipy's float32 rounding decides a near-tie differently - an eigenvalue within
   rounding of the threshold ``tau``, or a classifier step within rounding of 0. Such a
   patch keeps one component more or less (a change of the size of the noise, weighted by
-  about 1/125 in the voxels it covers): on the real Philips subject up to 1.8e-4 of the
-  image maximum (0.025 noise sigma) in 0.5 % of the values. Either decision is as
-  correct as the other; this module's is the exact-arithmetic one (it equals dipy run on
-  the data converted to float64, to float32 output rounding).
+  about 1/125 in the voxels it covers; measured on a real scan: docs/decisions.md).
+  Either decision is as correct as the other; this module's is the exact-arithmetic one
+  (it equals dipy run on the data converted to float64, to float32 output rounding).
 * A patch that is constant in every volume (e.g. zero background) has ``C = 0`` exactly
   here: ``var = 0``, no component dropped, ``X_est = mu``. dipy gets exactly that for a
   constant 0 and, for another constant, a rank-1 rounding residue of its float32 mean

@@ -269,8 +269,7 @@ def _kept_tridiagonal(cov: np.ndarray, n_samples: int, tau_factor: float):
 
 
 #: From this many volumes on, eigenvectors are computed only for the kept components
-#: (tridiagonal route): below it one batched ``eigh`` per batch is faster (measured on
-#: OpenBLAS 0.3: equal at ~20 volumes, 2x faster for the tridiagonal route at 33).
+#: (tridiagonal route): below it one batched ``eigh`` per batch is faster (docs/decisions.md).
 TRIDIAGONAL_MIN_VOLUMES = 20
 
 
