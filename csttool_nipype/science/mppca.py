@@ -21,19 +21,8 @@ mask) with the patch ``X`` (``n`` voxels x ``m`` volumes, ``n = prod(2 r + 1)``)
 
 How it is vectorised (the result is the same up to floating-point rounding):
 
-* Covariances from sliding-window sums: ``C = S2 / n - mu mu^T`` with
-  ``S2 = sum_patch x x^T`` and ``mu = sum_patch x / n``, each of the ``m (m + 1) / 2 + m``
-  channels box-summed along the three axes (a few additions per voxel instead of
-  ``n m^2`` multiply-adds per patch), in float64, so the cancellation in
-  ``S2 / n - mu mu^T`` costs about ``n * 1e-16`` of ``max(x^2)`` - far below the float32
-  rounding of dipy's own covariance (``~6e-8 * |C|``).
-* Eigen-decompositions per patch stay in LAPACK (they are most of the cost), with no
-  Python work per patch besides the LAPACK calls: below :data:`TRIDIAGONAL_MIN_VOLUMES`
-  volumes one batched ``numpy.linalg.eigh`` per batch of patches; from it on, per patch
-  ``dsytrd`` + ``dsterf`` (all eigenvalues) and, only for the kept components,
-  ``dstein`` + ``dormqr`` (eigenvectors) - about half the cost of ``eigh`` at 33 volumes,
-  where most patches keep a few components of 33. The classifier and the threshold run
-  on all patches of a batch at once (cumulative sums).
+* Covariances from sliding-window sums and per-patch eigen-decompositions in LAPACK, batched
+  (:mod:`csttool_nipype.science.mppca_kernels`, which says how).
 * Reconstruction by linearity: ``sum_p theta_p X_est,p(v) = x_v Q_v + R_v`` with
   ``Q_v = sum_{p covering v} theta_p P_p`` and ``R_v = sum_p theta_p (mu_p - mu_p P_p)``,
   i.e. box sums (over patch centres) of ``theta P`` (upper triangle), ``theta (mu - mu P)``,

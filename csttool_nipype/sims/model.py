@@ -1,39 +1,10 @@
 """What the phantom simulates: tissue compartments, the simulation's specification and result.
 
-Six compartments, each one axially symmetric tensor ``D = l_perp I + (l_par - l_perp) u u^T``
-(diffusivities in mm^2/s, see :data:`COMPARTMENTS`); where each compartment
-lies and which way it points is built in :mod:`csttool_nipype.sims.anatomy`:
-
-* ``cst_left`` / ``cst_right``: the corticospinal tracts, from the bottom of the
-  brainstem (medulla) to the precentral gyrus. Corridor = Juelich
-  ``WM_Corticospinal_tract_L/R`` >= 25 % with ``|x| >= MIDLINE_GAP_MM`` on its own side
-  (cerebral peduncle -> internal capsule -> corona radiata, fanning out to the
-  precentral cortex from the vertex down to the lateral convexity), joined below z = 0
-  with an elliptic tube (:func:`_low_cst`): in the medulla and pons, where the atlas map
-  has no tract, a 7 x 9 mm (bottom) to 10 x 11 mm (midbrain) ellipse per side in the
-  anterior brainstem, from ``x = +-5 mm`` beside the midline diverging to the peduncle;
-  in the peduncle the same 10 x 11 mm ellipse around the atlas corridor's centroid, so
-  that the tract is about two 3 mm voxels across or more everywhere. Of that corridor
-  the tract holds the white-matter-dominated voxels (after the relabelling below) that
-  keep ``CSF_MARGIN_MM`` from CSF below z = 0 (cisterns around the brainstem and the
-  peduncles) and connect to the bottom slice; the two tracts keep a 5 mm gap at the
-  midline.
-  Direction ``u`` = the tract's own flow field (:func:`_cst_field`): per side the
-  potential of a flow through the corridor that enters at its lowest slice and is
-  absorbed mostly near the precentral cortex (``laplacian(phi) = -a``, ``phi = 0`` on
-  the lowest slice, no flux through the walls; :func:`_flow_potential`). Its normalised
-  gradient, smoothed within the corridor (Gaussian, ``CST_FIELD_SIGMA_MM``), is tangent
-  to the corridor's walls and reaches every part of it: the field lines run up from the
-  medulla through the capsule, fan out through the corona radiata and end in the
-  precentral cortex. Deterministic tracking from the brainstem on this field covers the
-  corridor, which is what the truth masks contain.
-* ``callosum``: Juelich ``WM_Callosal_body`` >= 25 %, direction left-right (MNI x).
-* ``wm_other``: remaining white matter, direction anterior-posterior (MNI y); inside the
-  brainstem (Harvard-Oxford ``Brain-Stem`` >= 50 %, blended by its trilinear indicator)
-  the long tracts run along the brainstem's axis (smoothed centroid tangent), so that
-  the narrow brainstem CST mixing with its neighbours keeps its anisotropy and direction.
-* ``gm``: near-isotropic, axis MNI z. ``csf``: isotropic.
-
+Six compartments (:data:`COMPARTMENTS`: ``cst_left``, ``cst_right``, ``callosum``, ``wm_other``,
+``gm``, ``csf``), each one axially symmetric tensor ``D = l_perp I + (l_par - l_perp) u u^T``
+(diffusivities in mm^2/s) with a b=0 signal per tissue (:data:`S0_WM`, ...). Where each
+compartment lies and which way ``u`` points (MNI frame) is built in
+:mod:`csttool_nipype.sims.anatomy`; the acquisition in :mod:`csttool_nipype.sims.signal`.
 """
 
 from __future__ import annotations
