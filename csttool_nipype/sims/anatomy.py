@@ -113,6 +113,8 @@ class CstField:
 
 @dataclass(frozen=True)
 class MniModel:
+    """The phantom's compartment maps on the cropped 1 mm MNI grid (read-only arrays, see :func:`mni_model`)."""
+
     channels: np.ndarray   # (X, Y, Z, 7) uint8, value/255, see _CHANNELS
     support: np.ndarray    # (X, Y, Z) uint8: 1 within one voxel (3x3x3) of any tissue
     affine: np.ndarray     # voxel -> MNI mm of ``channels`` (axis-aligned, diagonal)
