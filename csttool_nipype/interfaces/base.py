@@ -10,6 +10,7 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface
 
 from .. import __version__
 from ..config import B0_THRESHOLD
+from ..jsonutil import jsonable
 from ..peak_memory import PeakMemory
 
 
@@ -80,19 +81,9 @@ def save_map(array, affine, cwd, stem: str) -> str:
 
 
 def write_json(obj, path: Path) -> str:
-    """Write ``obj`` as indented JSON (numpy scalars and arrays converted) and return the path."""
-
-    def _default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
+    """Write ``obj`` as indented JSON (NumPy values and paths converted) and return the path."""
     path = Path(path)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_default) + "\n")
+    path.write_text(json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n")
     return str(path)
 
 

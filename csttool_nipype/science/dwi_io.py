@@ -26,6 +26,7 @@ import numpy as np
 
 from csttool_nipype.errors import InputError
 from csttool_nipype.science import gradients
+from csttool_nipype.jsonutil import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -225,20 +226,6 @@ def _fmt_number(x: float) -> str:
     return np.format_float_positional(float(x), precision=8, unique=True, trim="-")
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, PathLike):
-        return str(obj)
-    return obj
-
-
 def save_dwi(dwi: DWIData, out_prefix: DWIPath, compress: bool = True) -> dict[str, Path]:
     """Write a series as NIfTI + FSL ``.bval``/``.bvec`` + JSON.
 
@@ -281,6 +268,6 @@ def save_dwi(dwi: DWIData, out_prefix: DWIPath, compress: bool = True) -> dict[s
     fsl = gradients.voxel_to_fsl(np.asarray(dwi.bvecs_voxel, float), affine)
     fsl = np.where(fsl == 0, 0.0, fsl)  # no "-0"
     paths["bvec"].write_text("".join(" ".join(_fmt_number(v) for v in row) + "\n" for row in fsl.T))
-    paths["json"].write_text(json.dumps(_jsonable(dwi.metadata), indent=2) + "\n")
+    paths["json"].write_text(json.dumps(jsonable(dwi.metadata), indent=2) + "\n")
     logger.info("wrote %s (+ .bval/.bvec/.json)", paths["nifti"])
     return paths

@@ -27,6 +27,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..jsonutil import jsonable
 from .templates import Template
 
 
@@ -263,18 +264,6 @@ _MAP_ARRAYS = ("disp_grid2world", "domain_grid2world", "codomain_grid2world", "p
 _MAP_SHAPES = ("disp_shape", "domain_shape", "codomain_shape")
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def save_registration(result: RegistrationResult, out_dir: str | Path) -> dict[str, Path]:
     """Write a registration to a folder, loadable by :func:`load_registration`.
 
@@ -324,8 +313,8 @@ def save_registration(result: RegistrationResult, out_dir: str | Path) -> dict[s
         "subject_shape": list(result.subject_shape),
         "subject_affine": np.asarray(result.subject_affine, float).tolist(),
         "template_resolution_mm": float(result.template_resolution_mm),
-        "quality": _jsonable(result.quality),
-        "stages": _jsonable(result.stages),
+        "quality": jsonable(result.quality),
+        "stages": jsonable(result.stages),
         "runtime_s": float(result.runtime_s),
         "files": {k: v.name for k, v in paths.items() if k != "json"},
         "mapping": None,
