@@ -322,3 +322,27 @@ def test_missing_nifti(tmp_path):
     with pytest.raises(InputError) as ei:
         load_dwi(tmp_path / "absent_dwi.nii.gz")
     check_error(ei, "absent_dwi.nii.gz", "not found")
+
+
+@pytest.mark.parametrize("zooms, outcome", [
+    ((4.0, 4.0, 4.0), "ok"),
+    ((1.8, 1.8, 5.0), "thick"),          # a clinical axial protocol
+    ((5.0, 1.8, 1.8), "thick"),          # the same, sliced sagittally
+    ((2.0, 2.0, 6.0), "thick"),
+    ((5.0, 5.0, 5.0), "in-plane voxels above 4 mm"),
+    ((4.5, 4.5, 2.0), "in-plane voxels above 4 mm"),
+    ((2.0, 2.0, 7.0), "slices thicker than 6 mm"),
+])
+def test_voxel_size_rule_for_tracking(tmp_path, caplog, zooms, outcome):
+    """In-plane edges (the two finest) up to 4 mm and slices up to 6 mm are tracked; thicker
+    slices than 4 mm are said in the log (README: the rule and why)."""
+    nii = write_dwi(tmp_path, affine=np.diag([*zooms, 1.0]))
+    if outcome in ("ok", "thick"):
+        with caplog.at_level("WARNING"):
+            import_dwi(nii)
+        said = [r.getMessage() for r in caplog.records if "thick slices" in r.getMessage()]
+        assert bool(said) == (outcome == "thick"), said
+    else:
+        with pytest.raises(InputError) as excinfo:
+            import_dwi(nii)
+        check_error(excinfo, nii.name, outcome, "too coarse to track")

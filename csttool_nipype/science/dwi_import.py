@@ -38,9 +38,15 @@ MIN_AXIS_VOXELS = 5
 MIN_AXIS_EXTENT_MM = 40.0
 #: Accepted voxel size range (mm) along each axis.
 MIN_ZOOM_MM, MAX_ZOOM_MM = 0.1, 20.0
-#: Largest voxel edge (mm) accepted for CST tractography: coarser grids cannot follow the
-#: tract through the internal capsule (about 5 mm wide).
+#: Largest in-plane voxel edge (mm; the two finest axes) accepted for CST tractography: the
+#: tract is about 5 mm wide in the posterior limb of the internal capsule, and a coarser grid
+#: cannot separate it from the fibres beside it.
 MAX_TRACKING_VOXEL_MM = 4.0
+#: Thickest slice (mm; the coarsest axis) accepted. Clinical protocols acquire 5-6 mm slices
+#: with fine in-plane voxels; in an axial scan the slices lie across the tract's mostly
+#: superior-inferior course, which tracking follows from slice to slice. Thicker slices
+#: leave the brainstem (about 50 mm from medulla to peduncle) fewer than 8 slices.
+MAX_SLICE_THICKNESS_MM = 6.0
 #: A largest b-value at or below this (with a b=0) means the file is in ms/µm², not s/mm².
 MAX_BVALUE_IN_MS_PER_UM2 = 10.0
 #: b-vectors of b>0 volumes whose length is within this of 1 are normalised; others are errors.
@@ -185,12 +191,21 @@ def _first_nonfinite(data: np.ndarray) -> tuple[int, int]:
 
 
 def _check_tracking_voxels(dwi: DWIData) -> None:
-    """Reject voxels with an edge above :data:`MAX_TRACKING_VOXEL_MM` (mm)."""
+    """Reject in-plane voxel edges above :data:`MAX_TRACKING_VOXEL_MM` and slices thicker than
+    :data:`MAX_SLICE_THICKNESS_MM` (mm); warn about slices thicker than the in-plane limit."""
     zooms = np.linalg.norm(np.asarray(dwi.affine, dtype=float)[:3, :3], axis=0)
-    if np.any(zooms > MAX_TRACKING_VOXEL_MM + 1e-3):   # rounding of a 4 mm header
-        shown = "×".join(f"{z:.3g}" for z in zooms)
-        raise InputError(dwi.source, f"voxel size {shown} mm: an edge above {MAX_TRACKING_VOXEL_MM:g} mm is too "
-                                     "coarse to track the corticospinal tract")
+    shown = "×".join(f"{z:.3g}" for z in zooms)
+    in_plane, thickest = np.sort(zooms)[1], zooms.max()
+    tolerance = 1e-3   # rounding of a header's 4 mm
+    if in_plane > MAX_TRACKING_VOXEL_MM + tolerance:
+        raise InputError(dwi.source, f"voxel size {shown} mm: in-plane voxels above {MAX_TRACKING_VOXEL_MM:g} mm "
+                                     "are too coarse to track the corticospinal tract")
+    if thickest > MAX_SLICE_THICKNESS_MM + tolerance:
+        raise InputError(dwi.source, f"voxel size {shown} mm: slices thicker than {MAX_SLICE_THICKNESS_MM:g} mm "
+                                     "are too coarse to track the corticospinal tract")
+    if thickest > MAX_TRACKING_VOXEL_MM + tolerance:
+        logger.warning("%s: %.3g mm slices (voxel size %s mm): the tract is followed across thick slices; "
+                       "compare its numbers only with scans of the same protocol", dwi.source, thickest, shown)
 
 
 def _check_some_directions(dwi: DWIData, b0_threshold: float) -> None:
@@ -216,8 +231,8 @@ def validate_dwi(dwi: DWIData, b0_threshold: float = B0_THRESHOLD) -> None:
     """Check that a DWI series is usable for tensor fitting; raise on the first problem.
 
     Checks, in order: 4D image; equal numbers of b-values, b-vectors (N×3) and
-    volumes; finite, non-singular affine with voxel sizes in 0.1–20 mm and at most
-    4 mm for tracking; finite, non-negative b-values in s/mm² (not ms/µm²); at least one b=0 volume (b ≤ ``b0_threshold``); b-vectors
+    volumes; finite, non-singular affine with voxel sizes in 0.1–20 mm, at most
+    4 mm in-plane and 6 mm across slices for tracking; finite, non-negative b-values in s/mm² (not ms/µm²); at least one b=0 volume (b ≤ ``b0_threshold``); b-vectors
     of b>0 volumes non-zero and of unit length within 10%; at least 6
     non-collinear directions (rank 6 of the tensor design matrix
     [gx², gy², gz², 2gxgy, 2gxgz, 2gygz]); no NaN/Inf voxels.
