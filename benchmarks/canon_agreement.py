@@ -29,6 +29,8 @@ from pathlib import Path
 
 from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
 
+from csttool_nipype.derivatives import path as output_path
+
 HERE = Path(__file__).resolve().parent
 CANON = HERE.parent.parent / "shared" / "data" / "canon_galan_dti12_b1500"
 #: The ``csttool`` of the Python running this script (its venv's), else the one on PATH.
@@ -63,7 +65,7 @@ def run_scan(scan: str, flags: list[str], out: Path, work: Path, nprocs: int, in
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise SystemExit(f"csttool run failed on {scan} ({' '.join(flags) or 'defaults'}): {tail[0]}")
-    with open(out / "sub-01" / "dwi" / "sub-01_desc-summary_metrics.tsv", newline="") as f:
+    with open(output_path(out / "sub-01", "summary", "sub-01"), newline="") as f:
         row = next(csv.DictReader(f, delimiter="\t"))
     return {**row, "seconds": seconds}
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from csttool_nipype.cli.main import main as csttool_main
 from csttool_nipype.config import PipelineConfig
+from csttool_nipype.derivatives import path as output_path
 from csttool_nipype.science.bundles import resample_streamlines
 from csttool_nipype.sims.model import LesionSpec, PhantomSpec
 from csttool_nipype.sims.phantom import make_phantom, on_truth_grid
@@ -51,13 +52,13 @@ def _node_times(work: Path) -> dict[str, float]:
 
 
 def measure(phantom, out: Path) -> dict:
-    dwi = out / "sub-01" / "dwi"
-    summary = pd.read_csv(dwi / "sub-01_desc-summary_metrics.tsv", sep="\t").iloc[0]
-    profiles = pd.read_csv(dwi / "sub-01_space-dwi_bundle-CST_tractprofile.tsv", sep="\t")
+    subject = out / "sub-01"
+    summary = pd.read_csv(output_path(subject, "summary", "sub-01"), sep="\t").iloc[0]
+    profiles = pd.read_csv(output_path(subject, "profiles", "sub-01"), sep="\t")
     truth = phantom.truth
     row = {"fa_li": summary["fa_mean_li"], **_node_times(out / "_work")}
     for side in ("left", "right"):
-        density = nib.load(dwi / f"sub-01_space-dwi_bundle-CST{side}_param-density_dwimap.nii.gz")
+        density = nib.load(output_path(subject, f"cst_{side}_density", "sub-01"))
         found = on_truth_grid(density, phantom) > 0
         true = truth[f"cst_{side}"]
         row[f"n_{side}"] = int(summary[f"streamline_count_{side}"])
@@ -65,7 +66,7 @@ def measure(phantom, out: Path) -> dict:
         row[f"fa_err_{side}"] = summary[f"fa_mean_{side}"] - truth["fa"][true].mean()
     if truth["lesion"].any():
         centre = nib.affines.apply_affine(phantom.affine, np.argwhere(truth["lesion"]).mean(axis=0))
-        bundle = load_trk(dwi / "sub-01_space-dwi_bundle-CSTleft_streamlines.trk")
+        bundle = load_trk(output_path(subject, "cst_left", "sub-01"))
         nodes = resample_streamlines(orient_inferior_superior(bundle), 100).mean(axis=0)
         fa = profiles[(profiles.side == "left") & (profiles.metric == "fa")].sort_values("node")["value"].to_numpy()
         row["lesion_node"] = int(np.argmin(np.linalg.norm(nodes - centre, axis=1)))

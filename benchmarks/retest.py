@@ -34,6 +34,7 @@ import numpy as np
 from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
 from canon_agreement import CANON, SCANS, named_flags, run_scan  # noqa: E402
 
+from csttool_nipype.derivatives import find
 from csttool_nipype.science.transforms import load_registration, warp_to_mni
 from csttool_nipype.science.reliability import (
     coefficient_of_variation, max_deviation, median_pairwise_correlation, median_pairwise_weighted_dice,
@@ -48,8 +49,8 @@ TARGETS = {"fa_mean": 0.015, "fa_core_mean": 0.015, "volume_mm3": 0.10, "density
 
 
 def profiles(subject_dir: Path, side: str, metric: str = "fa") -> np.ndarray:
-    """The 100-node profile of one side from ``*_tractprofile.tsv`` (NaN where not covered)."""
-    path = next((subject_dir / "dwi").glob("*_tractprofile.tsv"))
+    """The 100-node profile of one side from the subject's profile table (NaN where not covered)."""
+    path = find(subject_dir, "profiles")
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f, delimiter="\t") if r["side"] == side and r["metric"] == metric]
     rows.sort(key=lambda r: int(r["node"]))
@@ -58,8 +59,8 @@ def profiles(subject_dir: Path, side: str, metric: str = "fa") -> np.ndarray:
 
 def density_in_mni(subject_dir: Path, side: str) -> np.ndarray:
     """The side's density map warped onto the registration's template grid."""
-    img = nib.load(next((subject_dir / "dwi").glob(f"*_bundle-CST{side}_param-density_dwimap.nii.gz")))
-    result = load_registration(subject_dir / "xfm" / "registration")
+    img = nib.load(find(subject_dir, f"cst_{side}_density"))
+    result = load_registration(find(subject_dir, "registration"))
     warped, _ = warp_to_mni(np.asarray(img.dataobj, np.float32), img.affine, result)
     return warped
 

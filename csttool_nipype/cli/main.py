@@ -291,6 +291,7 @@ def _cmd_batch(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    from ..derivatives import find
     from ..errors import InputError, check_writable_dir
     from ..reports import build_cohort_reports
     from ..reports.pdf import html_to_pdf, pdf_engine
@@ -304,7 +305,8 @@ def _cmd_report(args) -> int:
     LOGGER.info("cohort table: %s; profiles: %s; report: %s (%d subject reports written)", paths["metrics"],
                 paths["profiles"], paths.get("report", "FAILED, see the messages above"), len(paths["subject_reports"]))
     if args.pdf:
-        for html in [paths.get("report"), *sorted(args.out.glob("sub-*/**/sub-*_report.html"))]:
+        folders = sorted([*args.out.glob("sub-*"), *args.out.glob("sub-*/ses-*")])   # subjects and sessions
+        for html in [paths.get("report"), *(find(folder, "report") for folder in folders)]:
             if html:
                 html_to_pdf(html)
     return 0 if "report" in paths else 1

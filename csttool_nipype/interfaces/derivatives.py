@@ -11,21 +11,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, DynamicTraitedSpec, 
                                     isdefined, traits)
 from nipype.interfaces.io import add_traits
 
+from ..derivatives import OUTPUTS, Output
 from .base import StageInterface, write_json
-
-
-def bids_derivative_name(subject: str, suffix: str, extension: str, session: str | None = None, **entities) -> str:
-    """Build ``sub-X[_ses-Y]_key-value..._suffix.ext`` with entities in the given order.
-
-    ``subject``/``session`` may be given with or without their ``sub-``/``ses-`` prefix.
-    Entities whose value is None or empty are left out.
-    """
-    sub = subject if subject.startswith("sub-") else f"sub-{subject}"
-    parts = [sub]
-    if session:
-        parts.append(session if session.startswith("ses-") else f"ses-{session}")
-    parts += [f"{key}-{value}" for key, value in entities.items() if value]
-    return "_".join(parts) + f"_{suffix}{extension}"
 
 
 def _extension(path: str) -> str:
@@ -49,41 +36,41 @@ def _copy(src: str, dst: Path, compresslevel: int = 1) -> None:
         shutil.copyfile(src, dst)
 
 
-def publish_derivative(in_file: str, out_dir: Path, subject: str, suffix: str, *, session: str | None = None,
-                       entities=(), sidecar: dict | None = None, sidecar_file: str | None = None,
-                       source_files=(), compresslevel: int = 1) -> tuple[Path, Path | None]:
-    """Copy ``in_file`` to ``out_dir/<BIDS-derivative name>`` and write its JSON sidecar.
+def publish_derivative(in_file: str, out_dir: Path, output: Output, subject: str, *, session: str | None = None,
+                       sidecar_file: str | None = None, source_files=(), compresslevel: int = 1
+                       ) -> tuple[Path, Path | None]:
+    """Copy ``in_file`` to ``out_dir/<its name in the registry>`` and write its JSON sidecar.
 
-    An uncompressed ``.nii`` is published as ``.nii.gz`` (gzip ``compresslevel``). The sidecar holds
-    ``sidecar_file``'s keys, then ``sidecar``'s (which win), then ``Sources``
-    (``source_files``) unless already set; none is written when the first two are empty.
+    ``output`` is the file's :class:`~csttool_nipype.derivatives.Output`. An uncompressed
+    ``.nii`` is published as ``.nii.gz`` (gzip ``compresslevel``); any other extension must be
+    the registry's. The sidecar (when ``output.sidecar``) holds ``sidecar_file``'s keys, then
+    the registry's (which win), then ``Sources`` (``source_files``) unless already set.
 
     Returns
     -------
     (out_file, out_sidecar or None)
     """
     extension = _extension(in_file)
-    if extension == ".nii":   # an uncompressed intermediate: published compressed
+    if extension == ".nii" and output.extension == ".nii.gz":   # an uncompressed intermediate
         extension = ".nii.gz"
-    name = bids_derivative_name(subject, suffix, extension, session=session, **dict(entities))
-    out = Path(out_dir) / name
+    if extension != output.extension:
+        raise ValueError(f"{in_file}: a {output.suffix} output must be {output.extension}, not {extension}")
+    out = Path(out_dir) / output.name(subject, session)
     _copy(in_file, out, compresslevel)
     meta = json.loads(Path(sidecar_file).read_text()) if sidecar_file else {}
-    meta.update(sidecar or {})
+    meta.update(output.sidecar_fields())
     if not meta:
         return out, None
     if source_files:
         meta.setdefault("Sources", list(source_files))
-    stem = name[: -len(_extension(name))]
-    return out, Path(write_json(meta, Path(out_dir) / f"{stem}.json"))
+    return out, Path(write_json(meta, Path(out_dir) / output.name(subject, session, ".json")))
 
 
 class _DerivativeNamesInputSpec(DynamicTraitedSpec, BaseInterfaceInputSpec):
     subject = Str(mandatory=True)
     session = Str()
-    specs = traits.Dict(Str, traits.Any, mandatory=True,
-                        desc="field -> {'folder', 'entities' [(key, value), ...], 'suffix', 'sidecar' {...}, "
-                             "optional 'compresslevel' (gzip level of a .nii published as .nii.gz; default 1)}")
+    uncompressed = traits.List(Str, desc="fields whose .nii is published as .nii.gz without compression "
+                                         "(gzip level 0; the others: level 1)")
     sidecar_file = File(exists=True, desc="JSON merged into the sidecar of `sidecar_field` (keys of its sidecar win)")
     sidecar_field = traits.Either(Str, traits.List(Str), desc="the field(s) whose sidecar `sidecar_file` joins")
     source_files = traits.List(Str, desc="paths recorded as Sources in the sidecars")
@@ -97,7 +84,8 @@ class _DerivativeNamesOutputSpec(TraitedSpec):
 class DerivativeNames(StageInterface):
     """Copy several files to their BIDS-derivative names (with sidecars) in one node.
 
-    One input per field (``fields``, named like the keys of ``specs``); the named files
+    One input per field (``fields``: keys of :data:`csttool_nipype.derivatives.OUTPUTS`,
+    which gives each its name, folder and sidecar); the named files
     come out as one list per destination folder, for a DataSink. One node per group of
     outputs rather than one per file: each Nipype node costs scheduling time.
     """
@@ -116,15 +104,15 @@ class DerivativeNames(StageInterface):
         extra_field = self.inputs.sidecar_field if isdefined(self.inputs.sidecar_field) else []
         extra_field = [extra_field] if isinstance(extra_field, str) else list(extra_field)
         extra = self.inputs.sidecar_file if isdefined(self.inputs.sidecar_file) else None
+        stored = set(self.inputs.uncompressed) if isdefined(self.inputs.uncompressed) else set()
         folders = {"dwi": [], "figures": []}
         for field in self._fields:
-            spec = self.inputs.specs[field]
+            output = OUTPUTS[field]
             out, side = publish_derivative(
-                getattr(self.inputs, field), Path(runtime.cwd), self.inputs.subject, spec["suffix"],
-                session=session, entities=spec.get("entities") or (), sidecar=spec.get("sidecar"),
+                getattr(self.inputs, field), Path(runtime.cwd), output, self.inputs.subject, session=session,
                 sidecar_file=extra if field in extra_field else None, source_files=sources,
-                compresslevel=int(spec.get("compresslevel", 1)),
+                compresslevel=0 if field in stored else 1,
             )
-            folders[spec["folder"]] += [str(out)] + ([str(side)] if side else [])
+            folders[output.folder] += [str(out)] + ([str(side)] if side else [])
         self._results.update(folders)
         return runtime

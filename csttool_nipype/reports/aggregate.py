@@ -4,8 +4,8 @@ Everything comes from files a batch leaves behind, so ``csttool report OUT`` giv
 the same table as the batch itself: ``_done.json`` for finished subjects,
 ``logs/last_attempt.json`` for failed ones, ``batch_status.json`` for the order of
 the last batch and for its entries rejected before running (which have no folder: their
-key may be a placeholder such as ``entry#3``), and each subject's ``*_desc-summary_metrics.tsv`` (one row of
-summary metrics) when the pipeline wrote one.
+key may be a placeholder such as ``entry#3``), and each subject's summary table (``summary`` in
+:mod:`csttool_nipype.derivatives`: one row of summary metrics) when the pipeline wrote one.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+
+from .. import derivatives
 
 BASE_COLUMNS = ["subject", "session", "status", "error_category", "error_reason", "duration_s",
                 "config_hash", "version"]
@@ -46,7 +48,8 @@ def job_folders(out_dir: Path) -> list[str]:
 
 def _summary_metrics(job_root: Path) -> dict:
     row = {}
-    for tsv in sorted(job_root.glob("**/*_desc-summary_metrics.tsv")):
+    tsv = derivatives.find(job_root, "summary")
+    if tsv is not None:
         with open(tsv, newline="") as fh:
             for record in csv.DictReader(fh, delimiter="\t"):
                 row.update({k: v for k, v in record.items() if k not in ("subject", "session")})
@@ -103,7 +106,7 @@ def write_batch_profiles(out_dir) -> Path:
     """Write ``OUT/batch_profiles.tsv`` (long format: subject, session, side, node, metric, value).
 
     One block per successful subject, in the order of ``batch_metrics.csv``, copied
-    from its ``*_bundle-CST_tractprofile.tsv`` (values as written there).
+    from its ``profiles`` table (:mod:`csttool_nipype.derivatives`; values as written there).
     """
     out_dir = Path(out_dir)
     path = out_dir / "batch_profiles.tsv"
@@ -116,7 +119,8 @@ def write_batch_profiles(out_dir) -> Path:
             if subject_row(out_dir, key)["status"] != "SUCCESS":
                 continue
             subject, _, session = key.partition("/")
-            for tsv in sorted((out_dir / key).glob("dwi/*_bundle-CST_tractprofile.tsv")):
+            tsv = derivatives.find(out_dir / key, "profiles")
+            if tsv is not None:
                 with open(tsv, newline="") as fh:
                     for record in csv.DictReader(fh, delimiter="\t"):
                         writer.writerow({**record, "subject": subject, "session": session})

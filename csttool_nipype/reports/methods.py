@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, derivatives
 from ..config import PipelineConfig
 from .render import read_json
 
@@ -390,8 +390,8 @@ def recorded_run(subject_dir) -> dict:
     subject_dir = Path(subject_dir)
     done = read_json(subject_dir / "_done.json")
     result = done.get("result") or {}
-    sidecars = sorted((subject_dir / "dwi").glob("*_desc-preproc_dwi.json"))
-    meta = read_json(sidecars[0]) if sidecars else {}
+    sidecar = derivatives.find(subject_dir, "dwi", sidecar=True)
+    meta = read_json(sidecar) if sidecar else {}
     dicom = (meta.get("csttool_import") or {}).get("source_type") == "dicom"
     return {"config": result.get("config"), "config_hash": done.get("config_hash", ""),
             "versions": result.get("software"), "dicom": dicom,

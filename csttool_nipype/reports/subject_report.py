@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, derivatives
 from .methods import SOFTWARE, methods, recorded_run, software_versions
 from .render import figure_entry, render, to_float
 from .render import read_json as _read_json
@@ -51,8 +51,9 @@ def key_of(subject_dir: Path) -> str:
 
 
 def report_name(key: str) -> str:
-    """``sub-X_report.html`` or, for a session, ``sub-X_ses-Y_report.html``."""
-    return f"{key.replace('/', '_')}_report.html"
+    """``sub-X_report.html`` or, for a session, ``sub-X_ses-Y_report.html`` (``report`` in the output registry)."""
+    subject, _, session = key.partition("/")
+    return derivatives.OUTPUTS["report"].name(subject, session or None)
 
 
 def _one(folder: Path, pattern: str) -> Path | None:
@@ -64,20 +65,19 @@ def _b0_threshold(sidecar: dict) -> float:
     return float(sidecar.get("CsttoolPreprocessing", {}).get("options", {}).get("b0_threshold", 50.0))
 
 
+#: Report name of a file -> its key in :data:`csttool_nipype.derivatives.OUTPUTS`.
+REPORT_FILES = {"dwi": "dwi", "bval": "bval", "mask": "mask", "fa": "fa", "rois": "roi_labels",
+                "cst_left": "cst_left", "cst_right": "cst_right", "profiles": "profiles", "summary": "summary",
+                "coverage": "coverage", "tensor_qc": "tensor_qc", "registration_qc": "registration_qc"}
+
+
 def subject_files(subject_dir: Path) -> dict[str, Path | None]:
-    """The derivatives a report uses (None when absent)."""
-    dwi, fig = subject_dir / "dwi", subject_dir / "figures"
-    patterns = {
-        "dwi": "*_desc-preproc_dwi.nii.gz", "dwi_json": "*_desc-preproc_dwi.json", "bval": "*_desc-preproc_dwi.bval",
-        "mask": "*_desc-brain_mask.nii.gz", "fa": "*_model-tensor_param-fa_dwimap.nii.gz",
-        "rois": "*_desc-cstrois_dseg.nii.gz", "cst_left": "*_bundle-CSTleft_streamlines.trk",
-        "cst_right": "*_bundle-CSTright_streamlines.trk", "profiles": "*_bundle-CST_tractprofile.tsv",
-        "summary": "*_desc-summary_metrics.tsv", "coverage": "*_desc-roicoverage_qc.json",
-    }
-    files = {key: _one(dwi, pattern) for key, pattern in patterns.items()}
-    files["tensor_qc"] = _one(fig, "*_desc-tensor_qc.png")
-    files["registration_qc"] = _one(fig, "*_desc-registration_qc.png")
-    files["registration"] = _one(subject_dir / "xfm", "**/registration.json")
+    """The derivatives a report uses (None when absent), found through the output registry."""
+    files = {name: derivatives.find(subject_dir, key) for name, key in REPORT_FILES.items()}
+    files["dwi_json"] = derivatives.find(subject_dir, "dwi", sidecar=True)
+    transforms = derivatives.find(subject_dir, "registration")
+    record = transforms / derivatives.REGISTRATION_RECORD if transforms else None
+    files["registration"] = record if record and record.is_file() else None
     return files
 
 

@@ -9,9 +9,10 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from ..config import PipelineConfig
+from ..derivatives import WORKFLOW_OUTPUTS
 from ..interfaces.dwi_import import ImportDWI
 from .dwi_preproc import init_dwi_preproc_wf
-from .outputs import DERIVATIVES, init_derivatives_wf
+from .outputs import init_derivatives_wf
 from .registration import init_registration_wf
 from .tensor import TENSOR_OUTPUTS, init_tensor_wf
 from .tractography import init_cst_wf, init_tracking_wf
@@ -132,7 +133,7 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
             outputs += [(cst_wf, "profiles", "profiles"), (cst_wf, "summary", "summary"),
                         (cst_wf, "metrics_record", "metrics_record")]
 
-    fields = [dst for _, _, dst in outputs if dst in DERIVATIVES]  # the records go into sidecars
+    fields = [dst for _, _, dst in outputs if dst in WORKFLOW_OUTPUTS]  # the records go into sidecars
     derivatives_wf = init_derivatives_wf(output_dir, sub, session=session, fields=fields, container=container)
     for src, field, dst in outputs:
         wf.connect(src, f"outputnode.{field}", derivatives_wf, f"inputnode.{dst}")
