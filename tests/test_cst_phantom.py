@@ -15,7 +15,9 @@ Acceptance numbers (from the project's issue), all measured against the truth:
 * a left CST lesion (FA -30 % over 10 mm at MNI z = 10 mm) is the minimum of the left FA
   profile, within a few nodes of the node nearest the lesion, and gives a negative FA
   laterality index (L - R)/(L + R);
-* two runs of the same input with the same seed give byte-identical outputs.
+* two runs of the same input with the same seed give byte-identical outputs (every file but the
+  report's and the registration record's time stamps), and the files are the golden list
+  ``tests/data/golden_outputs_phantom.txt``.
 
 Gibbs unringing and motion correction are skipped (``--no-gibbs --no-motion-correction``):
 the phantoms have neither ringing nor motion, and both are tested elsewhere.
@@ -23,8 +25,10 @@ the phantoms have neither ringing nor motion, and both are tested elsewhere.
 
 from __future__ import annotations
 
-import filecmp
+import hashlib
+import json
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -195,21 +199,54 @@ def test_summary_counts_and_no_flags(psr):
     assert row["n_flags"] == 0, row["flag_reasons"]
 
 
+#: Golden list of a phantom run's files (relative to OUT; the registry check is in test_derivatives.py).
+GOLDEN = Path(__file__).parent / "data" / "golden_outputs_phantom.txt"
+#: Outputs that legitimately differ between two runs of the same input, and how they are compared:
+#: the subject report prints when it was generated and how long each stage took; the registration
+#: record holds the stages' wall and CPU times (keys ending in ``_s``), compared without them.
+NOT_BYTE_IDENTICAL = {"sub-01/sub-01_report.html": "generation time and stage durations",
+                      "sub-01/xfm/registration/registration.json": "stage timings (compared without them)"}
+
+
+def output_files(out) -> dict[str, Path]:
+    """Every file of a ``csttool run`` output folder but the Nipype cache (``_work/``), by relative path."""
+    return {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*"))
+            if p.is_file() and p.relative_to(out).parts[0] != "_work"}
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not k.endswith("_s")}
+    return value
+
+
+@slow
+def test_phantom_run_writes_the_golden_outputs(psr):
+    """The files of a full phantom run are exactly the golden list (QSIPrep's check): an output
+    added, renamed or lost shows here, and the list is updated on purpose."""
+    golden = [line for line in GOLDEN.read_text().splitlines() if line and not line.startswith("#")]
+    assert list(output_files(psr.out)) == golden
+
+
 @slow
 def test_same_seed_gives_identical_outputs(psr, tmp_path):
-    """A second run of the same input, in a fresh folder, writes the same bytes."""
+    """A second run of the same input, in a fresh folder, writes the same bytes: every output has the same
+    SHA-256 but those in NOT_BYTE_IDENTICAL (time stamps and durations), compared without their timings."""
     first = psr
     _run(first.paths["dwi"], tmp_path / "again")
     again = Run(first.phantom, first.paths, tmp_path / "again")
-    names = [
-        "space-dwi_desc-wholebrain_streamlines.trk",
-        "space-dwi_bundle-CSTleft_streamlines.trk",
-        "space-dwi_bundle-CSTright_streamlines.trk",
-        "desc-summary_metrics.tsv",
-        "space-dwi_bundle-CST_tractprofile.tsv",
-    ]
-    for name in names:
-        assert filecmp.cmp(first.file(name), again.file(name), shallow=False), f"{name} differs between runs"
+    files, files_again = output_files(first.out), output_files(again.out)
+    assert list(files) == list(files_again)
+    differ = [name for name in files if name not in NOT_BYTE_IDENTICAL
+              and _sha256(files[name]) != _sha256(files_again[name])]
+    assert differ == [], f"outputs that differ between two runs: {differ}"
+    record = "sub-01/xfm/registration/registration.json"
+    assert _without_timings(json.loads(files[record].read_text())) == \
+        _without_timings(json.loads(files_again[record].read_text()))
     for side in ("left", "right"):
         a = first.bundle(side)
         b = again.bundle(side)
