@@ -414,3 +414,63 @@ def write_graphs(workflow, folder: Path, styles=("colored", "flat")) -> list[Pat
                        "'brew install graphviz') and rerun with --write-graph, or run "
                        "'dot -Tsvg -O %s/workflow_colored.dot'", folder, folder)
     return sorted(p for p in folder.iterdir() if p.name.startswith("workflow_"))
+
+
+# ---------------------------------------------------------------------------------- node records
+def node_runtimes(graph) -> dict:
+    """``runtime`` of every executed (or cached) node of an executed Nipype graph, by full name.
+
+    Each node's result file is read once here (Nipype's ``node.result`` reads it on every
+    access); nodes without a stored result are left out.
+    """
+    out = {}
+    for node in graph.nodes():
+        try:
+            out[node.fullname] = node.result.runtime
+        except Exception:  # noqa: BLE001 - a node without a stored result has no runtime
+            continue
+    return out
+
+
+def node_peak_memory(runtimes: dict) -> dict[str, float]:
+    """Peak memory (GB) of every node whose runtime has one (see :class:`~csttool_nipype.interfaces.base.StageInterface`)."""
+    out = {}
+    for name, runtime in runtimes.items():
+        value = getattr(runtime, "mem_peak_gb", None)
+        if value is not None:
+            out[name] = float(value)
+    return out
+
+
+def node_intervals(runtimes: dict) -> list[tuple[float, float]]:
+    """(start, end) in POSIX seconds of every node with recorded times."""
+    from datetime import datetime
+
+    out = []
+    for runtime in runtimes.values():
+        try:
+            out.append((datetime.fromisoformat(runtime.startTime).timestamp(),
+                        datetime.fromisoformat(runtime.endTime).timestamp()))
+        except (AttributeError, TypeError, ValueError):  # a cached node has no times
+            continue
+    return out
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """Seconds during which at least one interval is open (the union's length).
+
+    The part of a subject's wall time spent inside nodes; the rest is process start,
+    the workflow's construction, Nipype's engine between nodes and the report.
+    """
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def node_durations(runtimes: dict) -> dict[str, float]:
+    """Wall time (s) of every node in ``runtimes`` (cached nodes: 0)."""
+    return {name: float(getattr(runtime, "duration", 0.0) or 0.0) for name, runtime in runtimes.items()}

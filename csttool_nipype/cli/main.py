@@ -232,10 +232,10 @@ def _cmd_run(args) -> int:
     from ..batch.console import StageStatus
 
     with StageStatus(args.subject) as status:   # the current stage, on a terminal
-        out = run_subject(args.subject, inputs, args.out, pipeline_config_from_args(args),
+        run = run_subject(args.subject, inputs, args.out, pipeline_config_from_args(args),
                           execution_config_from_args(args), session=args.session, work_dir=args.work_dir,
                           on_stage=status.update)
-    LOGGER.info("done: outputs in %s", out)
+    LOGGER.info("done: outputs in %s", run.folder)
     return 0
 
 

@@ -3,7 +3,8 @@
 import pytest
 
 from csttool_nipype.batch.subjects import SubjectSpec
-from csttool_nipype.subject_job import busy_time, make_jobs
+from csttool_nipype.execution import busy_time
+from csttool_nipype.subject_job import make_jobs
 
 
 def _specs(**per_subject):
