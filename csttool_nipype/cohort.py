@@ -29,7 +29,8 @@ BATCH_LOG = "batch_run.log"
 
 @dataclass(frozen=True)
 class CohortOptions:
-    nprocs: int = 1
+    nprocs: int = 1                                 # CPUs for the whole cohort
+    subjects_at_once: int | None = None             # default: cpu_plan's
     timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES   # inf: no limit
     force: bool = False
     strict: bool = False
@@ -39,6 +40,21 @@ class CohortOptions:
     work_root: str | None = None                    # Nipype caches in work_root/<key> instead of OUT/<key>/_work
     threads_per_job: int | None = None
     verify: bool = False                            # full SHA-256 check of done subjects before skipping
+
+
+def cpu_plan(nprocs: int, subjects_at_once: int | None, n_subjects: int) -> tuple[int, int]:
+    """(subjects at once, CPUs per subject) for ``nprocs`` CPUs and ``n_subjects`` subjects to run.
+
+    By default as many subjects run at once as there are CPUs (at most one per subject), each
+    on one CPU: a subject's workflow is mostly a chain of nodes, so whole subjects side by side
+    keep the CPUs busier than one subject's MultiProc (on two cores, two subjects at once took
+    0.51x the time of one after the other: ``benchmarks/results/batch.txt``). CPUs left over
+    when there are fewer subjects than CPUs go to each subject's MultiProc and threads. Memory
+    grows with the subjects at once (a subject's peak is ``peak_rss_mb`` in its ``_done.json``);
+    ``subjects_at_once`` lowers it, and each subject then gets ``nprocs // subjects_at_once``.
+    """
+    at_once = subjects_at_once or max(1, min(nprocs, n_subjects))
+    return at_once, max(1, nprocs // at_once)
 
 
 def plan_lines(specs: list[SubjectSpec], jobs) -> list[str]:
@@ -75,12 +91,14 @@ def run_cohort(specs: list[SubjectSpec], global_options: dict, out_dir, options:
         return EXIT_USAGE
     check_writable_dir(out_dir)
     started = time.time()
+    at_once, cpus = cpu_plan(options.nprocs, options.subjects_at_once, len(jobs) - len(invalid))
     runner = BatchRunner(jobs, out_dir, BatchOptions(
-        function=JOB_FUNCTION, nprocs=options.nprocs, timeout_s=options.timeout_minutes * 60.0,
-        force=options.force, keep_work=options.keep_work, context=dict(options.execution),
+        function=JOB_FUNCTION, nprocs=at_once, timeout_s=options.timeout_minutes * 60.0,
+        force=options.force, keep_work=options.keep_work, context={"n_procs": cpus, **options.execution},
         work_root=options.work_root, threads_per_job=options.threads_per_job, verify=options.verify,
     ), on_finish=console.finished, on_progress=console.progress)
     with log_to_file(out_dir / BATCH_LOG):   # log lines go there, not between the console's lines
+        LOGGER.info("%d CPU(s): %d subject(s) at once, %d CPU(s) each", options.nprocs, at_once, cpus)
         console.start()
         try:
             with _sigterm_as_interrupt():

@@ -23,6 +23,26 @@ def subject_config(global_options: dict, spec: SubjectSpec) -> PipelineConfig:
     return PipelineConfig.from_dict({**global_options, **spec.options})
 
 
+def check_options(global_options: dict, specs: list[SubjectSpec], where) -> None:
+    """Raise :class:`~csttool_nipype.errors.InputError` (a usage error) for the first bad option value.
+
+    The batch's options, then each valid subject's own on top of them; ``where`` (the manifest,
+    or "command line") leads the message. Found before anything runs or is written.
+    """
+    from .errors import InputError
+
+    try:
+        PipelineConfig.from_dict(global_options)
+    except (TypeError, ValueError) as exc:
+        raise InputError(where, f"options: {exc}") from None
+    for spec in specs:
+        if not spec.error:
+            try:
+                subject_config(global_options, spec)
+            except (TypeError, ValueError) as exc:
+                raise InputError(where, f"{spec.key}: options: {exc}") from None
+
+
 def make_jobs(specs: list[SubjectSpec], global_options: dict) -> list[Job]:
     """One engine job per subject; bad options make the job invalid (reported, not run)."""
     jobs = []

@@ -24,12 +24,9 @@ from .options import (
     ArgumentParser, absolute_paths, add_timeout_option, check_pipeline_options, positive_float, positive_int, resolve_timeout,
     read_filters, run_command,
 )
-from .plugin_options import add_plugin_options, plugin_from_args
+from .plugin_options import add_cpu_options, add_plugin_options, cpus_from_args, plugin_from_args
 
 LOGGER = logging.getLogger("csttool-nipype")
-#: Subjects driven at once with a SLURM plugin when --nprocs is not given (each is a
-#: light local process that submits its nodes as jobs and polls the queue).
-SLURM_SUBJECTS_AT_ONCE = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-w", "--work-dir", "--work_dir", dest="work_dir", type=Path, metavar="WORK_DIR",
                     help="Nipype caches in WORK_DIR/sub-XX (kept, so a rerun resumes; must not be inside "
                          "bids_dir). Default: OUTPUT_DIR/sub-XX/_work, removed after success")
-    ex.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", dest="nprocs", type=positive_int, default=None,
-                    help="CPUs to use here: subjects run side by side, and a single subject gets them all for "
-                         "Nipype MultiProc (default 1). With SLURM: subjects driven at once (default: all "
-                         f"selected, at most {SLURM_SUBJECTS_AT_ONCE})")
+    add_cpu_options(ex, "--nthreads", "--n-cpus", "--n_cpus")
     ex.add_argument("--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=positive_int, default=None,
                     help="threads per process for NumPy/BLAS (default: a subject's share of --nprocs; 1 on SLURM)")
     ex.add_argument("--mem-gb", "--mem_gb", dest="mem_gb", type=positive_float, default=None, metavar="G",
@@ -132,13 +126,14 @@ def participant(args) -> int:
                           bids_filters=read_filters(args.bids_filter_file), database_dir=args.bids_database_dir)
     if not specs:
         raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
+    nprocs, subjects_at_once = cpus_from_args(args, plugin, len(specs))   # usage errors before anything is written
     check_writable_dir(args.output_dir)
     write_dataset_description(args.output_dir, source_dir=args.bids_dir)
-    nprocs = args.nprocs or (min(len(specs), SLURM_SUBJECTS_AT_ONCE) if slurm else 1)
     execution = {"plugin": plugin, "plugin_args": plugin_args, "mem_gb": args.mem_gb,
                  "stop_on_first_crash": args.stop_on_first_crash, "write_graph": args.write_graph}
     return run_cohort(specs, explicit_options(args), args.output_dir, CohortOptions(
-        nprocs=nprocs, timeout_minutes=resolve_timeout(args.timeout_minutes, slurm), execution=execution,
+        nprocs=nprocs, subjects_at_once=subjects_at_once, timeout_minutes=resolve_timeout(args.timeout_minutes, slurm),
+        execution=execution,
         work_root=str(args.work_dir.absolute()) if args.work_dir else None,
         threads_per_job=args.omp_nthreads or (1 if slurm else None), verify=args.verify))
 

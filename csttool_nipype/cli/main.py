@@ -17,7 +17,7 @@ from .options import (
     ArgumentParser, absolute_paths, add_timeout_option, check_pipeline_options, positive_float, positive_int, resolve_timeout,
     read_filters, run_command,
 )
-from .plugin_options import add_plugin_options, plugin_from_args
+from .plugin_options import add_cpu_options, add_plugin_options, cpus_from_args, plugin_from_args
 
 LOGGER = logging.getLogger("csttool")
 
@@ -110,8 +110,8 @@ def pipeline_config_from_args(args) -> PipelineConfig:
 def add_execution_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("execution")
     g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=positive_int, default=available_cpus(),
-                   help="cores to use: Nipype MultiProc processes and threads of multithreaded steps "
-                        "(1 = Linear plugin; default: all available, here %(default)s)")
+                   help="CPUs for the whole command: Nipype MultiProc processes and threads of multithreaded "
+                        "steps (1 = Linear plugin; default: all available, here %(default)s)")
     g.add_argument("--mem-gb", dest="mem_gb", type=positive_float, default=None, help="memory cap for MultiProc (GB)")
     g.add_argument("--work-dir", "-w", dest="work_dir", type=Path, default=None,
                    help="Nipype working directory (default: OUT/_work)")
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--bids-database-dir", dest="bids_database_dir", type=Path, metavar="DIR",
                      help="keep pybids' index of the BIDS folder in DIR and reuse it (large datasets)")
     run_g = batch.add_argument_group("batch")
-    run_g.add_argument("--nprocs", "--n-procs", dest="nprocs", type=positive_int, default=1, help="subjects at once")
+    add_cpu_options(run_g, "--n-procs")
     add_timeout_option(run_g)
     run_g.add_argument("--force", action="store_true", help="rerun subjects that are already done")
     run_g.add_argument("--strict", action="store_true", help="run nothing if any entry is invalid")
@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output folder (phantoms in OUT/rawdata, results in OUT/derivatives; default: csttool_demo)")
     demo.add_argument("--subjects", type=positive_int, default=4,
                       help="phantom subjects (default: 4; sub-03 has a lesion, sub-04 a corrupt file)")
-    demo.add_argument("--nprocs", type=positive_int, default=2, help="subjects at once (default: 2)")
+    demo.add_argument("--nprocs", type=positive_int, default=2,
+                      help="CPUs (default: 2, i.e. two subjects at a time, one CPU each)")
     demo.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -260,7 +261,7 @@ def _cmd_batch(args) -> int:
     from ..cohort import CohortOptions, run_cohort
     from ..errors import InputError
     from ..execution import SLURM_PLUGINS
-    from ..subject_job import subject_config
+    from ..subject_job import check_options
 
     plugin, plugin_args = plugin_from_args(args)   # bad values: InputError, a usage error (exit 2)
     global_options = {}
@@ -272,20 +273,12 @@ def _cmd_batch(args) -> int:
         if not specs:
             raise InputError(args.bids_dir, "no subjects with a DWI run match the selection")
     global_options = batch_options(global_options, args)
-    where = args.manifest or "command line"
-    try:
-        PipelineConfig.from_dict(global_options)
-    except (TypeError, ValueError) as exc:
-        raise InputError(where, f"options: {exc}") from None
-    for spec in specs:   # a bad option value is a usage error, found before anything runs or is written
-        if not spec.error:
-            try:
-                subject_config(global_options, spec)
-            except (TypeError, ValueError) as exc:
-                raise InputError(where, f"{spec.key}: options: {exc}") from None
+    check_options(global_options, specs, args.manifest or "command line")   # bad values: usage errors
+    nprocs, subjects_at_once = cpus_from_args(args, plugin, len(specs))
     return run_cohort(specs, global_options, args.out, CohortOptions(
-        nprocs=args.nprocs, timeout_minutes=resolve_timeout(args.timeout_minutes, slurm=plugin in SLURM_PLUGINS),
-        force=args.force, strict=args.strict, dry_run=args.dry_run, keep_work=args.keep_work, verify=args.verify,
+        nprocs=nprocs, subjects_at_once=subjects_at_once,
+        timeout_minutes=resolve_timeout(args.timeout_minutes, slurm=plugin in SLURM_PLUGINS), force=args.force,
+        strict=args.strict, dry_run=args.dry_run, keep_work=args.keep_work, verify=args.verify,
         execution={"plugin": plugin, "plugin_args": plugin_args} if plugin or plugin_args else {},
         threads_per_job=1 if plugin in SLURM_PLUGINS else None))   # as the BIDS-App: the nodes run elsewhere
 

@@ -1,4 +1,4 @@
-"""Derivatives workflow: the registry's names and sidecars (:mod:`csttool_nipype.derivatives`), copied out by a DataSink."""
+"""Derivatives workflow: outputs named as :mod:`csttool_nipype.derivatives` says, copied out by a DataSink."""
 
 from __future__ import annotations
 
