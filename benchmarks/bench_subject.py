@@ -55,7 +55,7 @@ def run_case(case: str, out: Path, nprocs: int) -> dict | None:
     import nibabel as nib
 
     from csttool_nipype.batch.console import BatchConsole
-    from csttool_nipype.batch.subjects import load_manifest
+    from csttool_nipype.subjects import load_manifest
     from csttool_nipype.cohort import CohortOptions, run_cohort
 
     shutil.rmtree(out, ignore_errors=True)

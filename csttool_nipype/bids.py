@@ -6,7 +6,7 @@ are not indexed, nor are the patterns of the dataset's ``.bidsignore``; the b-va
 b-vectors and JSON sidecars of a run are found by the BIDS inheritance principle (the
 nearest applicable file, from the run's folder up to the dataset root; JSON sidecars of
 every level merged, the nearer one winning). The files found go into each subject's
-:class:`~csttool_nipype.batch.subjects.SubjectSpec` explicitly, so a plan (``--dry-run``)
+:class:`~csttool_nipype.subjects.SubjectSpec` explicitly, so a plan (``--dry-run``)
 and the run read the same files.
 
 The index can be kept in a folder (``--bids-database-dir``, as in the NiPreps tools) and is
@@ -28,7 +28,7 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
-from .batch.subjects import SubjectSpec
+from .subjects import SubjectSpec
 from .errors import InputError
 from .reports.methods import METHODS_FILE
 

@@ -1,7 +1,7 @@
 """The diffusion side of a batch: subjects → engine jobs, and the job function itself.
 
 The batch engine (:mod:`csttool_nipype.batch`) only sees a key, a JSON payload and a
-config hash; this module fills them from :class:`~csttool_nipype.batch.subjects.SubjectSpec`
+config hash; this module fills them from :class:`~csttool_nipype.subjects.SubjectSpec`
 and the pipeline options, and runs one subject inside the engine's child with
 :func:`csttool_nipype.run.run_subject` (what ``csttool run`` runs too).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from .batch.jobs import Job
-from .batch.subjects import SubjectSpec
+from .subjects import SubjectSpec
 from .config import ExecutionConfig, PipelineConfig
 
 LOGGER = logging.getLogger(__name__)

@@ -100,3 +100,35 @@ def test_the_batch_engine_imports_nothing_about_diffusion_or_bids():
     forbidden = tuple(f"csttool_nipype.{name}" for name in NOT_FOR_THE_BATCH_ENGINE)
     wrong = {name: sorted(d for d in deps if d.startswith(forbidden)) for name, deps in engine.items()}
     assert {name: deps for name, deps in wrong.items() if deps} == {}
+
+
+#: Words of the diffusion side (DWI input keys, BIDS labels and files) the engine's code never spells.
+DIFFUSION_WORDS = ("nifti", "dicom", "bval", "bvec", ".nii", "bids", "sub-", "ses-")
+
+
+def test_the_batch_engine_spells_no_dwi_file_key_or_bids_label():
+    """Not in code (docstrings may give examples): subjects and their files are the diffusion side's
+    (csttool_nipype/subjects.py, bids.py, subject_job.py); the engine sees keys and JSON payloads."""
+    found = []
+    for path in sorted((PACKAGE / "batch").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                words = [w for w in DIFFUSION_WORDS if w in node.value.lower()]
+                if words:
+                    found.append(f"{path.name}:{node.lineno}: {node.value[:60]!r} ({', '.join(words)})")
+    assert found == []
+
+
+def test_the_derivatives_dataset_files_are_written_by_bids_py_for_the_commands_only():
+    """The workflows name and copy a subject's files; ``dataset_description.json`` and ``.bidsignore``
+    of OUT are bids.py's, called by the commands that make OUT a derivatives dataset."""
+    callers = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
+                     if "write_dataset_description" in path.read_text())
+    assert callers == ["bids.py", "cli/bids_app.py", "run.py"]
+    for folder in ("workflows", "interfaces"):
+        text = "\n".join(p.read_text() for p in (PACKAGE / folder).glob("*.py"))
+        assert "dataset_description" not in text and "bidsignore" not in text, folder

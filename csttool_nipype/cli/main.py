@@ -256,7 +256,7 @@ def batch_options(manifest_options: dict, args) -> dict:
 
 
 def _cmd_batch(args) -> int:
-    from ..batch.subjects import load_manifest
+    from ..subjects import load_manifest
     from ..bids import discover_bids
     from ..cohort import CohortOptions, run_cohort
     from ..errors import InputError

@@ -9,7 +9,7 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from ..config import PipelineConfig
-from ..derivatives import WORKFLOW_OUTPUTS
+from ..derivatives import WORKFLOW_OUTPUTS, prefixed
 from ..interfaces.dwi_import import ImportDWI
 from .dwi_preproc import init_dwi_preproc_wf
 from .outputs import init_derivatives_wf
@@ -78,7 +78,7 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
         ``n_procs``, so MultiProc never oversubscribes the cores). Never changes results.
     """
     config = config or PipelineConfig()
-    sub = subject if subject.startswith("sub-") else f"sub-{subject}"
+    sub = prefixed(subject, "sub-")
     name = name or f"single_subject_{sub.replace('sub-', '').replace('-', '_')}_wf"
     wf = pe.Workflow(name=name)
     mem_gb = inputs.size_gb()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from csttool_nipype.batch.subjects import SubjectSpec
+from csttool_nipype.subjects import SubjectSpec
 from csttool_nipype.execution import busy_time
 from csttool_nipype.subject_job import make_jobs
 

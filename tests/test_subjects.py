@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from csttool_nipype.batch.subjects import load_manifest
+from csttool_nipype.subjects import load_manifest
 from csttool_nipype.errors import InputError
 
 

@@ -1,9 +1,10 @@
 """Subject lists for a batch: :class:`SubjectSpec` and the JSON manifest.
 
-A :class:`SubjectSpec` says where a subject's raw data is and which options apply to
-it; invalid entries are kept, with the reason, so they can be reported as FAILED
+A :class:`SubjectSpec` says where a subject's raw data is (its DWI files) and which options
+apply to it; invalid entries are kept, with the reason, so they can be reported as FAILED
 (invalid input) next to the subjects that ran. Subjects of a BIDS folder come from
-:func:`csttool_nipype.bids.discover_bids` (the engine knows nothing of BIDS).
+:func:`csttool_nipype.bids.discover_bids`. The batch engine (:mod:`csttool_nipype.batch`)
+never sees them: :func:`csttool_nipype.subject_job.make_jobs` turns them into its jobs.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
-from .jobs import SAFE_KEY
+from .batch.jobs import SAFE_KEY
+from .derivatives import prefixed
+from .errors import InputError
 
 #: Keys a manifest subject entry may have.
 SUBJECT_KEYS = {"id", "nifti", "dicom", "bval", "bvec", "json", "session", "series", "options"}
@@ -49,11 +51,6 @@ class SubjectSpec:
     @property
     def key(self) -> str:
         return self.subject if not self.session else f"{self.subject}/{self.session}"
-
-
-def _prefixed(value: str, prefix: str) -> str:
-    value = str(value)
-    return value if value.startswith(prefix) else f"{prefix}{value}"
 
 
 def load_manifest(path) -> tuple[dict, list[SubjectSpec]]:
@@ -92,8 +89,8 @@ def _manifest_entry(entry, index: int, base: Path, seen: dict) -> SubjectSpec:
     if not isinstance(entry, dict):
         return SubjectSpec(f"sub-entry{index}", error=f"{where}: must be an object")
     raw_id = str(entry.get("id", "")).strip()
-    subject = _prefixed(raw_id, "sub-") if raw_id else f"sub-entry{index}"
-    session = _prefixed(entry["session"], "ses-") if entry.get("session") not in (None, "") else None
+    subject = prefixed(raw_id, "sub-") if raw_id else f"sub-entry{index}"
+    session = prefixed(entry["session"], "ses-") if entry.get("session") not in (None, "") else None
     spec = SubjectSpec(subject, session, options=entry.get("options") or {})
     label = f"{where} ({raw_id or 'no id'})"
 
