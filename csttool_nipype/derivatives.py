@@ -149,7 +149,7 @@ OUTPUTS: dict[str, Output] = {
 }
 
 #: The registration's own record inside the ``registration`` folder (quality numbers and the
-#: grids and timings; written by :mod:`csttool_nipype.science.registration` with the transforms).
+#: grids and timings; written by :mod:`csttool_nipype.science.transforms` with the transforms).
 REGISTRATION_RECORD = "registration.json"
 
 #: Outputs the subject workflow writes (the report is written after it, from these).
