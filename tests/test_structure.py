@@ -127,7 +127,9 @@ def test_no_import_cycle():
     ("csttool_nipype.science", ("nipype", "matplotlib", "csttool_nipype.interfaces", "csttool_nipype.workflows",
                                 "csttool_nipype.batch", "csttool_nipype.cli")),
     ("csttool_nipype.batch", ("csttool_nipype.science", "csttool_nipype.interfaces", "csttool_nipype.workflows",
-                              "csttool_nipype.bids", "csttool_nipype.reports", "dipy", "bids")),
+                              "csttool_nipype.bids", "csttool_nipype.reports", "csttool_nipype.derivatives",
+                              "csttool_nipype.subjects", "csttool_nipype.subject_job", "csttool_nipype.run",
+                              "csttool_nipype.cohort", "dipy", "bids")),
 ])
 def test_layer_boundaries(layer, forbidden):
     crossing = sorted(f"{name} imports {imported}"
@@ -141,3 +143,41 @@ def test_the_import_reader_resolves_relative_imports():
     """``from ..bids import x`` in cli/main.py reads as csttool_nipype.bids (else the checks above see nothing)."""
     assert "csttool_nipype.bids" in IMPORTS["csttool_nipype.cli.main"]
     assert "csttool_nipype.batch.runner" in IMPORTS["csttool_nipype.batch.console"]
+    assert "csttool_nipype.run" in IMPORTS["csttool_nipype.subject_job"]   # a function-level import
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+#: Words of the diffusion side (DWI input keys, BIDS labels and files) the engine's code never spells.
+DIFFUSION_WORDS = ("nifti", "dicom", "bval", "bvec", ".nii", "bids", "sub-", "ses-")
+
+
+def test_the_batch_engine_spells_no_dwi_file_key_or_bids_label():
+    """Not in code (docstrings may give examples): subjects and their files are the diffusion side's
+    (csttool_nipype/subjects.py, bids.py, subject_job.py); the engine sees keys and JSON payloads."""
+    found = []
+    for path in sorted((PACKAGE / "batch").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                words = [w for w in DIFFUSION_WORDS if w in node.value.lower()]
+                if words:
+                    found.append(f"{path.name}:{node.lineno}: {node.value[:60]!r} ({', '.join(words)})")
+    assert found == []
+
+
+def test_the_derivatives_dataset_files_are_written_by_bids_py_for_the_commands_only():
+    """The workflows name and copy a subject's files; ``dataset_description.json`` and ``.bidsignore``
+    of OUT are bids.py's, called by the commands that make OUT a derivatives dataset."""
+    callers = sorted(path.relative_to(PACKAGE).as_posix() for path in MODULES.values()
+                     if "write_dataset_description" in path.read_text())
+    assert callers == ["bids.py", "cli/bids_app.py", "run.py"]
+    for folder in ("workflows", "interfaces"):
+        text = "\n".join(p.read_text() for p in (PACKAGE / folder).glob("*.py"))
+        assert "dataset_description" not in text and "bidsignore" not in text, folder
