@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bids import write_dataset_description
-from .config import STAGES, ExecutionConfig, PipelineConfig
+from .config import ExecutionConfig, PipelineConfig
 from .derivatives import prefixed
 from .errors import InputError, check_writable_dir
 from .execution import (WorkflowFailed, busy_time, node_durations, node_intervals, node_peak_memory, node_runtimes,
                         run_workflow, write_graphs)
 from .workflows.base import DWIInputs, init_subject_wf
+from .workflows.stages import STAGE_ORDER, stage_of_node
 
 LOGGER = logging.getLogger(__name__)
 
@@ -183,21 +184,6 @@ def _remove_work_dir(work_dir: Path, output_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- stages
-#: Pipeline stage (:data:`~csttool_nipype.config.STAGES`) of a Nipype node, by the node or
-#: stage workflow its full name contains (first match); the derivatives workflow is "outputs",
-#: the subject workflow's own input node (the source file's name) "import".
-NODE_STAGES = (("dwi_import", "import"), ("dwi_preproc_wf", "preprocess"), ("tensor_wf", "tensor"),
-               ("registration_wf", "register"), ("tracking_wf", "track"), ("cst_metrics", "metrics"),
-               ("cst_wf", "cst"), ("derivatives_wf", "outputs"), ("inputnode", "import"))
-STAGE_ORDER = (*STAGES, "outputs")
-
-
-def stage_of_node(fullname: str) -> str:
-    """``single_subject_01_wf.dwi_preproc_wf.denoise`` → ``preprocess`` (``""`` if none matches)."""
-    parts = fullname.split(".")
-    return next((stage for key, stage in NODE_STAGES if key in parts), "")
-
-
 class StageTracker:
     """Nipype ``status_callback`` that turns running nodes into a stage line for ``sink``.
 

@@ -2,7 +2,8 @@
 and the stage tracker turns Nipype's start/end callbacks into the line the display shows."""
 
 from csttool_nipype.config import STAGES, PipelineConfig
-from csttool_nipype.run import STAGE_ORDER, StageTracker, stage_of_node
+from csttool_nipype.run import StageTracker
+from csttool_nipype.workflows.stages import STAGE_ORDER, stage_of_node
 from csttool_nipype.workflows.base import DWIInputs, init_subject_wf
 
 

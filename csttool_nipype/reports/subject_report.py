@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, derivatives
+from ..workflows.stages import STAGE_ORDER, stage_of_node
 from .methods import SOFTWARE, methods, recorded_run, software_versions
 from .render import figure_entry, render, to_float
 from .render import read_json as _read_json
 
 LOGGER = logging.getLogger(__name__)
 
-#: Pipeline stage of a Nipype node, by the workflow its name contains (order = pipeline order).
-STAGE_OF_NODE = [("dwi_import", "import"), ("dwi_preproc_wf", "preprocessing"), ("tensor_wf", "tensor"),
-                 ("registration_wf", "registration + ROIs"), ("tracking_wf", "tractography"),
-                 ("cst_wf", "CST extraction + metrics"), ("derivatives_wf", "writing outputs")]
+#: Report label of each pipeline stage (:func:`~csttool_nipype.workflows.stages.stage_of_node`).
+STAGE_LABELS = {"import": "import", "preprocess": "preprocessing", "tensor": "tensor", "register": "registration + ROIs",
+                "track": "tractography", "cst": "CST extraction + metrics", "metrics": "CST extraction + metrics",
+                "outputs": "writing outputs", "": "other"}
 
 #: (column stem in the summary TSV, label, unit, display scale)
 SUMMARY_METRICS = [("streamline_count", "streamlines", "", 1.0), ("mean_length_mm", "mean length", "mm", 1.0),
@@ -177,11 +178,11 @@ def stage_durations(node_durations: dict | None) -> list[dict]:
         return []
     stages: dict[str, dict] = {}
     for node, seconds in node_durations.items():
-        stage = next((label for key, label in STAGE_OF_NODE if f".{key}" in f".{node}"), "other")
+        stage = STAGE_LABELS[stage_of_node(node)]
         entry = stages.setdefault(stage, {"stage": stage, "seconds": 0.0, "steps": []})
         entry["seconds"] += float(seconds)
         entry["steps"].append((node.rsplit(".", 1)[-1], float(seconds)))
-    order = [label for _, label in STAGE_OF_NODE] + ["other"]
+    order = [STAGE_LABELS[stage] for stage in (*STAGE_ORDER, "")]
     out = []
     for stage in sorted(stages, key=order.index):
         entry = stages[stage]
