@@ -28,9 +28,10 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
-from .subjects import SubjectSpec
+from .derivatives import OUTPUTS
 from .errors import InputError
 from .reports.methods import METHODS_FILE
+from .subjects import SubjectSpec
 
 LOGGER = logging.getLogger(__name__)
 
@@ -395,7 +396,8 @@ CODE_URL = "https://github.com/csttool/csttool-nipype"
 #: (``batch_*``, ``*_report.html``) and the workflow graphs.
 BIDSIGNORE = [
     "batch_*", ".csttool.lock", "_work/", "**/_work/", "**/.lock", "**/_done.json", "**/logs/",
-    "**/*_report.html", "**/figures/workflow_*", "**/xfm/registration/", METHODS_FILE,
+    f"**/{OUTPUTS['report'].pattern}", "**/figures/workflow_*",
+    f"**/{OUTPUTS['registration'].folder}/{OUTPUTS['registration'].suffix}/", METHODS_FILE,
 ]
 
 

@@ -14,11 +14,11 @@ from . import __version__
 from .batch.console import BatchConsole, log_to_file
 from .batch.runner import FAILED, INTERRUPTED, INVALID, SKIPPED, TIMEOUT, BatchOptions, BatchRunner, Outcome
 from .batch.state import dataset_lock, write_json_atomic
-from .subjects import SubjectSpec
 from .config import DEFAULT_TIMEOUT_MINUTES, PipelineConfig
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, check_writable_dir
 from .reports import build_cohort_reports
 from .subject_job import JOB_FUNCTION, make_jobs
+from .subjects import SubjectSpec
 
 LOGGER = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from .batch.jobs import Job
-from .subjects import SubjectSpec
 from .config import ExecutionConfig, PipelineConfig
+from .subjects import SubjectSpec
 
 LOGGER = logging.getLogger(__name__)
 JOB_FUNCTION = "csttool_nipype.subject_job:run_subject_job"

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from csttool_nipype.subjects import load_manifest
 from csttool_nipype.errors import InputError
+from csttool_nipype.subjects import load_manifest
 
 
 def _touch(path):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from csttool_nipype.subjects import SubjectSpec
 from csttool_nipype.execution import busy_time
 from csttool_nipype.subject_job import make_jobs
+from csttool_nipype.subjects import SubjectSpec
 
 
 def _specs(**per_subject):
