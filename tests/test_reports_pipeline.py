@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
+from csttool_nipype.batch.state import job_paths
 from csttool_nipype.cli.main import main
 from csttool_nipype.reports import build_cohort_reports
 from csttool_nipype.reports.pdf import html_to_pdf
@@ -118,6 +119,20 @@ def test_subject_job_writes_a_report_with_every_figure(batch_out):
     assert "denoise method" in html             # the options the job ran with
     assert done["result"]["config"]["denoise_method"] == "none"   # recorded for later rebuilds of the texts
     assert '<h2 id="methods">' in html and "No denoising was applied." in html   # the methods text of this run
+
+
+def test_a_batch_subject_has_the_outputs_of_csttool_run(batch_out):
+    """The batch job and ``csttool run`` are one run_subject: the subject's promoted files (listed in
+    _done.json; on disk, the engine's own files aside) are the golden list of a run's."""
+    golden = Path(__file__).parent / "data" / "golden_outputs_phantom.txt"
+    expected = sorted(line.removeprefix("sub-01/") for line in golden.read_text().splitlines()
+                      if line.startswith("sub-01/"))
+    done = json.loads((batch_out / "sub-01" / "_done.json").read_text())
+    assert sorted(o["path"] for o in done["outputs"]) == expected
+    engine = job_paths(batch_out, "sub-01")
+    on_disk = sorted(p.relative_to(engine.root).as_posix() for p in engine.root.rglob("*")
+                     if p.is_file() and p not in (engine.done, engine.lock) and engine.logs not in p.parents)
+    assert on_disk == expected
 
 
 def test_batch_writes_cohort_outputs_and_report_rebuilds_the_same_csv(batch_out):
