@@ -256,12 +256,12 @@ def batch_options(manifest_options: dict, args) -> dict:
 
 
 def _cmd_batch(args) -> int:
-    from ..subjects import load_manifest
     from ..bids import discover_bids
     from ..cohort import CohortOptions, run_cohort
     from ..errors import InputError
     from ..execution import SLURM_PLUGINS
     from ..subject_job import check_options
+    from ..subjects import load_manifest
 
     plugin, plugin_args = plugin_from_args(args)   # bad values: InputError, a usage error (exit 2)
     global_options = {}
