@@ -14,7 +14,7 @@ from . import __version__
 from .batch.console import BatchConsole, log_to_file
 from .batch.runner import FAILED, INTERRUPTED, INVALID, SKIPPED, TIMEOUT, BatchOptions, BatchRunner, Outcome
 from .batch.state import dataset_lock, write_json_atomic
-from .config import DEFAULT_TIMEOUT_MINUTES, PipelineConfig
+from .config import DEFAULT_TIMEOUT_MINUTES, SUBJECT_MEMORY_GB, PipelineConfig, available_memory_gb
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, check_writable_dir
 from .reports import build_cohort_reports
 from .subject_job import JOB_FUNCTION, make_jobs
@@ -42,18 +42,24 @@ class CohortOptions:
     verify: bool = False                            # full SHA-256 check of done subjects before skipping
 
 
-def cpu_plan(nprocs: int, subjects_at_once: int | None, n_subjects: int) -> tuple[int, int]:
+def cpu_plan(nprocs: int, subjects_at_once: int | None, n_subjects: int,
+             memory_gb: float | None = None) -> tuple[int, int]:
     """(subjects at once, CPUs per subject) for ``nprocs`` CPUs and ``n_subjects`` subjects to run.
 
     By default as many subjects run at once as there are CPUs (at most one per subject), each
     on one CPU: a subject's workflow is mostly a chain of nodes, so whole subjects side by side
     keep the CPUs busier than one subject's MultiProc (on two cores, two subjects at once took
     0.51x the time of one after the other: ``benchmarks/results/batch.txt``). CPUs left over
-    when there are fewer subjects than CPUs go to each subject's MultiProc and threads. Memory
-    grows with the subjects at once (a subject's peak is ``peak_rss_mb`` in its ``_done.json``);
-    ``subjects_at_once`` lowers it, and each subject then gets ``nprocs // subjects_at_once``.
+    when there are fewer subjects than CPUs go to each subject's MultiProc and threads. The
+    default also keeps :data:`~csttool_nipype.config.SUBJECT_MEMORY_GB` per subject within
+    ``memory_gb`` (default: this machine's memory, :func:`~csttool_nipype.config.available_memory_gb`);
+    ``subjects_at_once`` overrides it, and each subject then gets ``nprocs // subjects_at_once``.
     """
-    at_once = subjects_at_once or max(1, min(nprocs, n_subjects))
+    if subjects_at_once:
+        at_once = subjects_at_once
+    else:
+        memory_gb = available_memory_gb() if memory_gb is None else memory_gb
+        at_once = max(1, min(nprocs, n_subjects, int(memory_gb // SUBJECT_MEMORY_GB)))
     return at_once, max(1, nprocs // at_once)
 
 

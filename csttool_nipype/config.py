@@ -37,6 +37,9 @@ PREPROCESSING_ON = {"gibbs": True, "motion_correction": True}
 #: Per-subject time limit of a local batch when none is given (minutes; the walkthrough's
 #: 120m). 0 given on the command line means no limit.
 DEFAULT_TIMEOUT_MINUTES = 120.0
+#: Memory (GB) set aside per subject running at once when a batch chooses how many run side
+#: by side: the measured subject peaks are 0.8-1.6 GB (``peak_rss_mb`` in ``_done.json``).
+SUBJECT_MEMORY_GB = 2.0
 #: Option names accepted in manifests besides the :class:`PipelineConfig` fields.
 OPTION_ALIASES = ("preprocessing",)
 
@@ -286,6 +289,21 @@ def _check_type(name: str, value: Any, default: Any) -> None:
 
 _TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
                tuple: "a list of names"}
+
+
+def available_memory_gb() -> float:
+    """Physical memory of this machine (GB), or of the cgroup this process is limited to."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit_file).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total / 2**30
 
 
 def available_cpus() -> int:

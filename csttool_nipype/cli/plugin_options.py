@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..config import available_cpus
 from ..errors import InputError
 from ..execution import PLUGINS, SLURM_PLUGINS
 from .options import positive_int
@@ -78,8 +79,8 @@ def add_cpu_options(group, *aliases: str) -> None:
     """Add ``--nprocs`` (and ``aliases``) and ``--subjects-at-once`` to ``group``."""
     group.add_argument("--nprocs", *aliases, dest="nprocs", type=positive_int, default=None, metavar="N",
                        help="CPUs for the whole command: the subjects running at once share them, a subject with "
-                            "several runs its nodes with Nipype MultiProc and multithreaded steps (default: one per "
-                            "subject at once, i.e. 1). Not with a SLURM plugin, whose nodes are jobs with their own "
+                            "several runs its nodes with Nipype MultiProc and multithreaded steps (default: every CPU "
+                            "this process may use). Not with a SLURM plugin, whose nodes are jobs with their own "
                             "CPUs")
     group.add_argument("--subjects-at-once", "--subjects_at_once", dest="subjects_at_once", type=positive_int,
                        default=None, metavar="K",
@@ -91,8 +92,8 @@ def add_cpu_options(group, *aliases: str) -> None:
 def cpus_from_args(args, plugin: str | None, n_subjects: int) -> tuple[int, int | None]:
     """(CPUs, subjects at once or None for the default) of a cohort, from ``--nprocs``/``--subjects-at-once``.
 
-    Locally, ``--nprocs`` defaults to one CPU per subject at once, and fewer CPUs than subjects
-    at once is a usage error. With a SLURM plugin ``--nprocs`` is a usage error (the nodes'
+    Locally, ``--nprocs`` defaults to every CPU this process may use (as in ``csttool run``; at
+    least one per subject at once), and fewer CPUs than subjects at once is a usage error. With a SLURM plugin ``--nprocs`` is a usage error (the nodes'
     CPUs are the jobs' own) and each subject's driver gets one CPU.
 
     Raises :class:`~csttool_nipype.errors.InputError` (exit code 2) for those usage errors.
@@ -105,7 +106,7 @@ def cpus_from_args(args, plugin: str | None, n_subjects: int) -> tuple[int, int 
                                    f"many subjects are driven at once (default: at most {SLURM_SUBJECTS_AT_ONCE})")
         at_once = at_once or max(1, min(n_subjects, SLURM_SUBJECTS_AT_ONCE))
         return at_once, at_once
-    nprocs = args.nprocs or at_once or 1
+    nprocs = args.nprocs or max(at_once or 1, available_cpus())
     if at_once and at_once > nprocs:
         raise InputError(None, f"--subjects-at-once {at_once} needs at least one CPU per subject: --nprocs {at_once} "
                                f"or more (it is {nprocs})")

@@ -15,6 +15,7 @@ from csttool_nipype.cli import bids_app
 from csttool_nipype.cli.main import main
 from csttool_nipype.cli.plugin_options import SLURM_SUBJECTS_AT_ONCE, cpus_from_args
 from csttool_nipype.cohort import BATCH_LOG, cpu_plan
+from csttool_nipype.config import SUBJECT_MEMORY_GB, available_cpus
 from csttool_nipype.errors import InputError
 
 FAST = ["--no-gibbs", "--no-motion-correction", "--denoise-method", "none"]
@@ -30,7 +31,18 @@ FAST = ["--no-gibbs", "--no-motion-correction", "--denoise-method", "none"]
     (3, None, 0, (1, 3)),    # nothing to run
 ])
 def test_cpu_plan(nprocs, at_once, n_subjects, expected):
-    assert cpu_plan(nprocs, at_once, n_subjects) == expected
+    assert cpu_plan(nprocs, at_once, n_subjects, memory_gb=64.0) == expected
+
+
+@pytest.mark.parametrize("memory_gb, expected", [
+    (64.0, (8, 1)),      # memory for all: one subject per CPU
+    (9.0, (4, 2)),       # 4 subjects of SUBJECT_MEMORY_GB fit: the other CPUs go to them
+    (1.0, (1, 8)),       # less than one subject's share: still one at a time
+])
+def test_cpu_plan_keeps_the_subjects_at_once_within_memory(memory_gb, expected):
+    assert SUBJECT_MEMORY_GB == 2.0   # the numbers below are for 2 GB per subject
+    assert cpu_plan(8, None, 20, memory_gb=memory_gb) == expected
+    assert cpu_plan(8, 8, 20, memory_gb=memory_gb) == (8, 1), "--subjects-at-once is the user's choice"
 
 
 def _args(nprocs=None, subjects_at_once=None):
@@ -38,7 +50,7 @@ def _args(nprocs=None, subjects_at_once=None):
 
 
 def test_cpus_from_args_locally_and_on_slurm():
-    assert cpus_from_args(_args(), None, 10) == (1, None)
+    assert cpus_from_args(_args(), None, 10) == (available_cpus(), None)      # every CPU, as csttool run
     assert cpus_from_args(_args(subjects_at_once=3), "MultiProc", 10) == (3, 3)   # one CPU per subject
     assert cpus_from_args(_args(4), "Linear", 10) == (4, None)
     with pytest.raises(InputError, match="--subjects-at-once 3 needs at least one CPU per subject"):
