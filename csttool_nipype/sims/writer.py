@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from csttool_nipype.derivatives import prefixed
 from csttool_nipype.errors import InputError
 from csttool_nipype.science import gradients
 from csttool_nipype.sims.model import COMPARTMENTS, FIXED_AXES_MNI, S0_CSF, S0_GM, S0_WM, Phantom, PhantomSpec
@@ -144,8 +145,8 @@ def write_phantom(phantom: Phantom, out_dir, subject: str = "sub-01", session: s
         (same keys as :attr:`Phantom.truth`).
     """
     out = Path(out_dir)
-    sub = subject if subject.startswith("sub-") else f"sub-{subject}"
-    ses = None if session is None else (session if session.startswith("ses-") else f"ses-{session}")
+    sub = prefixed(subject, "sub-")
+    ses = None if session is None else prefixed(session, "ses-")
     stem = f"{sub}_{ses}" if ses else sub
     rel = Path(sub) / ses / "dwi" if ses else Path(sub) / "dwi"
     raw_dir, truth_root = out / rel, out / "derivatives" / "phantom-truth"
