@@ -6,7 +6,6 @@ machine; ``.ci/run`` does it before pytest). Skips, saying why, where there is n
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -23,6 +22,8 @@ from nipype.pipeline import engine as pe
 from csttool_nipype.config import ExecutionConfig
 from csttool_nipype.execution import WorkflowFailed, run_workflow
 from csttool_nipype.reports.aggregate import BASE_COLUMNS
+
+from cohorts import cohort_with_a_truncated_subject, metrics_by_subject
 
 START_SCRIPT = Path(__file__).resolve().parents[1] / "ci" / "slurm" / "start-local-slurm.sh"
 
@@ -192,19 +193,7 @@ PIPELINE = ["--denoise-method", "none", "--no-gibbs", "--no-motion-correction", 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Three phantom subjects; sub-03's NIfTI is truncated (it must fail, alone)."""
-    from csttool_nipype.sims.model import PhantomSpec
-    from csttool_nipype.sims.writer import write_bids_dataset
-
-    root = tmp_path_factory.mktemp("raw")
-    write_bids_dataset(root, 3, spec=PhantomSpec(voxel_size=3.0, n_directions=12, snr=30.0), seed=11)
-    bad = root / "sub-03" / "dwi" / "sub-03_dwi.nii.gz"
-    bad.write_bytes(bad.read_bytes()[:20000])
-    return root
-
-
-def _rows(out):
-    with open(out / "batch_metrics.csv", newline="") as fh:
-        return {r["subject"]: r for r in csv.DictReader(fh)}
+    return cohort_with_a_truncated_subject(tmp_path_factory.mktemp("raw"), seed=11)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -249,7 +238,7 @@ def test_bids_app_on_slurm_matches_multiproc_and_isolates_a_failure(slurm, cohor
     assert [run.returncode for run in runs] == [1, 1], "\n\n".join(printed)   # 1: some subjects failed (sub-03)
 
     # status: from the pipeline's own files, the same on both
-    rows, rows_local = _rows(on_slurm), _rows(local)
+    rows, rows_local = metrics_by_subject(on_slurm), metrics_by_subject(local)
     assert {k: r["status"] for k, r in rows.items()} == {"sub-01": "SUCCESS", "sub-02": "SUCCESS",
                                                           "sub-03": "FAILED"}
     assert rows["sub-03"]["error_category"] == "invalid input" and "sub-03_dwi.nii.gz" in rows["sub-03"]["error_reason"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from nipype.interfaces.base import File, TraitedSpec, traits
+from nipype.interfaces.base import File, TraitedSpec
 
 from ..config import TENSOR_FIT_METHODS, PipelineConfig
 from .base import StageInterface, ThreadsDWIInputSpec, choice, load_inputs, load_mask, save_map

@@ -1,7 +1,6 @@
 """`csttool batch` on phantom subjects with real faults: corrupt input, a killed worker,
 a killed orchestrator (resume from Nipype's cache), and the CSV it leaves behind."""
 
-import csv
 import os
 import re
 import signal
@@ -12,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from csttool_nipype.cli.main import main
-from csttool_nipype.sims.model import PhantomSpec
-from csttool_nipype.sims.writer import write_bids_dataset
 
+from cohorts import cohort_with_a_truncated_subject, metrics_by_subject
 from waiting import wait_until
 from walkthrough import check_console
 
@@ -26,16 +24,7 @@ FAST = ["--stages", "tensor", "--no-gibbs", "--no-motion-correction"]
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     """Three small phantom subjects; sub-03's NIfTI is cut short."""
-    root = tmp_path_factory.mktemp("raw")
-    write_bids_dataset(root, 3, spec=PhantomSpec(voxel_size=3.0, n_directions=12, snr=30.0), seed=5)
-    bad = root / "sub-03" / "dwi" / "sub-03_dwi.nii.gz"
-    bad.write_bytes(bad.read_bytes()[:20000])
-    return root
-
-
-def _rows(out):
-    with open(out / "batch_metrics.csv", newline="") as fh:
-        return {r["subject"]: r for r in csv.DictReader(fh)}
+    return cohort_with_a_truncated_subject(tmp_path_factory.mktemp("raw"), seed=5)
 
 
 def _batch(raw, out, *extra):
@@ -59,7 +48,7 @@ def test_corrupt_subject_fails_alone_and_csv_has_real_numbers(raw, tmp_path, cap
     assert printed.rstrip().endswith(f"Batch Report: {out / 'batch_report.html'}"), "nothing below the block"
     assert not captured.err, "log lines go to the log files, not the console"
     assert "[MultiProc]" in (out / "sub-01" / "logs" / "sub-01.log").read_text()
-    rows = _rows(out)
+    rows = metrics_by_subject(out)
     assert rows["sub-01"]["status"] == rows["sub-02"]["status"] == "SUCCESS"
     assert rows["sub-03"]["status"] == "FAILED" and rows["sub-03"]["error_category"] == "invalid input"
     assert "sub-03_dwi.nii.gz" in rows["sub-03"]["error_reason"]
@@ -83,7 +72,7 @@ def test_killed_worker_fails_that_subject_only(raw, tmp_path):
     os.kill(pid, signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=900)
     assert proc.returncode == 1, stdout
-    rows = _rows(out)
+    rows = metrics_by_subject(out)
     assert rows["sub-01"]["status"] == "FAILED" and rows["sub-01"]["error_category"] == "killed"
     assert "SIGKILL" in rows["sub-01"]["error_reason"]
     assert rows["sub-02"]["status"] == "SUCCESS"
