@@ -28,12 +28,12 @@ import pandas as pd
 from csttool_nipype.cli.main import main as csttool_main
 from csttool_nipype.config import PipelineConfig
 from csttool_nipype.derivatives import path as output_path
-from csttool_nipype.science.bundles import resample_streamlines
+from csttool_nipype.science.streamlines import resample_streamlines
 from csttool_nipype.sims.model import LesionSpec, PhantomSpec
 from csttool_nipype.sims.phantom import make_phantom, on_truth_grid
 from csttool_nipype.sims.writer import write_phantom
 from csttool_nipype.science.profiles import orient_inferior_superior
-from csttool_nipype.science.tracking import load_trk
+from csttool_nipype.science.trk_io import load_trk
 
 CASES = {
     "clinical": dict(voxel_size=(1.75, 1.75, 2.5), n_directions=32, n_b0=1, field_of_view_mm=(224.0, 224.0, 150.0)),

@@ -9,17 +9,15 @@ from nibabel.streamlines import ArraySequence
 from csttool_nipype.errors import InputError
 from csttool_nipype.science.bundles import (
     bundle_mask,
-    clean_bundle,
     clip_to_rois,
-    cut_at_midline,
     density_map,
     dice,
     extract_cst,
-    midline_plane,
-    midline_x,
     roi_hits,
     select_cst,
 )
+from csttool_nipype.science.cleaning import clean_bundle
+from csttool_nipype.science.midline import cut_at_midline, midline_plane, midline_x
 from csttool_nipype.science.tracking import track
 from test_tracking import synthetic_tracts
 
@@ -377,7 +375,7 @@ def test_phantom_lesion_shows_as_a_dip_in_the_left_profile():
     profile-mean LI -0.009, voxel-mean LI -0.003; without a lesion the phantom is left-right
     symmetric and the profile-mean LI is +0.001).
     """
-    from csttool_nipype.science.bundles import resample_streamlines
+    from csttool_nipype.science.streamlines import resample_streamlines
     from csttool_nipype.science.profiles import N_NODES, laterality_index, orient_inferior_superior, tract_profile
 
     _, _, LesionSpec = _phantom_api()
@@ -408,6 +406,7 @@ def test_phantom_lesion_shows_as_a_dip_in_the_left_profile():
 def _reference_extract(streamlines, rois, affine, side, **kwargs):
     """extract_cst as it was written before vectorising: per-streamline lists."""
     from csttool_nipype.science import bundles as B
+    from csttool_nipype.science.streamlines import in_roi
 
     sel = select_cst([np.asarray(s, float) for s in streamlines], rois, affine, side=side,
                      min_length_mm=kwargs.get("min_length_mm", 40.0))
@@ -420,8 +419,8 @@ def _reference_extract(streamlines, rois, affine, side, **kwargs):
     oriented = [s[::-1] if f else s for s, f in zip(chosen, flip)]
     out = []
     for s in oriented:  # clip_end="first"
-        in_bs = B._in_roi(s, rois["brainstem"], affine)
-        in_pc = B._in_roi(s, rois[f"precentral_{side}"], affine)
+        in_bs = in_roi(s, rois["brainstem"], affine)
+        in_pc = in_roi(s, rois[f"precentral_{side}"], affine)
         first = int(np.flatnonzero(in_bs)[0]) if in_bs.any() else len(s)
         after = np.flatnonzero(in_pc & (np.arange(len(s)) > first))
         stop = int(after[0]) if len(after) else -1
@@ -442,7 +441,7 @@ def test_extract_cst_matches_the_per_streamline_reference(tracked, side):
 
 def _reference_density(bundle, shape, affine):
     """density_map as it was: per-segment densifying, argsort and unique pairs."""
-    from csttool_nipype.science.bundles import _voxel_index
+    from csttool_nipype.science.streamlines import voxel_index
 
     arrays = [np.asarray(s, np.float64).reshape(-1, 3) for s in bundle]
     counts_per = np.array([len(a) for a in arrays])
@@ -459,7 +458,7 @@ def _reference_density(bundle, shape, affine):
         order = np.argsort(np.concatenate([np.arange(len(points), dtype=float), starts + frac]), kind="stable")
         points = np.concatenate([points, extra])[order]
         ids = np.concatenate([ids, ids[starts]])[order]
-    ijk, inside = _voxel_index(points, affine, shape)
+    ijk, inside = voxel_index(points, affine, shape)
     lin = np.ravel_multi_index(tuple(ijk[inside].T), shape)
     pairs = np.unique(np.stack([ids[inside], lin], axis=1), axis=0)
     counts = np.zeros(shape, dtype=np.int64)
@@ -468,7 +467,7 @@ def _reference_density(bundle, shape, affine):
 
 
 def test_density_map_matches_the_reference(tracked):
-    from csttool_nipype.science.bundles import _densify
+    from csttool_nipype.science.streamlines import densify
 
     shape, affine = tracked["fa"].shape, tracked["affine"]
     bundle = extract_cst(tracked["streamlines"], tracked["rois"], affine, side="left")
@@ -479,7 +478,7 @@ def test_density_map_matches_the_reference(tracked):
         assert got.dtype == np.int64 and np.array_equal(got, _reference_density(b, shape, affine))
     pts = np.concatenate(sparse)
     ids = np.repeat(np.arange(len(sparse)), [len(s) for s in sparse])
-    dense, dense_ids = _densify(pts, ids, 1.0)
+    dense, dense_ids = densify(pts, ids, 1.0)
     assert len(dense) > 3 * len(pts)
     for i in (0, len(sparse) // 2):
         run = dense[dense_ids == i]

@@ -36,12 +36,12 @@ import pandas as pd
 import pytest
 
 from csttool_nipype.cli.main import main
-from csttool_nipype.science.bundles import resample_streamlines
+from csttool_nipype.science.streamlines import resample_streamlines
 from csttool_nipype.sims.model import LesionSpec, PhantomSpec
 from csttool_nipype.sims.phantom import make_phantom, on_truth_grid
 from csttool_nipype.sims.writer import write_phantom
 from csttool_nipype.science.profiles import orient_inferior_superior
-from csttool_nipype.science.tracking import load_trk
+from csttool_nipype.science.trk_io import load_trk
 
 slow = pytest.mark.slow  # the end-to-end runs; the unit tests at the bottom are fast
 

@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 
 from csttool_nipype.cli.main import main
-from csttool_nipype.science.tracking import load_trk
+from csttool_nipype.science.trk_io import load_trk
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

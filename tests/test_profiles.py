@@ -17,7 +17,8 @@ from csttool_nipype.science.profiles import (
     summary_row,
     tract_profile,
 )
-from csttool_nipype.science.tracking import streamline_lengths, track
+from csttool_nipype.science.streamlines import streamline_lengths
+from csttool_nipype.science.tracking import track
 from test_tracking import synthetic_tracts
 
 # A 20 x 20 x 50 grid of 2 mm voxels; world = 2 * index + (-20, -20, -10).

@@ -12,15 +12,9 @@ import pytest
 
 from csttool_nipype.errors import InputError
 from csttool_nipype.science.gradients import reorient_array, voxel_to_world, world_to_voxel
-from csttool_nipype.science.tracking import (
-    load_trk,
-    principal_direction,
-    save_trk,
-    seed_points,
-    smoothed_tensor_field,
-    streamline_lengths,
-    track,
-)
+from csttool_nipype.science.streamlines import streamline_lengths
+from csttool_nipype.science.tracking import principal_direction, seed_points, smoothed_tensor_field, track
+from csttool_nipype.science.trk_io import load_trk, save_trk
 
 VOXEL = 2.0
 SLANT_DEG = 30.0
@@ -333,10 +327,10 @@ def _dipy_save_trk(streamlines, reference, path):
     from dipy.io.streamline import save_tractogram
     from nibabel.streamlines import ArraySequence
 
-    from csttool_nipype.science.tracking import _reference
+    from csttool_nipype.science.trk_io import reference as trk_reference
 
     seq = ArraySequence([np.asarray(s, np.float64).reshape(-1, 3) for s in streamlines])
-    sft = StatefulTractogram(seq, _reference(reference), Space.RASMM)
+    sft = StatefulTractogram(seq, trk_reference(reference), Space.RASMM)
     if len(sft):
         sft.is_bbox_in_vox_valid()
     save_tractogram(sft, str(path), bbox_valid_check=False)

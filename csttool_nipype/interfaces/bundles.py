@@ -59,12 +59,13 @@ class ExtractCST(StageInterface):
     output_spec = _ExtractOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.bundles import _Packed, density_map, extract_cst
-        from ..science.tracking import load_trk, save_trk
+        from ..science.bundles import density_map, extract_cst
+        from ..science.streamlines import Packed
+        from ..science.trk_io import load_trk, save_trk
 
         ref = nib.load(self.inputs.in_reference)
         # flattened once (float64 points, lengths) and shared by both sides
-        streamlines = _Packed.of(load_trk(self.inputs.in_trk))
+        streamlines = Packed.of(load_trk(self.inputs.in_trk))
         rois = load_rois(self.inputs.in_rois)
         cwd = Path(runtime.cwd)
         for side in ("left", "right"):

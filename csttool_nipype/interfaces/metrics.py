@@ -65,7 +65,7 @@ class CSTMetrics(StageInterface):
         import pandas as pd
 
         from ..science.profiles import bundle_metrics, core_means, profiles_table, summary_row, tract_profiles
-        from ..science.tracking import load_trk
+        from ..science.trk_io import load_trk
 
         ref = nib.load(self.inputs.in_fa)
         maps = {m: np.asarray(nib.load(getattr(self.inputs, f"in_{m}")).dataobj, np.float32) for m in SCALARS}

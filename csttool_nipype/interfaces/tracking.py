@@ -52,7 +52,8 @@ class Track(StageInterface):
     output_spec = _TrackOutputSpec
 
     def _run_interface(self, runtime):
-        from ..science.tracking import save_trk, seeds_per_voxel_for_density, smoothed_tensor_field, track
+        from ..science.tracking import seeds_per_voxel_for_density, smoothed_tensor_field, track
+        from ..science.trk_io import save_trk
 
         fa_img = nib.load(self.inputs.in_fa)
         fa = np.asarray(fa_img.dataobj, np.float32)

@@ -6,12 +6,12 @@
 2. touch the ``brainstem`` ROI, the same-side ``precentral_<side>`` ROI and, when
    given, the same-side ``capsule_<side>`` waypoint,
 3. touch no ``midline`` exclusion ROI (when given) and stay on their own side of the
-   mid-sagittal plane, which is placed from the ROIs (see :func:`midline_plane`),
+   mid-sagittal plane, which is placed from the ROIs (see :func:`csttool_nipype.science.midline.midline_plane`),
 
 then orients every streamline inferior to superior (first point at the brainstem end),
 cuts it to the stretch between the brainstem and precentral ROIs (:func:`clip_to_rois`;
 the pipeline cuts where the streamline first reaches the gyrus, ``clip_end="first"``)
-and removes outliers the way AFQ does (:func:`clean_bundle`). The pipeline's ``midline``
+and removes outliers the way AFQ does (:func:`csttool_nipype.science.cleaning.clean_bundle`). The pipeline's ``midline``
 ROI is a one-voxel layer on the right of the mid-sagittal plane; ``midline_layer="right"``
 applies the same crossing rule to both sides with it (see :func:`extract_cst`).
 
@@ -36,18 +36,16 @@ from nibabel.streamlines import ArraySequence
 
 from ..config import CLIP_ENDS, MIDLINE_RULES
 from ..errors import InputError
+from .cleaning import clean_bundle
+from .midline import SIDES, check_side_rois, cut_at_midline, midline_rule, side_sign
 from .reliability import dice  # noqa: F401 (part of this module's interface)
+from .streamlines import Packed, VoxelLookup, any_per_streamline, densify, in_roi, voxel_index
 
 __all__ = [
     "SIDES",
     "roi_hits",
-    "midline_plane",
-    "midline_x",
     "select_cst",
     "start_key",
-    "resample_streamlines",
-    "node_mahalanobis",
-    "clean_bundle",
     "orient_bundle",
     "clip_to_rois",
     "extract_cst",
@@ -58,173 +56,8 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-SIDES = ("left", "right")
 
-#: Positional uncertainty (mm) added in quadrature to each node's covariance before
-#: Mahalanobis distances are taken, so that a bundle whose streamlines end within a
-#: fraction of a voxel of each other does not turn sub-voxel differences into outliers.
-POSITION_FLOOR_MM = 1.0
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-class _Packed:
-    """Streamlines as one float64 point array, with per-point streamline ids.
-
-    ``points`` (P, 3) float64 (world mm, each streamline's points in order, streamlines
-    in order), ``counts`` (N,) points per streamline, ``starts`` (N,) index of each
-    streamline's first point, ``ids`` (P,) streamline of each point. Built once and
-    shared by the extraction steps instead of re-flattening the streamlines for every
-    ROI test.
-    """
-
-    __slots__ = ("points", "counts", "starts", "ids", "_lengths")
-
-    def __init__(self, points: np.ndarray, counts: np.ndarray):
-        self.points = points
-        self.counts = np.asarray(counts, dtype=np.intp)
-        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.intp)
-        self.ids = np.repeat(np.arange(len(self.counts)), self.counts)
-        self._lengths = None
-
-    def __len__(self) -> int:
-        return len(self.counts)
-
-    @classmethod
-    def of(cls, streamlines) -> "_Packed":
-        if isinstance(streamlines, cls):
-            return streamlines
-        if isinstance(streamlines, ArraySequence):
-            from .tracking import _packed
-
-            points, counts = _packed(streamlines)
-            return cls(points.reshape(-1, 3), counts)
-        arrays = [np.asarray(s, dtype=np.float64).reshape(-1, 3) for s in streamlines]
-        counts = np.array([len(a) for a in arrays], dtype=np.intp)
-        points = np.concatenate(arrays) if arrays else np.zeros((0, 3))
-        return cls(points, counts)
-
-    def segment_lengths(self) -> np.ndarray:
-        """Arc length of each streamline (the segments summed in order)."""
-        if self._lengths is None:
-            seg = np.linalg.norm(np.diff(self.points, axis=0), axis=1)
-            same = self.ids[1:] == self.ids[:-1]
-            self._lengths = np.bincount(self.ids[1:][same], weights=seg[same], minlength=len(self))
-        return self._lengths
-
-    def select(self, keep, first=None, count=None) -> "_Packed":
-        """The streamlines that ``keep`` (bool or index array) selects, optionally cut to
-        ``count`` points from their ``first`` point (arrays over the selected streamlines)."""
-        idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.intp)
-        first = np.zeros(len(idx), dtype=np.intp) if first is None else np.asarray(first, dtype=np.intp)
-        count = self.counts[idx] if count is None else np.asarray(count, dtype=np.intp)
-        from .tracking import _run_rows
-
-        return _Packed(self.points[_run_rows(self.starts[idx] + first, count)], count)
-
-    def reversed_where(self, flip: np.ndarray) -> "_Packed":
-        """The same streamlines, those where ``flip`` is true with their points reversed."""
-        if not np.any(flip):
-            return _Packed(self.points.copy(), self.counts)
-        local = np.arange(len(self.points), dtype=np.intp) - self.starts[self.ids]
-        f = np.repeat(np.asarray(flip, bool), self.counts)
-        rows = np.where(f, self.starts[self.ids] + self.counts[self.ids] - 1 - local,
-                        np.arange(len(self.points), dtype=np.intp))
-        return _Packed(self.points[rows], self.counts)
-
-    def sequence(self) -> ArraySequence:
-        """An ArraySequence of float64 points over these arrays."""
-        from .tracking import _packed_sequence
-
-        return _packed_sequence(self.points, self.counts)
-
-
-def _flatten(streamlines) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All points (P, 3), the streamline id of each point (P,) and lengths (N,)."""
-    packed = _Packed.of(streamlines)
-    return packed.points, packed.ids, packed.counts
-
-
-def _subset(streamlines, keep: np.ndarray) -> ArraySequence:
-    """The streamlines where ``keep`` (bool or index array) selects, as float64."""
-    return _Packed.of(streamlines).select(keep).sequence()
-
-
-def _voxel_index(points: np.ndarray, affine: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest-voxel indices (P, 3) of world points and whether each is inside ``shape``."""
-    inv = np.linalg.inv(np.asarray(affine, float))
-    ijk = np.rint(points @ inv[:3, :3].T + inv[:3, 3]).astype(np.intp)
-    inside = np.all((ijk >= 0) & (ijk < np.asarray(shape[:3])), axis=1)
-    return ijk, inside
-
-
-class _VoxelLookup:
-    """Nearest voxel of every point, computed once and shared by several ROI tests."""
-
-    def __init__(self, points: np.ndarray, affine: np.ndarray):
-        self.points = points
-        self.affine = affine
-        self._ijk = None
-        self._flat: dict = {}  # grid shape -> (inside, flat voxel index of the inside points)
-
-    def in_roi(self, roi: np.ndarray) -> np.ndarray:
-        """Whether each point's nearest voxel is in ``roi`` (as :func:`_in_roi`)."""
-        roi = np.asarray(roi, dtype=bool)
-        out = np.zeros(len(self.points), dtype=bool)
-        if len(self.points) == 0 or not roi.any():
-            return out
-        shape = roi.shape[:3]
-        if shape not in self._flat:
-            if self._ijk is None:
-                self._ijk, inside = _voxel_index(self.points, self.affine, shape)
-            else:
-                inside = np.all((self._ijk >= 0) & (self._ijk < np.asarray(shape)), axis=1)
-            self._flat[shape] = (inside, np.ravel_multi_index(tuple(self._ijk[inside].T), shape))
-        inside, flat = self._flat[shape]
-        out[inside] = roi.reshape(-1)[flat]
-        return out
-
-
-def _densify(points: np.ndarray, ids: np.ndarray, max_step: float) -> tuple[np.ndarray, np.ndarray]:
-    """Insert points on segments longer than ``max_step`` mm so that no voxel is skipped."""
-    if len(points) < 2:
-        return points, ids
-    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
-    same = ids[1:] == ids[:-1]
-    n_extra = np.where(same, np.ceil(seg / max_step).astype(np.intp) - 1, 0)
-    n_extra = np.maximum(n_extra, 0)
-    if not n_extra.any():
-        return points, ids
-    starts = np.repeat(np.arange(len(seg)), n_extra)  # segment of each inserted point
-    total = len(starts)
-    first_extra = np.cumsum(n_extra) - n_extra  # index of each segment's first inserted point
-    step_no = np.arange(1, total + 1) - np.repeat(first_extra, n_extra)  # 1..k within its segment
-    frac = step_no / (n_extra[starts] + 1)
-    extra = points[starts] + frac[:, None] * (points[starts + 1] - points[starts])
-    # each inserted point goes right after its segment's first point, in order
-    before = np.concatenate([[0], np.cumsum(n_extra)])  # inserted points before original point i
-    n_out = len(points) + total
-    all_points = np.empty((n_out, 3))
-    all_ids = np.empty(n_out, dtype=ids.dtype)
-    orig_pos = np.arange(len(points)) + before
-    all_points[orig_pos] = points
-    all_ids[orig_pos] = ids
-    extra_pos = orig_pos[starts] + step_no
-    all_points[extra_pos] = extra
-    all_ids[extra_pos] = ids[starts]
-    return all_points, all_ids
-
-
-def _in_roi(points: np.ndarray, roi: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Whether each world point's nearest voxel is in ``roi``."""
-    return _VoxelLookup(points, affine).in_roi(roi)
-
-
-def _any_per_streamline(ids: np.ndarray, flags: np.ndarray, n: int) -> np.ndarray:
-    hits = np.zeros(n, dtype=bool)
-    hits[ids[flags]] = True
-    return hits
+# ----------------------------------------------------------------------------- ROIs
 
 
 def roi_hits(streamlines, roi: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -243,18 +76,18 @@ def roi_hits(streamlines, roi: np.ndarray, affine: np.ndarray) -> np.ndarray:
     -------
     hits : ndarray of bool, shape (n_streamlines,)
     """
-    packed = _Packed.of(streamlines)
-    return _any_per_streamline(packed.ids, _in_roi(packed.points, roi, affine), len(packed))
+    packed = Packed.of(streamlines)
+    return any_per_streamline(packed.ids, in_roi(packed.points, roi, affine), len(packed))
 
 
-def _first_hit_rank(streamlines, roi, affine, lookup: _VoxelLookup | None = None) -> np.ndarray:
+def _first_hit_rank(streamlines, roi, affine, lookup: VoxelLookup | None = None) -> np.ndarray:
     """Mean relative position (0 = first point, 1 = last) of each streamline's points in ``roi``; NaN if none."""
-    packed = _Packed.of(streamlines)
+    packed = Packed.of(streamlines)
     points, ids, counts = packed.points, packed.ids, packed.counts
     out = np.full(len(counts), np.nan)
     if len(points) == 0:
         return out
-    in_roi = (lookup or _VoxelLookup(points, affine)).in_roi(roi)
+    in_roi = (lookup or VoxelLookup(points, affine)).in_roi(roi)
     starts = packed.starts
     rel = (np.arange(len(points)) - starts[ids]) / np.maximum(counts[ids] - 1, 1)
     total = np.bincount(ids[in_roi], weights=rel[in_roi], minlength=len(counts))
@@ -264,172 +97,10 @@ def _first_hit_rank(streamlines, roi, affine, lookup: _VoxelLookup | None = None
     return out
 
 
-def _centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    ijk = np.argwhere(np.asarray(mask, bool))
-    if len(ijk) == 0:
-        return np.full(3, np.nan)
-    affine = np.asarray(affine, float)
-    return (ijk @ affine[:3, :3].T + affine[:3, 3]).mean(axis=0)
-
-
-def midline_plane(rois: Mapping[str, np.ndarray], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The mid-sagittal plane, from the ROIs, as a point and a unit normal (world mm).
-
-    * With a ``midline`` ROI: the plane through its voxel centroid, fitted to its voxels
-      (least-variance axis as normal) when the ROI is a sheet, else normal to world x.
-    * Otherwise: the plane through the ``brainstem`` centroid that contains the
-      anterior-posterior axis and the point halfway between the ``precentral_left`` and
-      ``precentral_right`` centroids, so a head rolled in the scanner gets a tilted
-      midline; normal to world x when the precentral ROIs are missing.
-
-    World x = 0 is never assumed. The normal points to the right (positive world x),
-    so ``(p - point) @ normal`` is the signed distance (mm) of ``p`` to the right.
-    """
-    def given(key):
-        return rois.get(key) is not None and np.asarray(rois[key]).any()
-
-    ex = np.array([1.0, 0.0, 0.0])
-    if given("midline"):
-        ijk = np.argwhere(np.asarray(rois["midline"], bool))
-        affine = np.asarray(affine, float)
-        pts = ijk @ affine[:3, :3].T + affine[:3, 3]
-        point = pts.mean(axis=0)
-        normal = ex
-        if len(pts) >= 10:
-            evals, evecs = np.linalg.eigh(np.cov((pts - point).T))
-            if evals[0] < 0.25 * evals[1]:  # a sheet: one thin direction
-                normal = evecs[:, 0]
-    elif given("brainstem"):
-        point = _centroid(rois["brainstem"], affine)
-        normal = ex
-        if given("precentral_left") and given("precentral_right"):
-            top = 0.5 * (_centroid(rois["precentral_left"], affine) + _centroid(rois["precentral_right"], affine))
-            up = top - point
-            candidate = np.cross(np.array([0.0, 1.0, 0.0]), up)
-            if np.linalg.norm(candidate) > 1e-6 * max(np.linalg.norm(up), 1.0):
-                normal = candidate
-    elif given("precentral_left") and given("precentral_right"):
-        point = 0.5 * (_centroid(rois["precentral_left"], affine) + _centroid(rois["precentral_right"], affine))
-        normal = ex
-    else:
-        raise InputError(None, "cannot place the midline: no midline, brainstem or precentral ROI voxels")
-    normal = np.asarray(normal, float) / np.linalg.norm(normal)
-    if normal[0] < 0:
-        normal = -normal
-    return point, normal
-
-
-def midline_x(rois: Mapping[str, np.ndarray], affine: np.ndarray) -> float:
-    """World x (mm) of the mid-sagittal plane's reference point (see :func:`midline_plane`)."""
-    return float(midline_plane(rois, affine)[0][0])
-
-
-def _side_sign(side: str) -> float:
-    if side not in SIDES:
-        raise InputError(None, f"side must be 'left' or 'right', got {side!r}")
-    return -1.0 if side == "left" else 1.0  # RAS+: left hemisphere has smaller x
-
-
-def _midline_rule(packed: _Packed, rois, affine, *, side: str, midline_tolerance_mm: float, midline_layer: str):
-    """Points on the wrong side of the mid-sagittal plane, the exclusion ROI, the plane.
-
-    Returns
-    -------
-    wrong : ndarray of bool, (P,)
-        Points past the plane (by more than the tolerance) above the ``midline`` ROI's
-        lowest voxel; see :func:`extract_cst`.
-    exclusion : ndarray of bool or None
-        The voxels a streamline of ``side`` may not touch (``midline`` or, with
-        ``midline_layer="right"`` on the right side, its mirror layer).
-    point, normal : ndarray
-        The plane (world mm), normal pointing right.
-    """
-    sign = _side_sign(side)
-    points = packed.points
-    point, normal = midline_plane(rois, affine)
-    exclusion = None if rois.get("midline") is None else np.asarray(rois["midline"], bool)
-    if midline_layer not in ("centre", "right"):
-        raise InputError(None, f"midline_layer must be 'centre' or 'right', got {midline_layer!r}")
-    if midline_layer == "right" and exclusion is not None and exclusion.any():
-        # The ROI is the voxel layer just right of the mid-sagittal plane: the plane lies
-        # half a layer to the left of its centroid, and a right-side streamline has crossed
-        # only when it reaches the mirror layer (the ROI's face neighbours on the left).
-        step = float(np.max(np.abs(normal @ np.asarray(affine, float)[:3, :3])))
-        if side == "right":
-            from scipy import ndimage
-
-            ring = ndimage.binary_dilation(exclusion) & ~exclusion
-            ijk = np.argwhere(ring)
-            left = (ijk @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3] - point) @ normal < 0
-            exclusion = np.zeros_like(exclusion)
-            exclusion[tuple(ijk[left].T)] = True
-        point = point - 0.5 * step * normal
-    own = _centroid(rois[f"precentral_{side}"], affine)
-    if np.all(np.isfinite(own)) and sign * float((own - point) @ normal) <= 0:
-        raise InputError(None, f"precentral_{side} ROI lies on the wrong side of the midline "
-                               f"(centroid x={own[0]:.1f} mm, midline x={point[0]:.1f} mm): left and right swapped?")
-    # A streamline crosses when any of its points is on the other side by more than the tolerance
-    # (with a midline ROI: any point not below the ROI's lowest voxel, in world z; the ROI
-    # starts above the pyramidal decussation, where the tracts really do cross).
-    wrong = sign * ((points - point) @ normal) < -float(midline_tolerance_mm)
-    if exclusion is not None and np.asarray(rois["midline"]).any():
-        aff = np.asarray(affine, float)
-        lowest = float((np.argwhere(np.asarray(rois["midline"], bool)) @ aff[:3, :3].T + aff[:3, 3])[:, 2].min())
-        wrong &= points[:, 2] >= lowest
-    return wrong, exclusion, point, normal
-
-
 def start_key(rois: Mapping[str, np.ndarray]) -> str:
     """The ROI a CST starts in: ``cst_start`` when given (a field of view that stops above the
     medulla, see :func:`csttool_nipype.science.coverage.start_roi`), else ``brainstem``."""
     return "cst_start" if rois.get("cst_start") is not None else "brainstem"
-
-
-def _check_side_rois(rois, side: str) -> None:
-    _side_sign(side)
-    for key in ("brainstem", f"precentral_{side}"):
-        if rois.get(key) is None:
-            raise InputError(None, f"ROI {key!r} is missing")
-
-
-def cut_at_midline(
-    streamlines,
-    rois: Mapping[str, np.ndarray],
-    affine: np.ndarray,
-    *,
-    side: str,
-    midline_tolerance_mm: float = 0.0,
-    midline_layer: str = "centre",
-) -> tuple[_Packed, np.ndarray]:
-    """The pieces of every streamline that stay on one side of the midline.
-
-    Each streamline is cut at the points where it is past the mid-sagittal plane (or
-    touches the exclusion layer), by the rule :func:`select_cst` uses to drop whole
-    streamlines; the pieces in between (two points or more) are returned.
-
-    Returns
-    -------
-    pieces : _Packed
-        The pieces, in order of their streamline and along it (world mm).
-    parent : ndarray of int, (n_pieces,)
-        The streamline each piece comes from.
-    """
-    _check_side_rois(rois, side)
-    packed = _Packed.of(streamlines)
-    if len(packed) == 0:
-        return packed, np.zeros(0, dtype=np.intp)
-    wrong, exclusion, _, _ = _midline_rule(packed, rois, affine, side=side,
-                                           midline_tolerance_mm=midline_tolerance_mm, midline_layer=midline_layer)
-    if exclusion is not None and exclusion.any():
-        wrong = wrong | _VoxelLookup(packed.points, affine).in_roi(exclusion)
-    ids = packed.ids
-    new_run = np.ones(len(ids), dtype=bool)
-    new_run[1:] = (ids[1:] != ids[:-1]) | (wrong[1:] != wrong[:-1])
-    run_start = np.flatnonzero(new_run)
-    run_len = np.diff(np.append(run_start, len(ids)))
-    good = ~wrong[run_start] & (run_len >= 2)
-    starts, parent = run_start[good], ids[run_start[good]]
-    return packed.select(parent, first=starts - packed.starts[parent], count=run_len[good]), parent
 
 
 def select_cst(
@@ -451,16 +122,16 @@ def select_cst(
     indices : ndarray of int
         Positions in ``streamlines``, ascending.
     """
-    _check_side_rois(rois, side)
+    check_side_rois(rois, side)
     n = len(streamlines)
     if n == 0:
         return np.zeros(0, dtype=np.intp)
-    packed = _Packed.of(streamlines)
+    packed = Packed.of(streamlines)
     ids = packed.ids
     lengths = packed.segment_lengths()
     keep = lengths >= min_length_mm
 
-    wrong, exclusion, point, normal = _midline_rule(packed, rois, affine, side=side,
+    wrong, exclusion, point, normal = midline_rule(packed, rois, affine, side=side,
                                                      midline_tolerance_mm=midline_tolerance_mm,
                                                      midline_layer=midline_layer)
     crosses = np.bincount(ids[wrong], minlength=n) > 0
@@ -477,7 +148,7 @@ def select_cst(
     return selected
 
 
-def _through_rois(packed: _Packed, candidates: np.ndarray, rois, affine, *, side: str,
+def _through_rois(packed: Packed, candidates: np.ndarray, rois, affine, *, side: str,
                   exclusion: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """The ``candidates`` (indices into ``packed``) that pass through the brainstem, the
     side's precentral gyrus and, when given, its capsule waypoint, without touching
@@ -486,12 +157,12 @@ def _through_rois(packed: _Packed, candidates: np.ndarray, rois, affine, *, side
     if rois.get(f"capsule_{side}") is not None:
         required.append(f"capsule_{side}")
     subset = packed.select(candidates)
-    lookup = _VoxelLookup(subset.points, affine)  # one nearest-voxel pass for every ROI test
+    lookup = VoxelLookup(subset.points, affine)  # one nearest-voxel pass for every ROI test
     ok = np.ones(len(candidates), dtype=bool)
     for key in required:
-        ok &= _any_per_streamline(subset.ids, lookup.in_roi(rois[key]), len(subset))
+        ok &= any_per_streamline(subset.ids, lookup.in_roi(rois[key]), len(subset))
     if exclusion is not None:
-        ok &= ~_any_per_streamline(subset.ids, lookup.in_roi(exclusion), len(subset))
+        ok &= ~any_per_streamline(subset.ids, lookup.in_roi(exclusion), len(subset))
     return candidates[ok], required
 
 
@@ -525,13 +196,13 @@ def clip_to_rois(bundle, rois: Mapping[str, np.ndarray], affine: np.ndarray, *, 
     clipped : ArraySequence
         float64 points, same number and order of streamlines as ``bundle``.
     """
-    _side_sign(side)
+    side_sign(side)
     if end not in ("last", "first"):
         raise InputError(None, f"end must be 'last' or 'first', got {end!r}")
-    return _clip_packed(_Packed.of(bundle), rois, affine, side=side, end=end).sequence()
+    return _clip_packed(Packed.of(bundle), rois, affine, side=side, end=end).sequence()
 
 
-def _clip_packed(packed: _Packed, rois, affine, *, side: str, end: str) -> _Packed:
+def _clip_packed(packed: Packed, rois, affine, *, side: str, end: str) -> Packed:
     """:func:`clip_to_rois` on packed streamlines."""
     points, ids, counts = packed.points, packed.ids, packed.counts
     n = len(counts)
@@ -539,7 +210,7 @@ def _clip_packed(packed: _Packed, rois, affine, *, side: str, end: str) -> _Pack
         return packed
     starts = packed.starts
     local = np.arange(len(points)) - starts[ids]
-    lookup = _VoxelLookup(points, affine)
+    lookup = VoxelLookup(points, affine)
     in_bs = lookup.in_roi(rois[start_key(rois)])
     in_pc = lookup.in_roi(rois[f"precentral_{side}"])
     first = counts.copy()
@@ -557,47 +228,7 @@ def _clip_packed(packed: _Packed, rois, affine, *, side: str, end: str) -> _Pack
                          count=np.where(cut, stop - first + 1, counts))
 
 
-# --------------------------------------------------------------------------- cleaning
-
-
-def resample_streamlines(streamlines, n_points: int) -> np.ndarray:
-    """Streamlines resampled to ``n_points`` equidistant points, as an (N, n_points, 3) array."""
-    from dipy.tracking.streamline import set_number_of_points
-
-    if len(streamlines) == 0:
-        return np.zeros((0, n_points, 3))
-    packed = _Packed.of(streamlines)
-    # dipy resamples an ArraySequence streamline by streamline in C, as it does a list
-    resampled = set_number_of_points(packed.sequence(), nb_points=int(n_points))
-    return np.asarray(resampled.get_data(), dtype=np.float64).reshape(len(packed), int(n_points), 3)
-
-
-def node_mahalanobis(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM) -> np.ndarray:
-    """Mahalanobis distance of every streamline node from the bundle's node cloud.
-
-    Parameters
-    ----------
-    resampled : ndarray, shape (N, n_nodes, 3)
-        Oriented, resampled streamlines in mm.
-    floor_mm : float
-        Isotropic standard deviation (mm) added to every node covariance; keeps the
-        distance finite and meaningful when the node cloud is flat.
-
-    Returns
-    -------
-    distance : ndarray, shape (N, n_nodes)
-        Dimensionless (standard deviations). Zero for a single streamline.
-    """
-    resampled = np.asarray(resampled, float)
-    n = resampled.shape[0]
-    if n < 2:
-        return np.zeros(resampled.shape[:2])
-    mean = resampled.mean(axis=0)  # (n_nodes, 3)
-    delta = resampled - mean
-    cov = np.einsum("snj,snk->njk", delta, delta) / n + (float(floor_mm) ** 2) * np.eye(3)
-    inv = np.linalg.inv(cov)
-    d2 = np.einsum("snj,njk,snk->sn", delta, inv, delta)
-    return np.sqrt(np.maximum(d2, 0.0))
+# ------------------------------------------------------------------- orientation
 
 
 def orient_bundle(streamlines, rois: Mapping[str, np.ndarray] | None = None, affine: np.ndarray | None = None,
@@ -609,71 +240,22 @@ def orient_bundle(streamlines, rois: Mapping[str, np.ndarray] | None = None, aff
     otherwise (or when it misses one of them) when its first point is higher (world z)
     than its last.
     """
-    return _orient_packed(_Packed.of(streamlines), rois, affine, side=side).sequence()
+    return _orient_packed(Packed.of(streamlines), rois, affine, side=side).sequence()
 
 
-def _orient_packed(packed: _Packed, rois, affine, *, side) -> _Packed:
+def _orient_packed(packed: Packed, rois, affine, *, side) -> Packed:
     """:func:`orient_bundle` on packed streamlines."""
     if len(packed) == 0:
         return packed
     z = packed.points[:, 2]
     flip = z[packed.starts] > z[packed.starts + packed.counts - 1]
     if rois is not None and affine is not None and side is not None:
-        lookup = _VoxelLookup(packed.points, affine)
+        lookup = VoxelLookup(packed.points, affine)
         bs = _first_hit_rank(packed, np.asarray(rois[start_key(rois)], bool), affine, lookup)
         pc = _first_hit_rank(packed, np.asarray(rois[f"precentral_{side}"], bool), affine, lookup)
         known = np.isfinite(bs) & np.isfinite(pc) & (bs != pc)
         flip[known] = bs[known] > pc[known]
     return packed.reversed_where(flip)
-
-
-def clean_bundle(
-    bundle,
-    *,
-    n_points: int = 100,
-    distance_threshold: float = 4.0,
-    length_threshold: float = 4.0,
-    rounds: int = 5,
-    min_streamlines: int = 20,
-    floor_mm: float = POSITION_FLOOR_MM,
-) -> np.ndarray:
-    """AFQ-style outlier removal; returns the indices of the streamlines kept.
-
-    Each round resamples the (consistently oriented) streamlines to ``n_points``
-    nodes and drops those whose length is more than ``length_threshold`` standard
-    deviations from the mean length, or any of whose nodes lies more than
-    ``distance_threshold`` from the other streamlines' nodes in Mahalanobis distance
-    (see :func:`node_mahalanobis`). Rounds stop when nothing is dropped, after
-    ``rounds`` rounds, or before a round would leave fewer than ``min_streamlines``
-    (the bundle is then returned as it was before that round; a bundle already that
-    small is returned whole).
-
-    Returns
-    -------
-    indices : ndarray of int
-        Positions in ``bundle`` of the streamlines kept, ascending.
-    """
-    idx = np.arange(len(bundle))
-    if len(idx) <= min_streamlines:
-        return idx
-    resampled_all = resample_streamlines(bundle, n_points)
-    lengths_all = np.linalg.norm(np.diff(resampled_all, axis=1), axis=2).sum(axis=1)
-    for round_no in range(int(rounds)):
-        resampled = resampled_all[idx]
-        lengths = lengths_all[idx]
-        sd = lengths.std()
-        z = np.abs(lengths - lengths.mean()) / sd if sd > 0 else np.zeros_like(lengths)
-        dist = node_mahalanobis(resampled, floor_mm).max(axis=1)
-        ok = (z <= length_threshold) & (dist <= distance_threshold)
-        if ok.all():
-            break
-        if ok.sum() < min_streamlines:
-            LOGGER.info("cleaning round %d would leave %d < %d streamlines; stopped", round_no + 1,
-                        int(ok.sum()), min_streamlines)
-            break
-        LOGGER.debug("cleaning round %d: %d -> %d streamlines", round_no + 1, len(idx), int(ok.sum()))
-        idx = idx[ok]
-    return idx
 
 
 # ------------------------------------------------------------------------- extraction
@@ -768,7 +350,7 @@ def extract_cst(
         float64 points in world RAS+ mm; each streamline starts at its brainstem end
         (with ``clip``, in the brainstem ROI).
     """
-    packed = _Packed.of(streamlines)  # callers extracting both sides may pass one _Packed for both
+    packed = Packed.of(streamlines)  # callers extracting both sides may pass one Packed for both
     if midline not in MIDLINE_RULES:
         raise InputError(None, f"midline must be 'reject' or 'cut', got {midline!r}")
     if midline == "cut":
@@ -824,12 +406,13 @@ def density_map(bundle, shape, affine: np.ndarray) -> np.ndarray:
     counts : ndarray of int64, shape ``shape[:3]``
     """
     shape = tuple(int(s) for s in shape[:3])
-    points, ids, _ = _flatten(bundle)
+    packed = Packed.of(bundle)
+    points, ids = packed.points, packed.ids
     if len(points) == 0:
         return np.zeros(shape, dtype=np.int64)
     zooms = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-    points, ids = _densify(points, ids, 0.5 * float(zooms.min()))
-    ijk, inside = _voxel_index(points, affine, shape)
+    points, ids = densify(points, ids, 0.5 * float(zooms.min()))
+    ijk, inside = voxel_index(points, affine, shape)
     lin = np.ravel_multi_index(tuple(ijk[inside].T), shape)
     ids = ids[inside]
     # consecutive points of a streamline mostly share a voxel: drop repeats before sorting

@@ -27,8 +27,9 @@ import pandas as pd
 
 from ..config import METRICS_WEIGHTINGS, PipelineConfig
 from ..errors import InputError
-from .bundles import POSITION_FLOOR_MM, density_map, node_mahalanobis, resample_streamlines
-from .tracking import streamline_lengths
+from .bundles import density_map
+from .cleaning import POSITION_FLOOR_MM, node_mahalanobis
+from .streamlines import Packed, resample_streamlines, streamline_lengths
 
 __all__ = [
     "N_NODES",
@@ -84,10 +85,8 @@ def orient_inferior_superior(bundle) -> list[np.ndarray]:
 
 
 def _oriented_packed(bundle):
-    """:func:`orient_inferior_superior` on packed streamlines (see ``bundles._Packed``)."""
-    from .bundles import _Packed
-
-    packed = _Packed.of(bundle)
+    """:func:`orient_inferior_superior` on packed streamlines (see ``bundles.Packed``)."""
+    packed = Packed.of(bundle)
     z = packed.points[:, 2]
     return packed.reversed_where(z[packed.starts] > z[packed.starts + packed.counts - 1])
 
