@@ -122,10 +122,16 @@ class PipelineConfig:
         trimmed back to where the fitted FA is above the threshold, and the metrics always
         use the unsmoothed maps. 0 (default) tracks the fitted tensors as they are (why:
         docs/decisions.md).
+    cst_seed_density : float
+        Seeds per mm³ of the CST tractography, seeded in the posterior limbs of both internal
+        capsules (the Juelich CST waypoints, where FA is above the threshold), which every
+        corticospinal fibre passes; 1 is 27 seeds per 3 mm voxel (about 1000 per side). The
+        CST count is the number of these streamlines that meet the CST definition, so it
+        compares between scans of one protocol (why: docs/decisions.md, "#17 bundle definition").
     cst_midline : {"reject", "cut"}
-        A CST streamline that crosses the midline above the decussation is dropped whole
-        (default, as AFQ does) or cut there, keeping its longest piece that still runs
-        from the brainstem to the precentral gyrus; see ``science.bundles.extract_cst``.
+        A CST streamline that crosses the midline above the decussation is cut there
+        (default), keeping its longest piece that still runs from the brainstem to the
+        sensorimotor cortex, or dropped whole (as AFQ does); see ``science.bundles.extract_cst``.
     cst_min_length_mm : float
         Shortest streamline kept in a CST.
     cst_clip_end : {"first", "last"}
@@ -166,7 +172,8 @@ class PipelineConfig:
     tracking_smoothing_mm: float = 0.0
     cst_min_length_mm: float = 40.0
     cst_clip_end: str = "first"
-    cst_midline: str = "reject"
+    cst_seed_density: float = 1.0
+    cst_midline: str = "cut"
     metrics_weighting: str = "streamlines"
     min_streamlines: int = 10
     min_registration_dice: float = 0.5
@@ -197,7 +204,7 @@ class PipelineConfig:
             raise ValueError(f"preproc_region must be one of {', '.join(PREPROC_REGIONS)}")
         if int(self.mppca_patch_stride) != self.mppca_patch_stride or self.mppca_patch_stride < 1:
             raise ValueError("mppca_patch_stride must be a whole number ≥ 1")
-        for name in ("seed_density", "step_size_mm", "max_angle_deg", "max_length_mm", "template_resolution_mm"):
+        for name in ("seed_density", "cst_seed_density", "step_size_mm", "max_angle_deg", "max_length_mm", "template_resolution_mm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         if not 0 <= self.fa_threshold < 1:

@@ -156,7 +156,7 @@ def test_cut_at_midline_splits_where_a_streamline_crosses():
 def test_extract_cst_cut_keeps_the_part_of_a_crossing_streamline_on_its_side():
     rois = _rois()
     sl = [LEFT_OK, PONS_CROSSING, WANDERING, CROSSING]
-    assert len(extract_cst(sl, rois, AFFINE, side="left", clip=False)) == 1  # "reject": only LEFT_OK
+    assert len(extract_cst(sl, rois, AFFINE, side="left", clip=False, midline="reject")) == 1  # only LEFT_OK
     bundle = extract_cst(sl, rois, AFFINE, side="left", clip=False, midline="cut")
     # PONS_CROSSING keeps its part from the midline (still in the brainstem) up; WANDERING's
     # upper piece starts above the brainstem and CROSSING's lower piece never reaches the
@@ -434,7 +434,7 @@ def test_extract_cst_matches_the_per_streamline_reference(tracked, side):
     sl = tracked["streamlines"]
     expected = _reference_extract(sl, tracked["rois"], tracked["affine"], side)
     for given in (sl, [np.asarray(s) for s in sl], sl[np.arange(len(sl))]):
-        got = extract_cst(given, tracked["rois"], tracked["affine"], side=side, clip_end="first")
+        got = extract_cst(given, tracked["rois"], tracked["affine"], side=side, clip_end="first", midline="reject")
         assert len(got) == len(expected) > 0
         assert all(np.array_equal(a, b) for a, b in zip(got, expected))
 

@@ -39,12 +39,17 @@ def test_subject_workflow_has_every_stage_and_a_datasink(tmp_path):
 def test_tracking_and_extraction_options_reach_their_nodes(tmp_path):
     from csttool_nipype.workflows.tractography import init_cst_wf, init_tracking_wf
 
-    config = PipelineConfig(tracking_smoothing_mm=2.5, cst_midline="cut")
+    config = PipelineConfig(tracking_smoothing_mm=2.5, cst_midline="reject", cst_seed_density=2.0)
     track = init_tracking_wf(config).get_node("track")
     assert track.inputs.smoothing_mm == 2.5
-    assert init_cst_wf(config, "01").get_node("extract_cst").inputs.midline == "cut"
+    cst_wf = init_cst_wf(config, "01")
+    assert cst_wf.get_node("extract_cst").inputs.midline == "reject"
+    # the CST is tracked with the same options, seeded in the capsules at its own density
+    track_cst = cst_wf.get_node("track_cst")
+    assert track_cst.inputs.smoothing_mm == 2.5 and track_cst.inputs.seed_density == 2.0
+    assert track_cst.inputs.seed_rois == ["capsule_left", "capsule_right"]
     # both change the config hash (cached results are not reused across them)
-    assert len({c.config_hash() for c in (PipelineConfig(), config, PipelineConfig(cst_midline="cut"))}) == 3
+    assert len({c.config_hash() for c in (PipelineConfig(), config, PipelineConfig(cst_midline="reject"))}) == 3
     # the subject workflow hands the tensor elements to the tracking node
     (tmp_path / "x.nii.gz").write_bytes(b"")
     wf = init_subject_wf("01", DWIInputs(nifti=str(tmp_path / "x.nii.gz")), str(tmp_path / "out"), config=config)

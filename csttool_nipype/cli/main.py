@@ -53,6 +53,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser, explicit_only: bool = 
     for flag, name, kind, text in (
         ("--seed-density", "seed_density", float, "whole-brain seeds per mm³ where FA is above the threshold "
          "(1/9: 3 per 3 mm voxel)"),
+        ("--cst-seed-density", "cst_seed_density", float, "CST seeds per mm³ of the internal capsules' posterior "
+         "limbs where FA is above the threshold"),
         ("--mppca-stride", "mppca_patch_stride", int, "MP-PCA patch centres every X voxels per axis (1: dipy's "
          "every voxel)"),
         ("--step-size", "step_size_mm", float, "tracking step, mm"),

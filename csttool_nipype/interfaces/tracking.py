@@ -1,4 +1,4 @@
-"""Whole-brain tractography interface."""
+"""Tractography interface: whole-brain, or seeded in atlas ROIs (the CST)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ class _TrackInputSpec(VersionedInputSpec):
     in_tensor = File(exists=True, desc="tensor elements Dxx,Dxy,Dyy,Dxz,Dyz,Dzz, voxel axes (X,Y,Z,6); "
                                        "needed when smoothing_mm > 0 (deterministic method)")
     in_mask = File(exists=True, mandatory=True, desc="brain mask")
+    in_rois = File(exists=True, desc="rois.json ({name: mask path}); with seed_rois, where to seed")
+    seed_rois = traits.List(traits.Str, desc="seed only in these ROIs of in_rois (their union); "
+                                             "default: the whole brain")
     in_dwi = File(exists=True, desc="DWI (probabilistic method only)")
     in_bval = File(exists=True)
     in_bvec = File(exists=True)
@@ -46,7 +49,7 @@ class _TrackOutputSpec(TraitedSpec):
 
 
 class Track(StageInterface):
-    """Whole-brain tractography (``science.tracking.track``)."""
+    """Tractography (``science.tracking.track``): whole-brain, or seeded in ROIs (``seed_rois``)."""
 
     input_spec = _TrackInputSpec
     output_spec = _TrackOutputSpec
@@ -60,6 +63,16 @@ class Track(StageInterface):
         v1 = np.asarray(nib.load(self.inputs.in_v1).dataobj, np.float32)
         mask = load_mask(self.inputs.in_mask)
         extra = {}
+        if isdefined(self.inputs.seed_rois) and self.inputs.seed_rois:
+            from .bundles import load_rois
+
+            if not isdefined(self.inputs.in_rois):
+                raise ValueError("seed_rois needs in_rois")
+            rois = load_rois(self.inputs.in_rois)
+            extra["seed_mask"] = np.zeros(mask.shape, bool)
+            for name in self.inputs.seed_rois:
+                if name in rois:  # an ROI outside the field of view is absent: no seeds there
+                    extra["seed_mask"] |= rois[name]
         if self.inputs.method == "deterministic" and self.inputs.smoothing_mm > 0:
             if not isdefined(self.inputs.in_tensor):
                 raise ValueError("tensor-field smoothing needs in_tensor")
@@ -75,7 +88,7 @@ class Track(StageInterface):
                 raise ValueError("probabilistic tracking needs in_dwi, in_bval and in_bvec")
             dwi = load_dwi(self.inputs.in_dwi, self.inputs.in_bval, self.inputs.in_bvec,
                            b0_threshold=self.inputs.b0_threshold)
-            extra = {"data": dwi.data, "bvals": dwi.bvals, "bvecs_voxel": dwi.bvecs_voxel,
+            extra |= {"data": dwi.data, "bvals": dwi.bvals, "bvecs_voxel": dwi.bvecs_voxel,
                      "b0_threshold": self.inputs.b0_threshold}
         streamlines = track(
             v1, fa, mask, fa_img.affine,

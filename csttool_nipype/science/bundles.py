@@ -3,13 +3,14 @@
 :func:`extract_cst` keeps the streamlines of one side that
 
 1. are at least ``min_length_mm`` long,
-2. touch the ``brainstem`` ROI, the same-side ``precentral_<side>`` ROI and, when
+2. touch the ``brainstem`` ROI, the same-side cortical target (:func:`target_key`: the
+   sensorimotor ``cortex_<side>`` ROI when given, else ``precentral_<side>``) and, when
    given, the same-side ``capsule_<side>`` waypoint,
 3. touch no ``midline`` exclusion ROI (when given) and stay on their own side of the
    mid-sagittal plane, which is placed from the ROIs (see :func:`csttool_nipype.science.midline.midline_plane`),
 
 then orients every streamline inferior to superior (first point at the brainstem end),
-cuts it to the stretch between the brainstem and precentral ROIs (:func:`clip_to_rois`;
+cuts it to the stretch between the brainstem and the cortical target (:func:`clip_to_rois`;
 the pipeline cuts where the streamline first reaches the gyrus, ``clip_end="first"``)
 and removes outliers the way AFQ does (:func:`csttool_nipype.science.cleaning.clean_bundle`). The pipeline's ``midline``
 ROI is a one-voxel layer on the right of the mid-sagittal plane; ``midline_layer="right"``
@@ -42,10 +43,12 @@ from .reliability import dice  # noqa: F401 (part of this module's interface)
 from .streamlines import Packed, VoxelLookup, any_per_streamline, densify, in_roi, voxel_index
 
 __all__ = [
+    "CST_SEED_ROIS",
     "SIDES",
     "roi_hits",
     "select_cst",
     "start_key",
+    "target_key",
     "orient_bundle",
     "clip_to_rois",
     "extract_cst",
@@ -55,6 +58,13 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger(__name__)
+
+#: Where CST tractography is seeded: the posterior limbs of the internal capsules (the
+#: ``capsule_<side>`` waypoints of :func:`csttool_nipype.science.rois.cst_rois`), the
+#: bottleneck every corticospinal fibre passes between the cortex and the brainstem. From
+#: there the tract is followed both ways, and its count is the number of streamlines from a
+#: fixed seed density in a region of fixed anatomical size that meet the definition.
+CST_SEED_ROIS = ("capsule_left", "capsule_right")
 
 
 # ----------------------------------------------------------------------------- ROIs
@@ -95,6 +105,13 @@ def _first_hit_rank(streamlines, roi, affine, lookup: VoxelLookup | None = None)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(n > 0, total / np.maximum(n, 1), np.nan)
     return out
+
+
+def target_key(rois: Mapping[str, np.ndarray], side: str) -> str:
+    """The ROI a CST of ``side`` ends in: the sensorimotor ``cortex_<side>`` when given (the
+    pipeline's, see :mod:`csttool_nipype.science.rois`), else ``precentral_<side>``."""
+    key = f"cortex_{side}"
+    return key if rois.get(key) is not None else f"precentral_{side}"
 
 
 def start_key(rois: Mapping[str, np.ndarray]) -> str:
@@ -153,7 +170,7 @@ def _through_rois(packed: Packed, candidates: np.ndarray, rois, affine, *, side:
     """The ``candidates`` (indices into ``packed``) that pass through the brainstem, the
     side's precentral gyrus and, when given, its capsule waypoint, without touching
     ``exclusion``; and the names of the ROIs required."""
-    required = [start_key(rois), f"precentral_{side}"]
+    required = [start_key(rois), target_key(rois, side)]
     if rois.get(f"capsule_{side}") is not None:
         required.append(f"capsule_{side}")
     subset = packed.select(candidates)
@@ -212,7 +229,7 @@ def _clip_packed(packed: Packed, rois, affine, *, side: str, end: str) -> Packed
     local = np.arange(len(points)) - starts[ids]
     lookup = VoxelLookup(points, affine)
     in_bs = lookup.in_roi(rois[start_key(rois)])
-    in_pc = lookup.in_roi(rois[f"precentral_{side}"])
+    in_pc = lookup.in_roi(rois[target_key(rois, side)])
     first = counts.copy()
     np.minimum.at(first, ids[in_bs], local[in_bs])
     if end == "last":
@@ -252,7 +269,7 @@ def _orient_packed(packed: Packed, rois, affine, *, side) -> Packed:
     if rois is not None and affine is not None and side is not None:
         lookup = VoxelLookup(packed.points, affine)
         bs = _first_hit_rank(packed, np.asarray(rois[start_key(rois)], bool), affine, lookup)
-        pc = _first_hit_rank(packed, np.asarray(rois[f"precentral_{side}"], bool), affine, lookup)
+        pc = _first_hit_rank(packed, np.asarray(rois[target_key(rois, side)], bool), affine, lookup)
         known = np.isfinite(bs) & np.isfinite(pc) & (bs != pc)
         flip[known] = bs[known] > pc[known]
     return packed.reversed_where(flip)
@@ -270,7 +287,7 @@ def extract_cst(
     min_length_mm: float = 40.0,
     midline_tolerance_mm: float = 0.0,
     midline_layer: str = "centre",
-    midline: str = "reject",
+    midline: str = "cut",
     clip: bool = True,
     clip_end: str = "first",
     clean: bool = True,

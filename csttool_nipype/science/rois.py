@@ -20,6 +20,15 @@ ROIs (boolean masks on the subject grid)
     (Canon, 12 directions) it raised the right CST from 219 / 87 streamlines (axial /
     sagittal) to 366 / 185 and the left from 491 / 260 to 637 / 391; on the phantom the
     CST Dice stayed 0.70-0.79 and the lesion stayed the profile minimum.
+``cortex_left``, ``cortex_right``
+    The sensorimotor cortex where corticospinal fibres start: Harvard-Oxford precentral
+    gyrus, postcentral gyrus and juxtapositional lobule (supplementary motor area), the
+    largest of the three probabilities >= 10 % (the precentral threshold, for the same
+    reason). About a third of the tract's fibres start in the primary motor cortex, a
+    third in the premotor and supplementary motor areas and the rest in the primary
+    somatosensory cortex and parietal lobe; and at 2-3 mm the gyrus a streamline reaches
+    depends on sub-gyral differences of registration and partial volume between scans.
+    The CST's cortical end (:mod:`csttool_nipype.science.bundles`).
 ``capsule_left``, ``capsule_right``
     Juelich ``WM_Corticospinal_tract_L/R`` >= 25 % between MNI z = 0 and 12 mm: the
     posterior limb of the internal capsule, an inclusion waypoint.
@@ -70,11 +79,18 @@ MIDLINE_MIN_Z_MM = -55.0
 #: Minimum fraction of an ROI's expected volume inside the brain mask to call it covered.
 COVERAGE_MIN_FRACTION = 0.5
 
-#: ROI name -> (atlas, label, threshold key, MNI z range or None, side or None)
+#: Harvard-Oxford labels of the sensorimotor cortex (``cortex_<side>``), per side.
+_SMA = "Juxtapositional_Lobule_Cortex_(formerly_Supplementary_Motor_Cortex)"
+CORTEX_LABELS = {side: tuple(f"{side.capitalize()}_{name}" for name in ("Precentral_Gyrus", "Postcentral_Gyrus", _SMA))
+                 for side in ("left", "right")}
+
+#: ROI name -> (atlas, label or labels (largest probability), threshold key, MNI z range or None, side or None)
 _ROI_SOURCES = {
     "brainstem": ("harvard_oxford", "Brain-Stem", "brainstem", None, None),
     "precentral_left": ("harvard_oxford", "Left_Precentral_Gyrus", "precentral", None, "left"),
     "precentral_right": ("harvard_oxford", "Right_Precentral_Gyrus", "precentral", None, "right"),
+    "cortex_left": ("harvard_oxford", CORTEX_LABELS["left"], "precentral", None, "left"),
+    "cortex_right": ("harvard_oxford", CORTEX_LABELS["right"], "precentral", None, "right"),
     "capsule_left": ("juelich", "WM_Corticospinal_tract_L", "cst", CAPSULE_Z_MM, "left"),
     "capsule_right": ("juelich", "WM_Corticospinal_tract_R", "cst", CAPSULE_Z_MM, "right"),
     "peduncle_left": ("juelich", "WM_Corticospinal_tract_L", "cst", PEDUNCLE_Z_MM, "left"),
@@ -130,10 +146,11 @@ def _load_maps():
     from csttool_nipype import data
 
     wanted = {}
-    for atlas, label, *_ in list(_ROI_SOURCES.values()) + list(_PRIOR_SOURCES.values()):
+    for atlas, labels, *_ in list(_ROI_SOURCES.values()) + list(_PRIOR_SOURCES.values()):
         wanted.setdefault(atlas, [])
-        if label not in wanted[atlas]:
-            wanted[atlas].append(label)
+        for label in (labels,) if isinstance(labels, str) else labels:
+            if label not in wanted[atlas]:
+                wanted[atlas].append(label)
     maps, affine = {}, None
     for atlas, labels in wanted.items():
         arrays, affine = data.load_atlas_maps(atlas, labels)
@@ -180,8 +197,9 @@ def _compute_prepared_maps() -> dict:
     z_mni_1mm = nib.affines.apply_affine(mni_affine, np.c_[np.zeros(mni_shape[2]), np.zeros(mni_shape[2]),
                                                               np.arange(mni_shape[2])])[:, 2]
     names, volumes = [], []
-    for name, (atlas, label, _, zrange, _) in _ROI_SOURCES.items():
-        prob = np.asarray(maps[(atlas, label)], np.float32)
+    for name, (atlas, labels, _, zrange, _) in _ROI_SOURCES.items():
+        labels = (labels,) if isinstance(labels, str) else labels
+        prob = np.max([np.asarray(maps[(atlas, label)], np.float32) for label in labels], axis=0)
         if zrange is not None:
             keep = (z_mni_1mm >= zrange[0]) & (z_mni_1mm <= zrange[1])
             prob = prob * keep[None, None, :].astype(np.float32)
