@@ -126,7 +126,8 @@ OUTPUTS: dict[str, Output] = {
     "template_wm": _map("MNI152 2009 white-matter probability warped to the subject",
                         (*_DWI, ("label", "WM"), ("desc", "template")), "probseg"),
     "roi_labels": _map("Atlas ROIs in subject space: 1 brainstem, 2/3 precentral L/R, 4/5 internal capsule L/R, "
-                       "6/7 cerebral peduncle L/R, 8 midline", (*_DWI, ("desc", "cstrois")), "dseg"),
+                       "6/7 cerebral peduncle L/R, 8 midline, 9/10 postcentral gyrus and supplementary motor area "
+                       "L/R (with 2/3 the sensorimotor cortex, where the CST ends)", (*_DWI, ("desc", "cstrois")), "dseg"),
     "coverage": Output("dwi", "qc", ".json", (("desc", "roicoverage"),),
                        "Field-of-view coverage of the atlas ROIs and of the template CST (MNI extent imaged, flags)"),
     # tractography and CST

@@ -33,6 +33,8 @@ ROI_LABELS = {
     6: ("cerebral peduncle L", "#ff7f00"),
     7: ("cerebral peduncle R", "#33a02c"),
     8: ("midline", "#f0f0f0"),
+    9: ("postcentral gyrus + SMA L", "#fdd0a2"),
+    10: ("postcentral gyrus + SMA R", "#c6dbef"),
 }
 
 # (plane, axis through which we slice, the two displayed axes, edge letters L, R, B, T)
@@ -188,7 +190,7 @@ def roi_figure(fa: np.ndarray, labels: np.ndarray, zooms, affine) -> str:
     views = [("axial", centre([2, 3], 2), "precentral gyri"), ("axial", centre([4, 5], 2), "internal capsules"),
              ("coronal", centre([4, 5, 6, 7], 1), "capsules and peduncles"),
              ("sagittal", centre([4, 6], 0), "left CST path")]
-    colors = ["#000000"] + [ROI_LABELS.get(i, ("", "#999999"))[1] for i in range(1, 9)]
+    colors = ["#000000"] + [ROI_LABELS.get(i, ("", "#999999"))[1] for i in range(1, max(ROI_LABELS) + 1)]
     cmap = ListedColormap(colors)
     fig = new_figure(13, 3.9)
     axes = fig.subplots(1, len(views))
@@ -196,7 +198,7 @@ def roi_figure(fa: np.ndarray, labels: np.ndarray, zooms, affine) -> str:
     for ax, (plane, index, what) in zip(axes, views):
         show_map(ax, fa, plane, index, zooms, vmin=0, vmax=vmax)
         lab = plane_slice(labels, plane, index).astype(float)
-        ax.imshow(np.ma.masked_where(lab == 0, lab), origin="lower", cmap=cmap, vmin=0, vmax=8, alpha=0.75,
+        ax.imshow(np.ma.masked_where(lab == 0, lab), origin="lower", cmap=cmap, vmin=0, vmax=max(ROI_LABELS), alpha=0.75,
                   aspect=_aspect(zooms, plane), interpolation="nearest")
         ax.set_title(f"{plane} {world_mm(affine, plane, index, fa.shape):.0f} mm: {what}", fontsize=9)
     present = sorted(int(v) for v in np.unique(labels) if int(v) in ROI_LABELS)

@@ -168,7 +168,7 @@ def select_cst(
 def _through_rois(packed: Packed, candidates: np.ndarray, rois, affine, *, side: str,
                   exclusion: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """The ``candidates`` (indices into ``packed``) that pass through the brainstem, the
-    side's precentral gyrus and, when given, its capsule waypoint, without touching
+    side's cortical target (:func:`target_key`) and, when given, its capsule waypoint, without touching
     ``exclusion``; and the names of the ROIs required."""
     required = [start_key(rois), target_key(rois, side)]
     if rois.get(f"capsule_{side}") is not None:
@@ -185,14 +185,15 @@ def _through_rois(packed: Packed, candidates: np.ndarray, rois, affine, *, side:
 
 def clip_to_rois(bundle, rois: Mapping[str, np.ndarray], affine: np.ndarray, *, side: str,
                  end: str = "last") -> ArraySequence:
-    """Cut each (oriented) streamline to the stretch between the brainstem and precentral ROIs.
+    """Cut each (oriented) streamline to the stretch between the brainstem and the cortical target.
 
-    The cut starts at the streamline's first point in the brainstem ROI and ends, with
-    ``end="last"``, at its last point in the ``precentral_<side>`` ROI (parts beyond the
+    The cortical target is :func:`target_key`'s ROI (below: "the gyrus"). The cut starts at
+    the streamline's first point in the brainstem ROI and ends, with
+    ``end="last"``, at its last point in the target ROI (parts beyond the
     gyrus dropped) or, with ``end="first"``, at its first point in that ROI after the
     brainstem (the point where the tract reaches the gyrus; what runs on inside the
     cortex ribbon is dropped too). Either way every streamline starts in the brainstem and
-    ends in the precentral gyrus, and the profile nodes of different streamlines cover the
+    ends in the cortical target, and the profile nodes of different streamlines cover the
     same stretch of the tract. A streamline that does not reach both ROIs in that order is
     left whole.
 
@@ -297,17 +298,18 @@ def extract_cst(
     clean_rounds: int = 5,
     min_streamlines: int = 20,
 ) -> ArraySequence:
-    """Left or right corticospinal tract from a whole-brain tractogram.
+    """Left or right corticospinal tract from a tractogram.
 
     Parameters
     ----------
     streamlines : ArraySequence or sequence of (n_i, 3) arrays
-        Whole-brain tractogram in world RAS+ mm.
+        Tractogram in world RAS+ mm (the pipeline's is seeded in :data:`CST_SEED_ROIS`).
     rois : mapping of str to ndarray of bool, shape (X, Y, Z)
         ROIs on the grid of ``affine``: ``brainstem``, ``precentral_left`` and
-        ``precentral_right`` are required; ``capsule_left`` / ``capsule_right``
-        (waypoints) and ``midline`` (exclusion, also defines the mid-sagittal plane)
-        are optional.
+        ``precentral_right`` are required; ``cortex_left`` / ``cortex_right`` (the
+        sensorimotor cortex: the cortical target instead of the precentral gyrus, see
+        :func:`target_key`), ``capsule_left`` / ``capsule_right`` (waypoints) and
+        ``midline`` (exclusion, also defines the mid-sagittal plane) are optional.
     affine : ndarray, shape (4, 4)
         Voxel-to-world affine of the ROIs.
     side : {"left", "right"}
@@ -332,23 +334,21 @@ def extract_cst(
         voxels next to the midline (at the vertex, the paracentral lobule).
     midline : {"reject", "cut"}
         What happens to a streamline that crosses the midline above the decussation:
-        ``"reject"`` (default, as AFQ does) drops it; ``"cut"`` cuts it there
-        (:func:`cut_at_midline`) and keeps its longest piece that still passes the ROI and
-        length rules. At 3 mm, tensor tracking in the pons can turn from a corticospinal
-        streamline into the transverse pontine fibres, which cross the midline: on one of
-        three scans of one head (Canon, sagittal) rejection dropped 65 % of the right CST's
-        streamlines against 8-20 % elsewhere; cutting keeps the part above the turn. On
-        those three scans it brought the right side's counts from ±52 % of their mean to
-        ±28 % but the left's from ±29 % to ±33 % and the volumes from ±8 / ±16 % to
-        ±12 / ±18 %, so rejection stays the default.
+        ``"cut"`` (default) cuts it there (:func:`csttool_nipype.science.midline.cut_at_midline`)
+        and keeps its longest piece that still passes the ROI and length rules; ``"reject"``
+        (as AFQ does) drops it. At 3 mm, tensor tracking in the pons can turn from a
+        corticospinal streamline into the transverse pontine fibres, which cross the
+        midline; the part above the turn is corticospinal, and rejecting the whole
+        streamline makes the count depend on how far down the pons a scan's directions
+        hold (measurements: ``docs/decisions.md``, "#17 bundle definition").
     clip : bool
         Cut every streamline to the stretch from its first point in the brainstem ROI
-        to its last point in the precentral ROI (:func:`clip_to_rois`), as AFQ clips
+        to its last point in the cortical target (:func:`clip_to_rois`), as AFQ clips
         at its waypoints: tracking overshoots the tract ends by a voxel or so into
         low-FA tissue, and uncut ends would mix that partial volume into the first and
         last profile nodes and the bundle's mean values.
     clip_end : {"last", "first"}
-        Where the cut ends in the precentral ROI (see :func:`clip_to_rois`): at the
+        Where the cut ends in the cortical target (see :func:`clip_to_rois`): at the
         streamline's last point in it (default) or where it first reaches the gyrus
         (what the pipeline uses, see :class:`csttool_nipype.interfaces.bundles.ExtractCST`).
         At 2-3 mm the gyrus ROI is a ribbon of cortex mixed with its white matter;
