@@ -43,8 +43,8 @@ def stage_of(node: str) -> str:
     name = node.split(".")[-1]
     for stage, keys in (("import", ("dwi_import",)), ("denoise", ("denoise",)), ("gibbs", ("gibbs",)),
                         ("motion", ("motion",)), ("mask", ("brain_mask", "processing_region")), ("tensor", ("fit_tensor",)),
-                        ("registration", ("register_mni", "cst_rois")), ("tracking", ("track",)),
-                        ("cst", ("extract_cst",)), ("metrics", ("cst_metrics",))):
+                        ("registration", ("register_mni", "cst_rois")), ("cst", ("track_cst", "extract_cst")),
+                        ("tracking", ("track",)), ("metrics", ("cst_metrics",))):
         if any(name.startswith(k) for k in keys):
             return stage
     return "outputs"

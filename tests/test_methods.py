@@ -25,7 +25,7 @@ OTHER_VALUES = {
     "preproc_region": "all", "tensor_fit_method": "OLS", "template_resolution_mm": 1.5,
     "tracking_method": "probabilistic", "seed_density": 0.25, "step_size_mm": 0.8, "fa_threshold": 0.15,
     "max_angle_deg": 30.0, "min_length_mm": 25.0, "max_length_mm": 200.0, "tracking_smoothing_mm": 2.5,
-    "cst_min_length_mm": 35.0, "cst_clip_end": "last", "cst_midline": "cut", "metrics_weighting": "voxel",
+    "cst_min_length_mm": 35.0, "cst_clip_end": "last", "cst_midline": "reject", "cst_seed_density": 2.0, "metrics_weighting": "voxel",
     "min_streamlines": 15, "min_registration_dice": 0.6, "stages": ("import", "preprocess", "tensor"), "seed": 7,
 }
 
@@ -34,7 +34,8 @@ STATED = {
     "b0_threshold": "b ≤ {:g} s/mm²", "mppca_patch_stride": "stride {}",
     "mask_median_radius": "median filter of radius {} voxels",
     "mask_numpass": "{} passes", "template_resolution_mm": "local cross-correlation at {:g} mm",
-    "seed_density": "{:.3g} per mm³", "step_size_mm": "steps of {:g} mm", "fa_threshold": "FA ≤ {:g}",
+    "seed_density": "{:.3g} per mm³ at random", "cst_seed_density": "seeds at {:.3g} per mm³ in the posterior limbs",
+    "step_size_mm": "steps of {:g} mm", "fa_threshold": "FA ≤ {:g}",
     "max_angle_deg": "turns over {:g}°", "tracking_smoothing_mm": "σ = {:g} mm",
     "cst_min_length_mm": "at least {:g} mm", "min_streamlines": "fewer than {} streamlines",
     "min_registration_dice": "below {:g}", "seed": "random seed {}", "tensor_fit_method": "({})",
@@ -64,16 +65,16 @@ def test_stated_value_is_the_configs(name):
 
 
 def test_lengths_and_choices_are_stated():
-    config = PipelineConfig(min_length_mm=25, max_length_mm=200, cst_clip_end="last", cst_midline="cut",
+    config = PipelineConfig(min_length_mm=25, max_length_mm=200, cst_clip_end="last", cst_midline="reject",
                             metrics_weighting="voxel", gibbs_slice_axis=1)
     text = _text(config)
     assert f"{config.min_length_mm:g}–{config.max_length_mm:g} mm" in text
-    assert "to its last point in the precentral gyrus" in text and "was cut there" in text
+    assert "to its last point in the sensorimotor cortex" in text and "is rejected" in text
     assert "each visited voxel counted once" in text and "in coronal slices (voxel axis 1" in text
     whole = _text(PipelineConfig(preproc_region="all"))
     assert "Denoising and Gibbs removal worked on the whole field of view" in whole
     default = _text(PipelineConfig())
-    assert "the point where it first reaches the precentral gyrus" in default and "is rejected" in default
+    assert "the point where it first reaches the sensorimotor cortex" in default and "was cut there" in default
     assert "weighted by the number of streamlines" in default and "plane of the acquired slices" in default
 
 

@@ -1,4 +1,4 @@
-"""CST extraction interface: left and right bundles from the whole-brain tractogram."""
+"""CST extraction interface: left and right bundles from the CST tractogram (seeded in the capsules)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ _D = PipelineConfig()  # defaults: one source of truth
 
 
 class _ExtractInputSpec(VersionedInputSpec):
-    in_trk = File(exists=True, mandatory=True, desc="whole-brain tractogram (.trk)")
+    in_trk = File(exists=True, mandatory=True, desc="tractogram (.trk); the pipeline's is seeded in the capsules")
     in_rois = File(exists=True, mandatory=True, desc="rois.json: {name: mask path} on the DWI grid")
     in_reference = File(exists=True, mandatory=True, desc="image on the DWI grid (e.g. FA)")
     min_length_mm = traits.Float(_D.cst_min_length_mm, usedefault=True, desc="shortest CST streamline, mm")
     min_streamlines = traits.Int(20, usedefault=True, desc="cleaning never goes below this count")
     clip_end = choice(CLIP_ENDS, _D.cst_clip_end,
-                      desc="cut each streamline where it first reaches the precentral ROI ('first') "
+                      desc="cut each streamline where it first reaches the cortical target ('first') "
                            "or at its last point in it ('last')")
     midline = choice(MIDLINE_RULES, _D.cst_midline,
                      desc="cut a streamline where it crosses the midline above the decussation ('cut') "
@@ -44,10 +44,10 @@ class _ExtractOutputSpec(TraitedSpec):
 
 
 class ExtractCST(StageInterface):
-    """Keep brainstem→precentral streamlines per side, clean outliers (``science.bundles.extract_cst``).
+    """Keep brainstem→sensorimotor-cortex streamlines per side, clean outliers (``science.bundles.extract_cst``).
 
-    Streamlines are cut to run from the brainstem to where they first reach the precentral
-    ROI (``clip_end="first"``): the stretch inside the cortex ribbon, where tensor FA falls
+    Streamlines are cut to run from the brainstem to where they first reach the cortical
+    target (``clip_end="first"``): the stretch inside the cortex ribbon, where tensor FA falls
     towards the tracking threshold, is not part of the tract's metrics or profiles (on the
     phantom it otherwise lowers the bundle's mean FA by 0.03-0.04 and puts the profile's
     minimum at its last node instead of at a lesion). The ROI stage's ``midline`` surface

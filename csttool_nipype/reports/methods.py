@@ -322,7 +322,9 @@ def _tracking(m: Methods, config) -> str:
             f"where FA > {_g(config.fa_threshold)} (random seed {config.seed}); steps of "
             f"{_g(config.step_size_mm)} mm; tracking stopped where FA ≤ {_g(config.fa_threshold)} or at turns over "
             f"{_g(config.max_angle_deg)}°, and streamlines of {_g(config.min_length_mm)}–"
-            f"{_g(config.max_length_mm)} mm were kept.")
+            f"{_g(config.max_length_mm)} mm were kept. The corticospinal tracts were tracked the same way from seeds "
+            f"at {config.cst_seed_density:.3g} per mm³ in the posterior limbs of both internal capsules (the Juelich "
+            "corticospinal-tract waypoints) where FA exceeds the threshold, followed in both directions.")
 
 
 def _extraction(m: Methods, config) -> str:
@@ -334,13 +336,14 @@ def _extraction(m: Methods, config) -> str:
     else:
         midline = ("; a streamline crossing the mid-sagittal plane above the pyramidal decussation was cut there, "
                    "keeping its longest piece that still meets these rules")
-    end = ("the point where it first reaches the precentral gyrus" if config.cst_clip_end == "first" else
-           "its last point in the precentral gyrus")
+    end = ("the point where it first reaches the sensorimotor cortex" if config.cst_clip_end == "first" else
+           "its last point in the sensorimotor cortex")
     d = {k: _default(extract_cst, k) for k in ("clean_rounds", "length_threshold", "distance_threshold",
                                                 "min_streamlines", "n_points")}
     return (
         f"Each corticospinal tract kept the streamlines of at least {_g(config.cst_min_length_mm)} mm that reach the "
-        f"brainstem, the same-side internal-capsule waypoint and precentral gyrus{midline}. Every streamline was "
+        f"brainstem, the same-side internal-capsule waypoint and the same-side sensorimotor cortex (Harvard-Oxford "
+        f"precentral gyrus, postcentral gyrus and supplementary motor area){midline}. Every streamline was "
         f"oriented inferior to superior and cut from its first point in the brainstem to {end}. Outliers were "
         f"removed as in AFQ {m.cite('yeatman2012')}: up to {d['clean_rounds']} rounds dropping streamlines more than "
         f"{_g(d['length_threshold'])} SD from the mean length or with a node (of {d['n_points']}) more than "
