@@ -484,3 +484,20 @@ def test_density_map_matches_the_reference(tracked):
         run = dense[dense_ids == i]
         assert np.allclose(run[0], sparse[i][0]) and np.allclose(run[-1], sparse[i][-1])
         assert np.linalg.norm(np.diff(run, axis=0), axis=1).max() <= 1.0 + 1e-9
+
+
+def test_sensorimotor_cortex_is_the_cortical_target_when_given():
+    """A streamline ending one gyrus behind the precentral ROI (in the postcentral gyrus) is kept
+    when the ``cortex_<side>`` ROI holds that gyrus, and cut where it first reaches it."""
+    rois = _rois()
+    postcentral = _line((31, 9, 2), (21, 9, 29), (25, 9, 54))  # x 25 mm at the top: past the precentral ROI
+    assert len(extract_cst([LEFT_OK, postcentral], rois, AFFINE, side="left", clip=False)) == 1
+    cortex = rois["precentral_left"].copy()
+    cortex[9:12, 3:7, 25:29] = True  # x 23..29 mm, z 50..56: the postcentral gyrus of this toy head
+    bundle = extract_cst([LEFT_OK, postcentral], {**rois, "cortex_left": cortex}, AFFINE, side="left")
+    assert len(bundle) == 2
+    ends = np.array([s[-1] for s in bundle])
+    inv = np.linalg.inv(AFFINE)
+    ijk = np.rint(ends @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+    assert cortex[tuple(ijk.T)].all()  # both cut where they first reach the cortex
+    assert ends[:, 2].max() < 54.0

@@ -255,3 +255,13 @@ def test_coverage_of_a_field_of_view_from_mid_pons(phantom, rois):
     # above the peduncles too little is imaged for any CST
     high = roi_mod.coverage(rois, phantom.truth["brain_mask"] & (mni_z >= -6.0))
     assert not high["covered"] and not high["partial"] and "peduncle" in high["reason"]
+
+
+def test_sensorimotor_cortex_holds_the_precentral_gyrus_and_more(rois):
+    """``cortex_<side>`` (precentral, postcentral gyrus and SMA at the precentral threshold) contains
+    the precentral ROI and adds the gyri behind and above it, on its own side."""
+    for side in ("left", "right"):
+        cortex, pre = rois[f"cortex_{side}"], rois[f"precentral_{side}"]
+        assert cortex.dtype == bool and not (pre & ~cortex).any()
+        assert cortex.sum() > 1.5 * pre.sum()
+    assert not (rois["cortex_left"] & rois["cortex_right"]).any()

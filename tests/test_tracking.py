@@ -472,3 +472,37 @@ def test_track_interface_follows_the_smoothed_tensor_field(tmp_path, monkeypatch
     assert inside.mean() > 0.95
     with pytest.raises(ValueError, match="in_tensor"):
         Track(in_fa=paths["fa"], in_v1=paths["v1"], in_mask=paths["mask"], smoothing_mm=2.0).run()
+
+
+def test_track_interface_seeds_only_in_the_named_rois(tmp_path, monkeypatch, field):
+    """``seed_rois``: seeds in the union of those ROIs of ``rois.json`` (the pipeline's CST tracking
+    seeds the capsules); a name the index lacks adds no seeds, and none at all gives no streamline."""
+    import json
+
+    from csttool_nipype.interfaces.tracking import Track
+
+    f = field
+    monkeypatch.chdir(tmp_path)
+    paths = {}
+    for name, arr in (("fa", f["fa"]), ("v1", f["v1"]), ("mask", f["mask"].astype(np.uint8))):
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(arr, np.float32), f["affine"]), paths[name])
+    band = np.zeros(f["mask"].shape, bool)
+    band[:, :, 10:12] = True
+    seed_roi = band & f["left"]  # a slab of the left tract only
+    nib.save(nib.Nifti1Image(seed_roi.astype(np.uint8), f["affine"]), tmp_path / "roi_seed.nii.gz")
+    (tmp_path / "rois.json").write_text(json.dumps({"seed": str(tmp_path / "roi_seed.nii.gz")}))
+    common = dict(in_fa=paths["fa"], in_v1=paths["v1"], in_mask=paths["mask"], in_rois=str(tmp_path / "rois.json"),
+                  seed_density=0.5)
+    result = Track(seed_rois=["seed", "absent"], **common).run()
+    streamlines = load_trk(result.outputs.out_trk)
+    assert result.outputs.n_streamlines == len(streamlines) > 0
+    # every streamline runs through the seed slab, and stays in the left tract
+    assert all(_near(seed_roi, s, f["affine"]).any() for s in streamlines)
+    assert np.concatenate([_near(f["left"], s, f["affine"]) for s in streamlines]).mean() > 0.95
+    assert Track(seed_rois=["absent"], **common).run().outputs.n_streamlines == 0
+
+
+def test_track_rejects_an_unknown_option():
+    with pytest.raises(InputError, match="seeds_per_mm3"):
+        track(np.zeros((4, 4, 4, 3)), np.zeros((4, 4, 4)), np.ones((4, 4, 4), bool), np.eye(4), seeds_per_mm3=1)
