@@ -48,9 +48,8 @@ class ExtractCST(StageInterface):
 
     Streamlines are cut to run from the brainstem to where they first reach the cortical
     target (``clip_end="first"``): the stretch inside the cortex ribbon, where tensor FA falls
-    towards the tracking threshold, is not part of the tract's metrics or profiles (on the
-    phantom it otherwise lowers the bundle's mean FA by 0.03-0.04 and puts the profile's
-    minimum at its last node instead of at a lesion). The ROI stage's ``midline`` surface
+    towards the tracking threshold, is not part of the tract's metrics or profiles (measured on
+    the phantom: ``docs/decisions.md``, "science/bundles.py"). The ROI stage's ``midline`` surface
     is the voxel layer just right of the mid-sagittal plane (``midline_layer="right"``),
     so both sides are held to the same rule there.
     """

@@ -271,9 +271,8 @@ def bundle_metrics(
         ``"voxel"``: every visited voxel counts once. ``"streamlines"``: a voxel counts
         once per streamline passing through it (:func:`~.bundles.density_map`), so a voxel
         at the bundle's edge that one stray streamline touches weighs 1/1000 of a core
-        voxel that every streamline crosses. On the 3 mm phantom (3 seeds per voxel) the
-        voxel mean of FA fell 0.03-0.05 below the true CST mean, the streamline-weighted
-        mean 0.01-0.02 above it.
+        voxel that every streamline crosses (measured on the phantom: ``docs/decisions.md``,
+        "science/profiles.py").
 
     Returns
     -------

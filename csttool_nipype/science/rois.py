@@ -16,10 +16,8 @@ ROIs (boolean masks on the subject grid)
     the usual "thr25" is still mostly cortex, which tensor tracking (stopped at FA 0.2)
     only just reaches, and at 3 mm which streamlines touch it depends on the partial
     voluming of each acquisition. The 10 % map also holds the gyrus's own white matter
-    beneath the cortex, where the corticospinal fibres arrive: on three scans of one head
-    (Canon, 12 directions) it raised the right CST from 219 / 87 streamlines (axial /
-    sagittal) to 366 / 185 and the left from 491 / 260 to 637 / 391; on the phantom the
-    CST Dice stayed 0.70-0.79 and the lesion stayed the profile minimum.
+    beneath the cortex, where the corticospinal fibres arrive (measurements:
+    ``docs/decisions.md``, "science/rois.py").
 ``cortex_left``, ``cortex_right``
     The sensorimotor cortex where corticospinal fibres start: Harvard-Oxford precentral
     gyrus, postcentral gyrus and juxtapositional lobule (supplementary motor area), the

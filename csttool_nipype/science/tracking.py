@@ -161,14 +161,7 @@ def smoothed_tensor_field(tensor: np.ndarray, mask: np.ndarray, affine: np.ndarr
     convention and lets a voxel's direction follow its neighbours where its own fit is
     noisy or split between crossing bundles.
 
-    Measured with the midline cut of :func:`csttool_nipype.science.bundles.extract_cst`
-    (3 mm: ``csttool run --tracking-smoothing 3 --cst-midline cut``; none: the same
-    extraction on the default runs' tractograms): on three scans of one head
-    (Canon, 3 mm, 12 directions) the CST streamline counts came from ±33 / ±28 %
-    (left / right) of their mean to ±20 / ±7 %, but the left mean FAs from 0.021 apart to
-    0.034. On the 3 mm phantom the lowest point of the left FA profile moved from the
-    lesion to the bottom of the medulla, where the tract is two voxels wide and the
-    smoothed field lets streamlines drift to its edge. So it is an option, off by default.
+    An option, off by default (why: ``docs/decisions.md``, "No tensor-field smoothing").
 
     Parameters
     ----------
