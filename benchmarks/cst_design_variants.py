@@ -32,7 +32,7 @@ import numpy as np
 from csttool_nipype.config import PipelineConfig
 from csttool_nipype.science.bundles import extract_cst
 from csttool_nipype.science.profiles import bundle_metrics, core_means, tract_profiles
-from csttool_nipype.science.registration import load_registration
+from csttool_nipype.science.transforms import load_registration
 from csttool_nipype.science.reliability import max_deviation, median_pairwise_correlation
 from csttool_nipype.science.rois import cst_rois
 from csttool_nipype.science.streamlines import Packed
