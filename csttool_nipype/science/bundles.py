@@ -35,12 +35,14 @@ from collections.abc import Mapping
 import numpy as np
 from nibabel.streamlines import ArraySequence
 
-from ..config import CLIP_ENDS, MIDLINE_RULES
+from ..config import CLIP_ENDS, MIDLINE_RULES, PipelineConfig
 from ..errors import InputError
 from .cleaning import clean_bundle
 from .midline import SIDES, check_side_rois, cut_at_midline, midline_rule, side_sign
 from .reliability import dice  # noqa: F401 (part of this module's interface)
 from .streamlines import Packed, VoxelLookup, any_per_streamline, densify, in_roi, voxel_index
+
+_D = PipelineConfig()   # the pipeline's defaults are this module's
 
 __all__ = [
     "CST_SEED_ROIS",
@@ -126,7 +128,7 @@ def select_cst(
     affine: np.ndarray,
     *,
     side: str,
-    min_length_mm: float = 40.0,
+    min_length_mm: float = _D.cst_min_length_mm,
     midline_tolerance_mm: float = 0.0,
     midline_layer: str = "centre",
 ) -> np.ndarray:
@@ -285,12 +287,12 @@ def extract_cst(
     affine: np.ndarray,
     *,
     side: str,
-    min_length_mm: float = 40.0,
+    min_length_mm: float = _D.cst_min_length_mm,
     midline_tolerance_mm: float = 0.0,
     midline_layer: str = "centre",
-    midline: str = "cut",
+    midline: str = _D.cst_midline,
     clip: bool = True,
-    clip_end: str = "first",
+    clip_end: str = _D.cst_clip_end,
     clean: bool = True,
     n_points: int = 100,
     distance_threshold: float = 4.0,
