@@ -69,6 +69,7 @@ class _RoisOutputSpec(TraitedSpec):
     out_rois = File(exists=True, desc="rois.json: {name: mask path}")
     out_labels = File(exists=True, desc="one label image of the ROIs (for figures)")
     out_coverage = File(exists=True, desc="JSON: which ROIs the image covers ('covered', 'reason')")
+    out_mni_z = File(exists=True, desc="MNI z (mm) of every voxel of the subject grid (NaN beyond the registration)")
 
 
 #: ROI name -> label value in the label image (for figures and BIDS dseg output).
@@ -112,4 +113,6 @@ class CSTRois(StageInterface):
         self._results["out_rois"] = write_json(index, cwd / "rois.json")
         self._results["out_labels"] = str(cwd / "roi_labels.nii.gz")
         self._results["out_coverage"] = write_json(covered, cwd / "coverage.json")
+        nib.save(nib.Nifti1Image(np.asarray(rois.mni_z, np.float32), ref.affine), cwd / "mni_z.nii.gz")
+        self._results["out_mni_z"] = str(cwd / "mni_z.nii.gz")
         return runtime

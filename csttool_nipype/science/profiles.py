@@ -9,6 +9,16 @@ normalised per node (dipy's ``gaussian_weights`` uses ``1 / d`` instead, which i
 unbounded for the most central streamline), so streamlines near the core count most.
 Node 0 is the inferior (brainstem) end.
 
+Anchored profiles (the pipeline's, given the MNI z of the subject grid): as in AFQ, where a
+profile runs between the bundle's two waypoints, each streamline is cut to the stretch
+between two fixed anatomical levels, :data:`PROFILE_START_Z_MM` (MNI z = -33 mm, in the
+pons) and :data:`PROFILE_END_Z_MM` (MNI z = 25 mm, the top of the CST's compact trunk,
+above which it fans out into the corona radiata), before it is resampled; so node k lies
+at the same level of the tract in every scan, whatever the level where tracking happened
+to stop in the brainstem or which gyrus the streamline reaches. A streamline that starts
+above the lower level (or ends below the upper one) is taken to continue that far (the
+difference in MNI z, in mm); its nodes there are NaN (:func:`resample_between_levels`).
+
 Summary metrics (:func:`bundle_metrics`) are taken over the voxels of the bundle's
 density map: by default each visited voxel counts once (``weighting="voxel"``); with
 ``weighting="streamlines"`` each voxel counts once per streamline through it, i.e. the
@@ -29,6 +39,7 @@ from ..config import METRICS_WEIGHTINGS, PipelineConfig
 from ..errors import InputError
 from .bundles import density_map
 from .cleaning import POSITION_FLOOR_MM, node_mahalanobis
+from .coverage import PROFILE_START_Z_MM
 from .streamlines import Packed, resample_streamlines, streamline_lengths
 
 __all__ = [
@@ -39,6 +50,7 @@ __all__ = [
     "node_weights",
     "tract_profile",
     "tract_profiles",
+    "resample_between_levels",
     "bundle_metrics",
     "laterality_index",
     "profiles_table",
@@ -49,6 +61,12 @@ LOGGER = logging.getLogger(__name__)
 
 #: Nodes per profile.
 N_NODES = 100
+#: MNI z (mm) of an anchored profile's last node: the top of the CST's compact trunk. The
+#: Juelich CST map (>= 25 %) is 9-18 mm wide (x) from the peduncle up to MNI z = 25 mm and
+#: 32-34 mm wide from z = 26 mm, on both sides: there the tract fans out into the corona
+#: radiata towards the gyri, and above it which fibres a streamline follows depends on the
+#: gyrus it reaches. The first node is at :data:`~.coverage.PROFILE_START_Z_MM`.
+PROFILE_END_Z_MM = 25.0
 
 #: The tensor maps summarised by default, with their units.
 METRICS = {"fa": "1", "md": "mm^2/s", "rd": "mm^2/s", "ad": "mm^2/s"}
@@ -148,7 +166,8 @@ def tract_profile(bundle, scalar_map: np.ndarray, affine: np.ndarray, n_nodes: i
 
 
 def tract_profiles(bundle, maps: Mapping[str, np.ndarray], affine: np.ndarray,
-                   n_nodes: int = N_NODES, missing_length_mm: float = 0.0) -> dict[str, np.ndarray]:
+                   n_nodes: int = N_NODES, missing_length_mm: float = 0.0,
+                   mni_z: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """:func:`tract_profile` of several maps of the same grid, ``{name: profile}``.
 
     The streamlines are oriented, resampled and weighted once for all maps; each
@@ -158,10 +177,19 @@ def tract_profiles(bundle, maps: Mapping[str, np.ndarray], affine: np.ndarray,
     :func:`csttool_nipype.science.coverage.missing_length_mm`): each streamline is taken
     to continue that far below its first point; the nodes there are NaN and the others
     sit where they would on the whole streamline (node 0 at the missing start).
+
+    ``mni_z`` (MNI z in mm of every voxel of the maps' grid, NaN beyond the registration's
+    reach): the profile is anchored between :data:`PROFILE_START_Z_MM` and
+    :data:`PROFILE_END_Z_MM` (:func:`resample_between_levels`); a field of view that stops
+    above the lower level leaves the nodes below its start NaN, so ``missing_length_mm`` is
+    not used.
     """
     if len(bundle) == 0:
         LOGGER.warning("empty bundle: the profile is all NaN")
         return {name: np.full(int(n_nodes), np.nan) for name in maps}
+    if mni_z is not None:
+        resampled = resample_between_levels(bundle, mni_z, affine, int(n_nodes))
+        return _profiles_of_nodes(resampled, maps, affine)
     if missing_length_mm > 0:
         return _partial_profiles(bundle, maps, affine, int(n_nodes), float(missing_length_mm))
     arrays = {}
@@ -201,6 +229,52 @@ def resample_below_missing(bundle, n_nodes: int, missing_length_mm: float) -> np
     return out
 
 
+def _level_crossing(z: np.ndarray, arc: np.ndarray, level: float) -> float | None:
+    """Arc length (mm) where ``z`` first reaches ``level`` going up the streamline; None if never."""
+    with np.errstate(invalid="ignore"):
+        up = np.flatnonzero((z[:-1] < level) & (z[1:] >= level))
+    if not len(up):
+        return None
+    i = up[0]
+    f = (level - z[i]) / (z[i + 1] - z[i])
+    return float(arc[i] + f * (arc[i + 1] - arc[i]))
+
+
+def resample_between_levels(bundle, mni_z: np.ndarray, affine: np.ndarray, n_nodes: int = N_NODES,
+                            z_start: float = PROFILE_START_Z_MM, z_end: float = PROFILE_END_Z_MM) -> np.ndarray:
+    """Nodes of each streamline's stretch between two MNI levels.
+
+    Each streamline (oriented inferior to superior) is cut where its MNI z (``mni_z``
+    sampled trilinearly at its points) first reaches ``z_start`` and where it first reaches
+    ``z_end``, and that stretch is resampled to ``n_nodes`` equidistant nodes. A streamline
+    that starts above ``z_start`` is taken to start ``z_first - z_start`` mm below its first
+    point, one that ends below ``z_end`` to run on ``z_end - z_last`` mm (the CST runs
+    close to vertical there); nodes on those extensions are NaN. A streamline without any
+    MNI z (beyond the registration's reach) has NaN nodes only.
+
+    Returns (N, n_nodes, 3), world mm.
+    """
+    packed = _oriented_packed(bundle)
+    n_nodes = int(n_nodes)
+    out = np.full((len(packed), n_nodes, 3), np.nan)
+    for i, (start, count) in enumerate(zip(packed.starts, packed.counts)):
+        pts = packed.points[start:start + count]
+        z = sample_nodes(pts, mni_z, affine)
+        finite = np.flatnonzero(np.isfinite(z))
+        if len(pts) < 2 or not len(finite):
+            continue
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+        first, last = z[finite[0]], z[finite[-1]]
+        a = _level_crossing(z, arc, z_start) if first < z_start else arc[finite[0]] - (first - z_start)
+        b = _level_crossing(z, arc, z_end) if last >= z_end else arc[finite[-1]] + (z_end - last)
+        if a is None or b is None or not b > a:
+            continue
+        t = np.linspace(a, b, n_nodes)
+        ok = (t >= 0) & (t <= arc[-1])
+        out[i, ok] = np.stack([np.interp(t[ok], arc, pts[:, d]) for d in range(3)], axis=1)
+    return out
+
+
 def _nan_node_weights(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM) -> np.ndarray:
     """:func:`node_weights` over the streamlines that reach each node (NaN nodes weigh 0)."""
     valid = np.isfinite(resampled[..., 0])
@@ -216,7 +290,12 @@ def _nan_node_weights(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM
 
 def _partial_profiles(bundle, maps, affine, n_nodes: int, missing_length_mm: float) -> dict[str, np.ndarray]:
     """:func:`tract_profiles` of a tract whose first ``missing_length_mm`` lie outside the field of view."""
-    resampled = resample_below_missing(bundle, n_nodes, missing_length_mm)
+    return _profiles_of_nodes(resample_below_missing(bundle, n_nodes, missing_length_mm), maps, affine)
+
+
+def _profiles_of_nodes(resampled: np.ndarray, maps, affine) -> dict[str, np.ndarray]:
+    """Weighted profiles of resampled nodes (N, n_nodes, 3) of which some are NaN (not reached)."""
+    resampled = np.array(resampled, dtype=np.float64)
     reached = np.isfinite(resampled[..., 0])
     # a node most streamlines do not reach is left out: its few values are those of the
     # longest streamlines, at the very edge of the field of view

@@ -9,7 +9,7 @@ from ..config import PipelineConfig
 from ..interfaces.registration import CSTRois, RegisterToMNI
 
 REGISTRATION_OUTPUTS = ["registration", "registration_json", "quality", "template_wm", "qc", "rois", "roi_labels",
-                        "coverage"]
+                        "coverage", "mni_z"]
 
 
 def init_registration_wf(config: PipelineConfig, name: str = "registration_wf"):
@@ -30,6 +30,8 @@ def init_registration_wf(config: PipelineConfig, name: str = "registration_wf"):
         Template WM on the subject grid; QC figure.
     rois, roi_labels, coverage
         ROI index (rois.json), label image, and whether the image covers the CST ROIs.
+    mni_z
+        MNI z (mm) of every voxel of the subject grid (anchors the CST profiles).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=["fa", "mask"]), name="inputnode")
@@ -43,6 +45,7 @@ def init_registration_wf(config: PipelineConfig, name: str = "registration_wf"):
         (register, rois, [("out_json", "in_registration")]),
         (register, outputnode, [("out_dir", "registration"), ("out_json", "registration_json"),
                                 ("out_quality", "quality"), ("out_template_wm", "template_wm"), ("out_qc", "qc")]),
-        (rois, outputnode, [("out_rois", "rois"), ("out_labels", "roi_labels"), ("out_coverage", "coverage")]),
+        (rois, outputnode, [("out_rois", "rois"), ("out_labels", "roi_labels"), ("out_coverage", "coverage"),
+                            ("out_mni_z", "mni_z")]),
     ])
     return wf
