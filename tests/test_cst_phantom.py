@@ -36,11 +36,12 @@ import pandas as pd
 import pytest
 
 from csttool_nipype.cli.main import main
-from csttool_nipype.science.streamlines import resample_streamlines
 from csttool_nipype.sims.model import LesionSpec, PhantomSpec
 from csttool_nipype.sims.phantom import make_phantom, on_truth_grid
 from csttool_nipype.sims.writer import write_phantom
-from csttool_nipype.science.profiles import orient_inferior_superior
+from csttool_nipype.science.profiles import resample_between_levels
+from csttool_nipype.science.rois import cst_rois
+from csttool_nipype.science.transforms import load_registration
 from csttool_nipype.science.trk_io import load_trk
 
 slow = pytest.mark.slow  # the end-to-end runs; the unit tests at the bottom are fast
@@ -165,8 +166,12 @@ def test_lesion_is_the_minimum_of_its_sides_fa_profile(lps_lesion):
     truth = run.phantom.truth
     assert truth["lesion"].any()
     centre = nib.affines.apply_affine(run.phantom.affine, np.argwhere(truth["lesion"]).mean(axis=0))
-    # node positions: the bundle resampled the way the profile is (100 nodes, inferior first)
-    nodes = resample_streamlines(orient_inferior_superior(run.bundle("left")), 100).mean(axis=0)
+    # node positions: the bundle resampled the way the profile is (100 nodes between two MNI levels,
+    # inferior first), with the MNI z of the FA grid from the run's own registration, as the ROI stage has it
+    fa = nib.load(run.file("space-dwi_model-tensor_param-fa_dwimap.nii.gz"))
+    mask = np.asarray(nib.load(run.file("space-dwi_desc-brain_mask.nii.gz")).dataobj) > 0
+    mni_z = cst_rois(load_registration(run.out / SUB / "xfm" / "registration"), fa.shape, fa.affine, mask=mask).mni_z
+    nodes = np.nanmean(resample_between_levels(run.bundle("left"), mni_z, fa.affine, 100), axis=0)
     lesion_node = int(np.argmin(np.linalg.norm(nodes - centre, axis=1)))
     assert np.linalg.norm(nodes[lesion_node] - centre) < 6.0  # the bundle runs through the lesion
     profile = run.profile("left")

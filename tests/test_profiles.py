@@ -239,3 +239,39 @@ def test_core_means_are_the_middle_nodes():
     cut[:30] = np.nan            # a field of view that starts higher: the covered core nodes only
     assert core_means({"fa": cut})["fa_core_mean"] == pytest.approx(np.mean(np.arange(30, 80)))
     assert math.isnan(core_means({"fa": np.full(100, np.nan)})["fa_core_mean"])
+
+
+def test_anchored_profile_runs_between_the_two_mni_levels():
+    """With an MNI z map the profile runs from PROFILE_START_Z_MM to PROFILE_END_Z_MM whatever each
+    streamline's own ends: profiling the MNI z map itself gives the evenly spaced levels."""
+    from csttool_nipype.science.profiles import PROFILE_END_Z_MM, PROFILE_START_Z_MM, tract_profiles
+
+    # MNI z = world z - 40 mm: the straight streamlines (world z 0-80 mm) span MNI z -40 to 40 mm
+    mni_z = _world_z() - 40.0
+    bundle = _straight_bundle()
+    profile = tract_profiles(bundle, {"z": mni_z}, AFFINE, N_NODES, mni_z=mni_z)["z"]
+    expected = np.linspace(PROFILE_START_Z_MM, PROFILE_END_Z_MM, N_NODES)
+    np.testing.assert_allclose(profile, expected, atol=1e-6)
+    # shorter streamlines (tracking stopped at different levels) give the same node levels
+    cut = [s[(s[:, 2] >= 5.0 + i % 7) & (s[:, 2] <= 70.0 + i % 5)] for i, s in enumerate(bundle)]
+    np.testing.assert_allclose(tract_profiles(cut, {"z": mni_z}, AFFINE, N_NODES, mni_z=mni_z)["z"], expected,
+                               atol=1e-6)
+
+
+def test_anchored_profile_leaves_nodes_below_a_late_start_nan():
+    """Streamlines that all start 10 mm (MNI z) above the first level: the nodes of those 10 mm are NaN,
+    the others where they would be on a whole streamline."""
+    from csttool_nipype.science.profiles import (PROFILE_END_Z_MM, PROFILE_START_Z_MM, resample_between_levels,
+                                                 tract_profiles)
+
+    mni_z = _world_z() - 40.0
+    start = PROFILE_START_Z_MM + 10.0
+    bundle = [s[s[:, 2] - 40.0 >= start] for s in _straight_bundle(reverse_half=False)]
+    nodes = resample_between_levels(bundle, mni_z, AFFINE, N_NODES)
+    levels = np.linspace(PROFILE_START_Z_MM, PROFILE_END_Z_MM, N_NODES)
+    missing = levels < start - 0.5  # the streamlines' first points lie within 0.5 mm above ``start``
+    assert np.isnan(nodes[:, missing]).all()
+    profile = tract_profiles(bundle, {"z": mni_z}, AFFINE, N_NODES, mni_z=mni_z)["z"]
+    assert np.isnan(profile[missing]).all()
+    late = levels > start + 0.5
+    np.testing.assert_allclose(profile[late], levels[late], atol=0.6)

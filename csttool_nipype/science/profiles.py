@@ -11,8 +11,8 @@ Node 0 is the inferior (brainstem) end.
 
 Anchored profiles (the pipeline's, given the MNI z of the subject grid): as in AFQ, where a
 profile runs between the bundle's two waypoints, each streamline is cut to the stretch
-between two fixed anatomical levels, :data:`PROFILE_START_Z_MM` (MNI z = -33 mm, in the
-pons) and :data:`PROFILE_END_Z_MM` (MNI z = 25 mm, the top of the CST's compact trunk,
+between two fixed anatomical levels, :data:`PROFILE_START_Z_MM` (MNI z = -27 mm, in the
+upper pons) and :data:`PROFILE_END_Z_MM` (MNI z = 25 mm, the top of the CST's compact trunk,
 above which it fans out into the corona radiata), before it is resampled; so node k lies
 at the same level of the tract in every scan, whatever the level where tracking happened
 to stop in the brainstem or which gyrus the streamline reaches. A streamline that starts
