@@ -352,7 +352,7 @@ def _extraction(m: Methods, config) -> str:
 
 
 def _metrics(m: Methods, config) -> str:
-    from ..science.profiles import N_NODES
+    from ..science.profiles import N_NODES, PROFILE_END_Z_MM, PROFILE_START_Z_MM
 
     weighting = ("each voxel weighted by the number of streamlines through it (the mean along the tract)"
                  if config.metrics_weighting == "streamlines" else "each visited voxel counted once")
@@ -360,7 +360,9 @@ def _metrics(m: Methods, config) -> str:
     return (
         f"FA, MD, RD and AD were averaged over the voxels each tract visits, {weighting}; the tract volume is the "
         f"number of visited voxels times the voxel volume (mm³). Tract profiles sample each map (trilinear) at "
-        f"{N_NODES} equidistant nodes from the brainstem to the cortex, weighting streamlines by exp(−d²/2) of "
+        f"{N_NODES} equidistant nodes of each streamline's stretch between two levels of MNI z (the subject-space "
+        f"surfaces of z = {_g(PROFILE_START_Z_MM)} mm in the upper pons and z = {_g(PROFILE_END_Z_MM)} mm at the top "
+        f"of the tract's compact trunk), weighting streamlines by exp(−d²/2) of "
         f"their node's Mahalanobis distance d from the bundle {cite}. Laterality indices are (L − R)/(L + R). A side "
         f"with fewer than {config.min_streamlines} streamlines, and a registration whose white-matter Dice with the "
         f"template is below {_g(config.min_registration_dice)}, are flagged.")
