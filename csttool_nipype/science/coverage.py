@@ -41,8 +41,8 @@ Profiles of a partial CST (:func:`missing_length_mm`): the nodes of a CST profil
 z = :data:`PROFILE_START_Z_MM` (the pipeline anchors every profile there, see
 :mod:`csttool_nipype.science.profiles`). With tensor tracking the CST streamlines start, on the
 median, at MNI z = -31 to -37 mm (Philips and Canon test scans, both sides: where the
-transverse pontine fibres cross the tract in the middle of the pons), and 85-90 % of them
-below -26 mm (Canon); the first node lies above that stretch, in the upper pons at -27 mm,
+transverse pontine fibres cross the tract in the middle of the pons), and 68-87 % of them
+below -27 mm (Canon); the first node lies above that stretch, in the upper pons at -27 mm,
 so that most streamlines of a whole-brain scan reach it. A field of view that starts above
 that level misses the length of the template's centreline between the two levels; the
 profile keeps that stretch's nodes as NaN, so node k stays comparable with node k of
