@@ -42,8 +42,9 @@ def test_interior_drops_the_faces_of_the_grid():
 
 def test_centreline_length_of_a_straight_tract():
     template, _, _ = _column()
-    # voxel centres 1 mm apart in z: the centroids of 3 mm levels from -33 to -12 mm
-    assert cov.missing_length_mm(template, -12.0) == pytest.approx(18.0, abs=3.0)
+    # voxel centres 1 mm apart in z: the centroids of 3 mm levels from PROFILE_START_Z_MM to -12 mm,
+    # the first and last centroids half a level inside the range
+    assert cov.missing_length_mm(template, -12.0) == pytest.approx(-12.0 - cov.PROFILE_START_Z_MM - 3.0, abs=3.0)
     assert cov.missing_length_mm(template, -40.0) == 0.0
 
 
