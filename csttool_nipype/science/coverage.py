@@ -40,10 +40,9 @@ part.
 Profiles of a partial CST (:func:`missing_length_mm`): the nodes of a CST profile start at MNI
 z = :data:`PROFILE_START_Z_MM` (the pipeline anchors every profile there, see
 :mod:`csttool_nipype.science.profiles`). With tensor tracking the CST streamlines start, on the
-median, at MNI z = -31 to -37 mm (Philips and Canon test scans, both sides: where the
-transverse pontine fibres cross the tract in the middle of the pons), and 68-87 % of them
-below -27 mm (Canon); the first node lies above that stretch, in the upper pons at -27 mm,
-so that most streamlines of a whole-brain scan reach it. A field of view that starts above
+median, in the middle of the pons (where the transverse pontine fibres cross the tract); the
+first node lies above that, in the upper pons, so that most streamlines of a whole-brain scan
+reach it. A field of view that starts above
 that level misses the length of the template's centreline between the two levels; the
 profile keeps that stretch's nodes as NaN, so node k stays comparable with node k of
 whole-brain profiles.
@@ -68,10 +67,8 @@ FULL_COVERAGE_Z_MM = -45.0
 #: 3 mm slice of its 12 mm: the part of the tract below the thalamus).
 PEDUNCLE_MIN_FRACTION = 0.2
 #: MNI z (mm) where the nodes of CST profiles start, in the upper pons: above where tensor tracking
-#: of the CST stops in the middle of the pons (median start of the CST streamlines on the
-#: whole-brain test scans: -34 / -31 mm Philips, -36 / -37 mm Canon, left / right; 10 % of them
-#: start above -24.6 to -26.3 mm on the Canon scans), so that a node that fewer than half of the
-#: streamlines reach (NaN) is rare on whole-brain scans (docs/decisions.md, "#17 profiles").
+#: of the CST stops in the middle of the pons, so that most streamlines of a whole-brain scan
+#: reach it (docs/decisions.md, "#17 profiles").
 PROFILE_START_Z_MM = -27.0
 #: MNI z (mm) inside the internal-capsule waypoint: a covered extent runs through it.
 CAPSULE_LEVEL_Z_MM = 6.0

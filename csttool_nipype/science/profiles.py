@@ -61,11 +61,10 @@ LOGGER = logging.getLogger(__name__)
 
 #: Nodes per profile.
 N_NODES = 100
-#: MNI z (mm) of an anchored profile's last node: the top of the CST's compact trunk. The
-#: Juelich CST map (>= 25 %) is 9-18 mm wide (x) from the peduncle up to MNI z = 25 mm and
-#: 32-34 mm wide from z = 26 mm, on both sides: there the tract fans out into the corona
-#: radiata towards the gyri, and above it which fibres a streamline follows depends on the
-#: gyrus it reaches. The first node is at :data:`~.coverage.PROFILE_START_Z_MM`.
+#: MNI z (mm) of an anchored profile's last node: the top of the CST's compact trunk, where
+#: the Juelich CST map doubles in width as the tract fans out into the corona radiata towards
+#: the gyri (docs/decisions.md, "#17 profiles"). The first node is at
+#: :data:`~.coverage.PROFILE_START_Z_MM`.
 PROFILE_END_Z_MM = 25.0
 
 #: The tensor maps summarised by default, with their units.
@@ -86,8 +85,9 @@ MIN_NODE_SUPPORT = 0.5
 #: drops the fringe that single streamlines make.
 DENSITY_SHARE = 0.05
 #: Profile nodes whose means are reported as the tract's core (``<map>_core_mean``): the
-#: middle 60 of 100, away from the ends, where the brainstem's edge and the cortex mix into
-#: the tensor and where partial fields of view cut the profile.
+#: middle 60 of 100, away from the ends (the pons, where the transverse pontine fibres cross the
+#: tract, and the corona radiata, where others cross it) and from where partial fields of view
+#: cut the profile: on anchored profiles about MNI z = -16 to 14 mm (peduncle, capsule).
 CORE_NODES = slice(20, 80)
 #: Fewer streamlines than this on one side raises the ``too_few_streamlines_<side>`` flag.
 MIN_STREAMLINES = PipelineConfig().min_streamlines
