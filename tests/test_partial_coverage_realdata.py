@@ -172,9 +172,12 @@ def test_cropped_scan_gives_both_csts_flagged_partial(scan, level, cropped):
 #: two-voxel band at its lowest imaged level and holds other streamlines (its preprocessing, mask
 #: and registration differ near the cut; Canon 400 against 473 left streamlines, Philips 357
 #: against 497). For the Philips scan it was beyond 0.02 at every node shift of -4 to +4 (not an
-#: offset of the node scale). They stay expected failures that print the numbers.
+#: offset of the node scale). They stay expected failures that print the numbers. With the profiles
+#: anchored between MNI z = -27 and 25 mm (#17 profiles, 2026-12-06) the common nodes are the stretch
+#: from the cut to the top of the trunk only, where the cut's edge weighs more: Canon pons -0.012 /
+#: +0.001, peduncle +0.035 / +0.014; Philips pons +0.006 / -0.013, peduncle +0.040 / +0.019.
 PENDING = pytest.mark.xfail(strict=False, reason="cropped at the peduncles: left mean FA over the common nodes "
-                                                 "0.022 above the whole scan's")
+                                                 "0.035-0.040 above the whole scan's")
 FA_CASES = [pytest.param(scan, level, marks=PENDING if level == "peduncle" else ()) for scan, level in CASES]
 
 
