@@ -82,6 +82,8 @@ class CSTRois(StageInterface):
 
     When the field of view stops above the medulla (``partial`` coverage), ``rois.json``
     also names ``cst_start``: where the CST starts (``science.coverage.start_roi``).
+    ``mni_z.nii.gz`` holds the MNI z (mm) of every voxel, which anchors the CST profiles
+    (``science.profiles.resample_between_levels``).
     """
 
     input_spec = _RoisInputSpec
