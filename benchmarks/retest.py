@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/retest.py [--scan NAME="RUN FLAGS" ...] [--flags "PIPELINE FLAGS"] [--out DIR] [--nprocs 2]
+                                [--table FILE]
 
 Runs ``csttool run`` on each scan (default: the three Canon scans of one head in
 ``../shared/data/canon_galan_dti12_b1500``, as ``benchmarks/canon_agreement.py`` names
@@ -119,6 +120,8 @@ def main(argv=None) -> int:
     parser.add_argument("--flags", default="", help="pipeline flags for every scan (default: none, the defaults)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/csttool-retest"))
     parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--table", default="retest.txt",
+                        help="file name of the table in benchmarks/results/ (default: retest.txt, the Canon head's)")
     args = parser.parse_args(argv)
     scans = named_flags(parser, "--scan", args.scan) if args.scan else dict(SCANS)
     if not args.scan and not CANON.is_dir():
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
         dirs.append(out / "sub-01")
     lines = [machine_line(), f"pipeline flags: {args.flags or '(defaults)'}", "",
              *table(list(scans), score(dirs, summaries))]
-    publish("\n".join(lines), "retest.txt")
+    publish("\n".join(lines), args.table)
     return 0
 
 
