@@ -484,6 +484,7 @@ class BatchRunner:
             "duration_s": round(outcome.duration_s, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "result": outcome.result,
         })
+        paths.result.unlink(missing_ok=True)   # promoted: never an attempt for :meth:`_adopt` again
         if not self.options.keep_work:
             shutil.rmtree(paths.work, ignore_errors=True)
 

@@ -170,6 +170,18 @@ def test_deleted_or_edited_output_is_found_and_the_subject_rerun(tmp_path):
     assert "done before, but dwi/sub-01_result.txt is missing: running it again" in log
 
 
+def test_a_damaged_output_is_computed_again_with_keep_work(tmp_path):
+    """With ``keep_work`` the promoted attempt's work folder stays: its result is not taken for a
+    finished attempt to promote again (that would mark the damaged output done)."""
+    out, counter = tmp_path / "out", tmp_path / "calls.txt"
+    _run(out, [_job("sub-01", value=1, counter=str(counter))], keep_work=True)
+    output = out / "sub-01" / "dwi" / "sub-01_result.txt"
+    output.write_text("7\n")
+    outcome, = _run(out, [_job("sub-01", value=1, counter=str(counter))], keep_work=True, verify=True)
+    assert outcome.status == "SUCCESS" and output.read_text() == "1\n"
+    assert counter.read_text().splitlines() == ["sub-01", "sub-01"], "the job ran again"
+
+
 def test_stale_lock_of_a_dead_process_does_not_block(tmp_path):
     """Row "stale lock": a process that held a job's lock was SIGKILLed; the lock file stays, the lock does not."""
     out = tmp_path / "out"
