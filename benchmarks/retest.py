@@ -35,10 +35,14 @@ import numpy as np
 from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
 from canon_agreement import CANON, SCANS, named_flags, run_scan  # noqa: E402
 
+from csttool_nipype import data
 from csttool_nipype.derivatives import find
+from csttool_nipype.science.coverage import PROFILE_START_Z_MM
+from csttool_nipype.science.profiles import PROFILE_END_Z_MM
+from csttool_nipype.science.templates import resample_grid
 from csttool_nipype.science.transforms import load_registration, warp_to_mni
 from csttool_nipype.science.reliability import (
-    coefficient_of_variation, max_deviation, median_pairwise_correlation, median_pairwise_weighted_dice,
+    atlas_profile, coefficient_of_variation, max_deviation, median_pairwise_correlation, median_pairwise_weighted_dice,
 )
 
 SIDES = ("left", "right")
@@ -66,6 +70,37 @@ def density_in_mni(subject_dir: Path, side: str) -> np.ndarray:
     return warped
 
 
+#: the Juelich CST map of each side (the atlas the ROIs and the CST prior come from)
+ATLAS_CST = {"left": "WM_Corticospinal_tract_L", "right": "WM_Corticospinal_tract_R"}
+
+
+def atlas_reference(subject_dirs: list[Path]) -> dict:
+    """Per side: FA inside the Juelich CST map, no tractography, between the profile's levels.
+
+    Each scan's FA map is warped to the template grid with its own registration and averaged
+    level by level inside the atlas tract (:func:`atlas_profile`); the mean of those levels and
+    the median pairwise r of the level profiles show how much the FA maps themselves differ
+    between the scans where the CST runs (a floor for the tract measures above).
+    """
+    fa_mni = []
+    for d in subject_dirs:
+        img = nib.load(find(d, "fa"))
+        warped, mni_affine = warp_to_mni(np.asarray(img.dataobj, np.float32), img.affine,
+                                         load_registration(find(d, "registration")))
+        fa_mni.append(warped)
+    shape = fa_mni[0].shape
+    z_mm = nib.affines.apply_affine(mni_affine, np.c_[np.zeros((shape[2], 2)), np.arange(shape[2])])[:, 2]
+    out = {}
+    for side in SIDES:
+        (prior,), atlas_affine = data.load_atlas_maps("juelich", [ATLAS_CST[side]])
+        prior = resample_grid(np.asarray(prior, np.float32), atlas_affine, shape, mni_affine, order=1)
+        levels = [atlas_profile(fa, prior, z_mm, PROFILE_START_Z_MM, PROFILE_END_Z_MM) for fa in fa_mni]
+        means = [float(np.nanmean(p)) for p in levels]
+        out[side] = {"values": means, "spread": max(means) - min(means),
+                     "profile_r": median_pairwise_correlation(levels)}
+    return out
+
+
 def score(subject_dirs: list[Path], summaries: list[dict]) -> dict:
     """Per side: every measure's values, CV and max deviation; profile r; weighted Dice."""
     out = {}
@@ -78,6 +113,7 @@ def score(subject_dirs: list[Path], summaries: list[dict]) -> dict:
         entry["profile_r"] = median_pairwise_correlation([profiles(d, side) for d in subject_dirs])
         entry["wdice"] = median_pairwise_weighted_dice([density_in_mni(d, side) for d in subject_dirs])
         out[side] = entry
+    out["atlas"] = atlas_reference(subject_dirs)
     return out
 
 
@@ -109,6 +145,14 @@ def table(names: list[str], scores: dict) -> list[str]:
             lines.append(f"{side:<7}{label:<20}{entry[key]:<30.3f}{'':>8}{'':>9}{'≥' + str(TARGETS[key]):>12}  "
                          f"{'yes' if ok else 'NO'}")
     lines += ["", f"all targets met: {'yes' if met_all else 'no'}"]
+    if "atlas" in scores:
+        lines += ["", f"reference, no tractography: FA inside the Juelich CST map (level by level between MNI z "
+                      f"{PROFILE_START_Z_MM:g} and {PROFILE_END_Z_MM:g} mm, each scan's FA warped with its own "
+                      f"registration)"]
+        for side in SIDES:
+            ref = scores["atlas"][side]
+            lines.append(f"{side:<7}{'atlas FA mean':<20}{', '.join(f'{v:.3f}' for v in ref['values']):<30}"
+                         f"  spread {ref['spread']:.3f}   level-profile r {ref['profile_r']:.3f}")
     return lines
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from csttool_nipype.science.reliability import (
-    coefficient_of_variation, max_deviation, median_pairwise_correlation, median_pairwise_weighted_dice,
+    atlas_profile, coefficient_of_variation, max_deviation, median_pairwise_correlation, median_pairwise_weighted_dice,
     weighted_dice,
 )
 
@@ -40,3 +40,22 @@ def test_profile_correlation_ignores_uncovered_nodes():
     assert median_pairwise_correlation([p1, p2, p3]) == pytest.approx(1.0)
     assert median_pairwise_correlation([p1, -p1]) == pytest.approx(-1.0)
     assert np.isnan(median_pairwise_correlation([p1, np.full(100, np.nan)]))
+
+
+def test_atlas_profile_is_the_weighted_level_mean():
+    z_mm = np.arange(-10.0, 10.0, 2.0)                  # 10 levels, 2 mm apart
+    scalar = np.broadcast_to(z_mm, (4, 4, 10)).copy()   # the map's value is its level's z
+    prior = np.zeros((4, 4, 10))
+    prior[1:3, 1:3, :] = 0.5
+    prior[0, 0, :] = 1.0
+    profile = atlas_profile(scalar, prior, z_mm, -4.0, 4.0)
+    np.testing.assert_allclose(profile, [-4, -2, 0, 2, 4])   # inferior to superior, ends included
+    # weights: a voxel of value 1 at p = 1 and four of value 0 at p = 0.5 in one level -> 1/3
+    scalar[0, 0, 5] = 1.0
+    scalar[1:3, 1:3, 5] = 0.0
+    scalar[0, 1, 5] = np.nan                            # outside the tract: no effect
+    assert atlas_profile(scalar, prior, z_mm, 0.0, 0.0)[0] == pytest.approx(1.0 / 3.0)
+    prior[:, :, 0] = 0.0
+    assert np.isnan(atlas_profile(scalar, prior, z_mm, -10.0, -10.0)[0])
+    with pytest.raises(ValueError, match="axial grid"):
+        atlas_profile(scalar, prior[..., :5], z_mm, 0, 1)

@@ -8,7 +8,10 @@ Plain functions on numbers and arrays, used by ``benchmarks/retest.py``:
 * :func:`weighted_dice` of two bundle density maps on one grid, as in Cohen-Adad et al.
   (2011) and Kruper et al. (2021, "Evaluating the reliability of human brain white matter
   tractometry"): each map is normalised to sum 1, and the overlap is the share of both
-  maps' weight that lies in voxels both maps visit.
+  maps' weight that lies in voxels both maps visit;
+* :func:`atlas_profile`: a scalar map averaged inside a probabilistic atlas tract, level by
+  level in MNI z, with no tractography: a reference for how much the maps themselves differ
+  between scans where the tract runs.
 """
 
 from __future__ import annotations
@@ -78,3 +81,35 @@ def weighted_dice(a: np.ndarray, b: np.ndarray) -> float:
 def median_pairwise_weighted_dice(maps) -> float:
     """Median :func:`weighted_dice` over all pairs of density maps."""
     return float(np.median([weighted_dice(a, b) for a, b in combinations(list(maps), 2)]))
+
+
+def atlas_profile(scalar_mni: np.ndarray, prior_mni: np.ndarray, z_mm: np.ndarray,
+                  z_start: float, z_end: float) -> np.ndarray:
+    """Probability-weighted mean of a scalar map in each axial level of an atlas tract.
+
+    Parameters
+    ----------
+    scalar_mni, prior_mni : ndarray, (X, Y, Z)
+        A scalar map (e.g. FA) and the tract's probability map (0-1), on one MNI grid whose
+        third voxel axis is MNI z (an axial grid such as the template's).
+    z_mm : ndarray, (Z,)
+        MNI z (mm) of each level of that grid.
+    z_start, z_end : float
+        The levels kept, MNI mm (both included).
+
+    Returns
+    -------
+    profile : ndarray
+        One value per level kept, inferior to superior: ``sum(p * s) / sum(p)`` over the
+        level's voxels with a finite scalar (NaN where the tract has no weight).
+    """
+    scalar = np.asarray(scalar_mni, float)
+    prior = np.clip(np.nan_to_num(np.asarray(prior_mni, float)), 0, None)
+    if scalar.shape != prior.shape or scalar.ndim != 3 or len(z_mm) != scalar.shape[2]:
+        raise ValueError(f"maps of shapes {scalar.shape} and {prior.shape} with {len(z_mm)} levels are not one axial grid")
+    prior = np.where(np.isfinite(scalar), prior, 0.0)
+    keep = np.flatnonzero((np.asarray(z_mm) >= z_start) & (np.asarray(z_mm) <= z_end))
+    keep = keep[np.argsort(np.asarray(z_mm)[keep])]
+    weight = prior[:, :, keep].sum(axis=(0, 1))
+    total = (prior * np.nan_to_num(scalar))[:, :, keep].sum(axis=(0, 1))
+    return np.divide(total, weight, out=np.full(len(keep), np.nan), where=weight > 0)
