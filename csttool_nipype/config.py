@@ -45,9 +45,11 @@ OPTION_ALIASES = ("preprocessing",)
 
 #: Pipeline stages in order, and what each needs before it.
 STAGES = ("import", "preprocess", "tensor", "register", "track", "cst", "metrics")
+#: stage -> the stages it needs. The CST is tracked from its own seeds (the internal
+#: capsules), so ``cst`` does not need the whole-brain tractogram of ``track``.
 STAGE_REQUIRES = {
     "import": (), "preprocess": ("import",), "tensor": ("preprocess",), "register": ("tensor",),
-    "track": ("tensor",), "cst": ("register", "track"), "metrics": ("cst",),
+    "track": ("tensor",), "cst": ("register",), "metrics": ("cst",),
 }
 
 

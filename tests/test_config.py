@@ -34,3 +34,13 @@ def test_cli_defaults_come_from_the_config_object():
          "--no-motion-correction"])
     cfg = pipeline_config_from_args(args)
     assert (cfg.denoise_method, cfg.gibbs, cfg.motion_correction) == ("nlmeans", False, False)
+
+
+def test_stages_pull_in_what_they_need_and_no_more():
+    from csttool_nipype.config import STAGES, resolve_stages
+
+    assert resolve_stages(["metrics"]) == ("import", "preprocess", "tensor", "register", "cst", "metrics")
+    assert resolve_stages(["track"]) == ("import", "preprocess", "tensor", "track")
+    assert resolve_stages(list(STAGES)) == tuple(STAGES)
+    with pytest.raises(ValueError, match="unknown stage"):
+        resolve_stages(["tracts"])
