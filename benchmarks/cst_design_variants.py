@@ -82,12 +82,11 @@ def run_variant(scan: dict, spec: str, anchored: bool = True) -> dict:
     params = TrackingParams(seeds_per_voxel=seeds_per_voxel_for_density(float(density), scan["affine"]), n_jobs=2)
     streamlines = Packed.of(track_deterministic(scan["v1"], scan["fa"], scan["mask"], scan["affine"], params,
                                                 seed_mask=seed_mask))
-    voxel = float(abs(np.linalg.det(scan["affine"][:3, :3])))
     out = {}
     for side in ("left", "right"):
         bundle = extract_cst(streamlines, rois, scan["affine"], side=side, min_length_mm=D.cst_min_length_mm,
                              clip_end=D.cst_clip_end, midline_layer="right", midline=midline)
-        metrics = bundle_metrics(bundle, {"fa": scan["fa"], "md": scan["md"]}, scan["affine"], voxel)
+        metrics = bundle_metrics(bundle, {"fa": scan["fa"], "md": scan["md"]}, scan["affine"])
         profile = tract_profiles(bundle, {"fa": scan["fa"]}, scan["affine"], 100,
                                  mni_z=scan["mni_z"] if anchored else None)["fa"] if len(bundle) else np.full(100, np.nan)
         metrics.update(core_means({"fa": profile}))

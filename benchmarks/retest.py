@@ -17,7 +17,10 @@ prints per side:
   map warped with its own registration onto the template grid; Kruper et al., 2021);
 
 and each target of issue #17 met or not (FA within 0.015, volume ±10 %, count ±15 %,
-profile r ≥ 0.9, weighted Dice ≥ 0.75). Saves the table in ``benchmarks/results/retest.txt``.
+profile r ≥ 0.9, weighted Dice ≥ 0.75). Below them, two references without tractography: the
+FA inside the Juelich CST map, level by level, of each run's FA map and of a DIPY tensor fit of
+the imported series (``csttool run --stages import``, no preprocessing): how far apart the FA
+maps themselves are where the CST runs. Saves the table in ``benchmarks/results/retest.txt``.
 The scores are :mod:`csttool_nipype.science.reliability`.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,7 +37,7 @@ import nibabel as nib
 import numpy as np
 
 from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.path)
-from canon_agreement import CANON, SCANS, named_flags, run_scan  # noqa: E402
+from canon_agreement import CANON, CSTTOOL, SCANS, named_flags, run_scan  # noqa: E402
 
 from csttool_nipype import data
 from csttool_nipype.derivatives import find
@@ -74,17 +78,43 @@ def density_in_mni(subject_dir: Path, side: str) -> np.ndarray:
 ATLAS_CST = {"left": "WM_Corticospinal_tract_L", "right": "WM_Corticospinal_tract_R"}
 
 
-def atlas_reference(subject_dirs: list[Path]) -> dict:
+def raw_fa(import_dir: Path) -> nib.Nifti1Image:
+    """FA of a DIPY tensor fit of an imported series (no preprocessing; b=0 intensity mask)."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import TensorModel
+
+    img = nib.load(find(import_dir, "import_dwi"))
+    bvals = np.loadtxt(find(import_dir, "import_bval"), ndmin=1)
+    bvecs = np.loadtxt(find(import_dir, "import_bvec"), ndmin=2)
+    dwi = np.asarray(img.dataobj, np.float32)
+    b0 = dwi[..., bvals < 50].mean(axis=-1)
+    mask = b0 > 0.1 * np.percentile(b0, 99)
+    fa = TensorModel(gradient_table(bvals, bvecs=bvecs)).fit(dwi, mask=mask).fa
+    return nib.Nifti1Image(fa.astype(np.float32), img.affine)
+
+
+def import_scan(inputs: list[str], out: Path) -> Path:
+    """``csttool run --stages import`` of one scan; the subject folder of the imported series."""
+    if not (out / "sub-01").is_dir():
+        cmd = [CSTTOOL, "run", *inputs, "--out", str(out), "--subject-id", "sub-01", "--stages", "import"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"csttool run --stages import failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+    return out / "sub-01"
+
+
+def atlas_reference(subject_dirs: list[Path], fa_images: list[nib.Nifti1Image] | None = None) -> dict:
     """Per side: FA inside the Juelich CST map, no tractography, between the profile's levels.
 
-    Each scan's FA map is warped to the template grid with its own registration and averaged
-    level by level inside the atlas tract (:func:`atlas_profile`); the mean of those levels and
-    the median pairwise r of the level profiles show how much the FA maps themselves differ
-    between the scans where the CST runs (a floor for the tract measures above).
+    Each scan's FA map (the run's, or ``fa_images``, e.g. :func:`raw_fa`) is warped to the
+    template grid with the run's registration and averaged level by level inside the atlas
+    tract (:func:`atlas_profile`); the mean of those levels and the median pairwise r of the
+    level profiles show how much the FA maps themselves differ between the scans where the
+    CST runs (a floor for the tract measures above).
     """
     fa_mni = []
-    for d in subject_dirs:
-        img = nib.load(find(d, "fa"))
+    for i, d in enumerate(subject_dirs):
+        img = fa_images[i] if fa_images else nib.load(find(d, "fa"))
         warped, mni_affine = warp_to_mni(np.asarray(img.dataobj, np.float32), img.affine,
                                          load_registration(find(d, "registration")))
         fa_mni.append(warped)
@@ -101,8 +131,9 @@ def atlas_reference(subject_dirs: list[Path]) -> dict:
     return out
 
 
-def score(subject_dirs: list[Path], summaries: list[dict]) -> dict:
-    """Per side: every measure's values, CV and max deviation; profile r; weighted Dice."""
+def score(subject_dirs: list[Path], summaries: list[dict], raw_images: list | None = None) -> dict:
+    """Per side: every measure's values, CV and max deviation; profile r; weighted Dice; the
+    atlas references (``atlas``: the runs' FA maps; ``atlas_raw``: ``raw_images``, when given)."""
     out = {}
     for side in SIDES:
         entry = {}
@@ -114,6 +145,8 @@ def score(subject_dirs: list[Path], summaries: list[dict]) -> dict:
         entry["wdice"] = median_pairwise_weighted_dice([density_in_mni(d, side) for d in subject_dirs])
         out[side] = entry
     out["atlas"] = atlas_reference(subject_dirs)
+    if raw_images:
+        out["atlas_raw"] = atlas_reference(subject_dirs, raw_images)
     return out
 
 
@@ -145,13 +178,13 @@ def table(names: list[str], scores: dict) -> list[str]:
             lines.append(f"{side:<7}{label:<20}{entry[key]:<30.3f}{'':>8}{'':>9}{'≥' + str(TARGETS[key]):>12}  "
                          f"{'yes' if ok else 'NO'}")
     lines += ["", f"all targets met: {'yes' if met_all else 'no'}"]
-    if "atlas" in scores:
-        lines += ["", f"reference, no tractography: FA inside the Juelich CST map (level by level between MNI z "
-                      f"{PROFILE_START_Z_MM:g} and {PROFILE_END_Z_MM:g} mm, each scan's FA warped with its own "
-                      f"registration)"]
-        for side in SIDES:
-            ref = scores["atlas"][side]
-            lines.append(f"{side:<7}{'atlas FA mean':<20}{', '.join(f'{v:.3f}' for v in ref['values']):<30}"
+    lines += ["", f"reference, no tractography: FA inside the Juelich CST map (level by level between MNI z "
+                  f"{PROFILE_START_Z_MM:g} and {PROFILE_END_Z_MM:g} mm, each scan's FA warped with its run's "
+                  f"registration); 'raw': a DIPY tensor fit of the imported series, no preprocessing"]
+    for key, label in (("atlas", "atlas FA mean"), ("atlas_raw", "raw atlas FA mean")):
+        for side in SIDES if key in scores else ():
+            ref = scores[key][side]
+            lines.append(f"{side:<7}{label:<20}{', '.join(f'{v:.3f}' for v in ref['values']):<30}"
                          f"  spread {ref['spread']:.3f}   level-profile r {ref['profile_r']:.3f}")
     return lines
 
@@ -172,13 +205,14 @@ def main(argv=None) -> int:
         print(f"{CANON} not found: the Canon scans are needed (../shared/data next to the project)", file=sys.stderr)
         return 1
     flags = shlex.split(args.flags)
-    dirs, summaries = [], []
+    dirs, summaries, raw = [], [], []
     for i, (name, inputs) in enumerate(scans.items()):
         out = args.out / f"scan{i}"
         summaries.append(run_scan(name, flags, out, args.out / "work" / f"scan{i}", args.nprocs, inputs=inputs))
         dirs.append(out / "sub-01")
+        raw.append(raw_fa(import_scan(inputs, args.out / f"import{i}")))
     lines = [machine_line(), f"pipeline flags: {args.flags or '(defaults)'}", "",
-             *table(list(scans), score(dirs, summaries))]
+             *table(list(scans), score(dirs, summaries, raw))]
     publish("\n".join(lines), args.table)
     return 0
 

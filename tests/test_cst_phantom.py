@@ -367,11 +367,11 @@ def test_streamline_weighted_means_count_each_crossing():
     z = np.arange(0.0, 22.5, 0.5)
     core = [np.stack([np.full_like(z, 2.0), np.full_like(z, 2.0), z], axis=1)] * 9
     stray = [np.stack([np.full_like(z, 8.0), np.full_like(z, 2.0), z], axis=1)]
-    voxel = bundle_metrics(core + stray, {"fa": fa}, affine, 8.0, weighting="voxel")
-    weighted = bundle_metrics(core + stray, {"fa": fa}, affine, 8.0, weighting="streamlines")
+    voxel = bundle_metrics(core + stray, {"fa": fa}, affine, weighting="voxel")
+    weighted = bundle_metrics(core + stray, {"fa": fa}, affine, weighting="streamlines")
     assert voxel["volume_mm3"] == weighted["volume_mm3"] == 2 * 12 * 8.0
     assert voxel["fa_mean"] == pytest.approx(0.45)  # two columns, once each
     assert weighted["fa_mean"] == pytest.approx((9 * 0.7 + 0.2) / 10)
     assert weighted["fa_std"] == pytest.approx(np.sqrt(0.9 * 0.1) * 0.5)
     with pytest.raises(Exception, match="weighting"):
-        bundle_metrics(core, {"fa": fa}, affine, 8.0, weighting="points")
+        bundle_metrics(core, {"fa": fa}, affine, weighting="points")

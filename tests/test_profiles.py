@@ -90,7 +90,7 @@ def test_bundle_metrics_on_known_maps():
     bundle = _straight_bundle()
     mask = bundle_mask(bundle, SHAPE, AFFINE)
     fa[mask] = np.linspace(0.4, 0.6, int(mask.sum()))
-    m = bundle_metrics(bundle, {"fa": fa, "md": md}, AFFINE, voxel_volume_mm3=8.0, weighting="voxel")
+    m = bundle_metrics(bundle, {"fa": fa, "md": md}, AFFINE, weighting="voxel")
     assert m["streamline_count"] == 40
     assert m["mean_length_mm"] == pytest.approx(80.0)
     # streamlines within |x|, |y| <= 3 mm, z 0..80 mm: voxels x,y centred at -2, 0, 2 ... (9 columns) x 41 slices
@@ -99,7 +99,7 @@ def test_bundle_metrics_on_known_maps():
     assert m["fa_mean"] == pytest.approx(0.5)
     assert m["fa_std"] == pytest.approx(np.linspace(0.4, 0.6, int(mask.sum())).std())
     assert m["md_mean"] == pytest.approx(0.9e-3) and m["md_std"] == pytest.approx(0.0, abs=1e-12)
-    empty = bundle_metrics([], {"fa": fa}, AFFINE, 8.0)
+    empty = bundle_metrics([], {"fa": fa}, AFFINE)
     assert empty["streamline_count"] == 0 and empty["volume_mm3"] == 0.0
     assert math.isnan(empty["fa_mean"]) and math.isnan(empty["mean_length_mm"])
 
@@ -166,8 +166,7 @@ def test_end_to_end_on_a_tracked_tract():
     # relative depth of the dip: 30 % (edge streamlines sample a little background FA at
     # every node, which lowers the whole profile by a few per cent but not the ratio)
     assert profile.min() / np.median(profile) == pytest.approx(0.7, abs=0.03)
-    voxel_volume = 8.0
-    m = bundle_metrics(bundle, {"fa": fa}, field["affine"], voxel_volume)
+    m = bundle_metrics(bundle, {"fa": fa}, field["affine"])
     truth = fa[field["left"]]
     assert abs(m["fa_mean"] - truth.mean()) < 0.05
     assert m["mean_length_mm"] == pytest.approx(np.mean(streamline_lengths(bundle)))
@@ -221,13 +220,13 @@ def test_density_volume_keeps_the_body_and_does_not_grow_with_the_count():
     stray = [np.column_stack([np.full_like(z, 10.0), np.zeros_like(z), z])]
     fa = {"fa": np.full(SHAPE, 0.5)}
     line_voxels = 21   # z = 0, 2, ..., 40 mm on the 2 mm grid
-    m = bundle_metrics(body + stray, fa, AFFINE, 8.0)
+    m = bundle_metrics(body + stray, fa, AFFINE)
     assert m["volume_mm3"] == pytest.approx(2 * line_voxels * 8.0)
     assert 1 < DENSITY_SHARE * 41 <= 40
     assert m["density_volume_mm3"] == pytest.approx(line_voxels * 8.0)
-    doubled = bundle_metrics(2 * (body + stray), fa, AFFINE, 8.0)
+    doubled = bundle_metrics(2 * (body + stray), fa, AFFINE)
     assert doubled["density_volume_mm3"] == m["density_volume_mm3"]
-    assert bundle_metrics([], fa, AFFINE, 8.0)["density_volume_mm3"] == 0.0
+    assert bundle_metrics([], fa, AFFINE)["density_volume_mm3"] == 0.0
 
 
 def test_core_means_are_the_middle_nodes():
@@ -275,3 +274,31 @@ def test_anchored_profile_leaves_nodes_below_a_late_start_nan():
     assert np.isnan(profile[missing]).all()
     late = levels > start + 0.5
     np.testing.assert_allclose(profile[late], levels[late], atol=0.6)
+
+
+def test_volumes_do_not_depend_on_the_scan_grid():
+    """The same streamlines measured with maps on a 2 mm axial grid and on a 3 mm grid turned
+    by 20° (a sagittally sliced, angulated scan): identical volumes, counted on the 2 mm
+    world-aligned grid. A line along z from 0 to 40 mm at x = y = 0 passes the 21 voxels
+    centred at z = 0, 2, ..., 40 mm of that grid."""
+    from nibabel.eulerangles import euler2mat
+
+    from csttool_nipype.science.bundles import world_grid
+    from csttool_nipype.science.profiles import VOLUME_GRID_MM, bundle_metrics
+
+    assert VOLUME_GRID_MM == 2.0
+    z = np.linspace(0.0, 40.0, 81)
+    body = [np.column_stack([np.zeros_like(z), np.zeros_like(z), z])] * 40
+    stray = [np.column_stack([np.full_like(z, 10.0), np.zeros_like(z), z])]
+    turned = np.eye(4)
+    turned[:3, :3] = euler2mat(0.0, np.deg2rad(20.0), 0.0) @ np.diag([3.0, 3.0, 3.0])
+    turned[:3, 3] = [-30.0, -30.0, -20.0]
+    axial = bundle_metrics(body + stray, {"fa": np.full(SHAPE, 0.5)}, AFFINE)
+    angled = bundle_metrics(body + stray, {"fa": np.full((30, 30, 30), 0.5)}, turned)
+    for key in ("volume_mm3", "density_volume_mm3"):
+        assert axial[key] == angled[key]
+    assert angled["density_volume_mm3"] == 21 * 8.0 and angled["volume_mm3"] == 2 * 21 * 8.0
+    shape, affine = world_grid(body + stray, 2.0)
+    assert np.allclose(np.diag(affine)[:3], 2.0) and np.allclose(affine[:3, 3] % 2.0, 0.0)
+    corners = affine[:3, :3] @ np.array([[0, 0, 0], np.array(shape) - 1]).T + affine[:3, 3:]
+    assert (corners[:, 0] < [0, 0, 0]).all() and (corners[:, 1] > [10, 0, 40]).all()

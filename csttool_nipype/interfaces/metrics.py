@@ -71,7 +71,6 @@ class CSTMetrics(StageInterface):
 
         ref = nib.load(self.inputs.in_fa)
         maps = {m: np.asarray(nib.load(getattr(self.inputs, f"in_{m}")).dataobj, np.float32) for m in SCALARS}
-        voxel_volume = float(np.prod(ref.header.get_zooms()[:3]))
         metrics, profiles = {}, {}
         n_nodes = int(self.inputs.n_nodes)
         coverage = self._optional_json("in_coverage") or {}
@@ -81,7 +80,7 @@ class CSTMetrics(StageInterface):
                  if isdefined(self.inputs.in_mni_z) else None)
         for side in ("left", "right"):
             bundle = load_trk(getattr(self.inputs, f"in_{side}"))
-            metrics[side] = bundle_metrics(bundle, maps, ref.affine, voxel_volume, weighting=self.inputs.weighting)
+            metrics[side] = bundle_metrics(bundle, maps, ref.affine, weighting=self.inputs.weighting)
             if len(bundle):  # oriented, resampled and weighted once for the four maps
                 profiles[side] = tract_profiles(bundle, {m: maps[m] for m in SCALARS}, ref.affine, n_nodes,
                                                 missing_length_mm=float(missing.get(side, 0.0)), mni_z=mni_z)

@@ -352,14 +352,16 @@ def _extraction(m: Methods, config) -> str:
 
 
 def _metrics(m: Methods, config) -> str:
-    from ..science.profiles import N_NODES, PROFILE_END_Z_MM, PROFILE_START_Z_MM
+    from ..science.profiles import DENSITY_SHARE, N_NODES, PROFILE_END_Z_MM, PROFILE_START_Z_MM, VOLUME_GRID_MM
 
     weighting = ("each voxel weighted by the number of streamlines through it (the mean along the tract)"
                  if config.metrics_weighting == "streamlines" else "each visited voxel counted once")
     cite = m.cite("yeatman2012")
     return (
-        f"FA, MD, RD and AD were averaged over the voxels each tract visits, {weighting}; the tract volume is the "
-        f"number of visited voxels times the voxel volume (mm³). Tract profiles sample each map (trilinear) at "
+        f"FA, MD, RD and AD were averaged over the voxels each tract visits, {weighting}. Tract volumes were "
+        f"counted on one grid of {_g(VOLUME_GRID_MM)} mm cubes aligned with the scanner axes, whatever the voxel "
+        f"size and slice orientation of the scan: the volume of the cubes any streamline visits, and the density "
+        f"volume of those at least {_g(100 * DENSITY_SHARE)} % of the tract's streamlines pass (mm³). Tract profiles sample each map (trilinear) at "
         f"{N_NODES} equidistant nodes of each streamline's stretch between two levels of MNI z (the subject-space "
         f"surfaces of z = {_g(PROFILE_START_Z_MM)} mm in the upper pons and z = {_g(PROFILE_END_Z_MM)} mm at the top "
         f"of the tract's compact trunk), weighting streamlines by exp(−d²/2) of "

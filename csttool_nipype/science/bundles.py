@@ -55,6 +55,7 @@ __all__ = [
     "clip_to_rois",
     "extract_cst",
     "density_map",
+    "world_grid",
     "bundle_mask",
     "dice",
 ]
@@ -441,6 +442,32 @@ def density_map(bundle, shape, affine: np.ndarray) -> np.ndarray:
     pairs = np.sort(ids[new].astype(np.int64) * n_vox + lin[new])
     pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]  # each (streamline, voxel) once
     return np.bincount(pairs % n_vox, minlength=n_vox).astype(np.int64).reshape(shape)
+
+
+def world_grid(bundle, voxel_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A grid of ``voxel_mm`` cubes aligned with the world (RAS+) axes that holds a bundle.
+
+    Voxel centres lie at integer multiples of ``voxel_mm`` (world mm), whatever grid the
+    bundle was tracked on, so voxel counts on it do not depend on the scan's voxel size,
+    slice orientation or field-of-view origin. One voxel of margin on every side.
+
+    Returns
+    -------
+    shape : tuple of 3 int
+    affine : ndarray, (4, 4)
+        Voxel-to-world affine (``voxel_mm`` on the diagonal).
+    """
+    h = float(voxel_mm)
+    if not h > 0:
+        raise InputError(None, f"voxel_mm must be positive, got {voxel_mm!r}")
+    points = Packed.of(bundle).points
+    if len(points) == 0:
+        return (1, 1, 1), np.diag([h, h, h, 1.0])
+    lo = np.floor(points.min(axis=0) / h) - 1
+    hi = np.ceil(points.max(axis=0) / h) + 1
+    affine = np.diag([h, h, h, 1.0])
+    affine[:3, 3] = lo * h
+    return tuple(int(n) for n in hi - lo + 1), affine
 
 
 def bundle_mask(bundle, shape, affine: np.ndarray, *, min_count: int = 1) -> np.ndarray:

@@ -37,7 +37,7 @@ import pandas as pd
 
 from ..config import METRICS_WEIGHTINGS, PipelineConfig
 from ..errors import InputError
-from .bundles import density_map
+from .bundles import density_map, world_grid
 from .cleaning import POSITION_FLOOR_MM, node_mahalanobis
 from .coverage import PROFILE_START_Z_MM
 from .streamlines import Packed, resample_streamlines, streamline_lengths
@@ -84,6 +84,12 @@ MIN_NODE_SUPPORT = 0.5
 #: different counts get the same density volume. One in twenty keeps the tract's body and
 #: drops the fringe that single streamlines make.
 DENSITY_SHARE = 0.05
+#: Voxel size (mm) of the grid the volumes are counted on: cubes aligned with the world axes
+#: (:func:`~.bundles.world_grid`), the same for every scan. Counted on the scan's own grid, a
+#: tract a few voxels wide occupies a number of voxels that depends on the voxel size and on
+#: how the slices are angled across it; on one fixed grid only the tract decides. 2 mm: the
+#: template grid the registration runs on, finer than the 2.5-3 mm of clinical protocols.
+VOLUME_GRID_MM = 2.0
 #: Profile nodes whose means are reported as the tract's core (``<map>_core_mean``): the
 #: middle 60 of 100, away from the ends (the pons, where the transverse pontine fibres cross the
 #: tract, and the corona radiata, where others cross it) and from where partial fields of view
@@ -329,9 +335,9 @@ def bundle_metrics(
     bundle,
     maps: Mapping[str, np.ndarray],
     affine: np.ndarray,
-    voxel_volume_mm3: float,
     *,
     weighting: str = "streamlines",
+    volume_grid_mm: float = VOLUME_GRID_MM,
 ) -> dict:
     """Summary numbers of one bundle.
 
@@ -344,23 +350,23 @@ def bundle_metrics(
         ``ad``; diffusivities in mm^2/s).
     affine : ndarray, shape (4, 4)
         Voxel-to-world affine of the maps.
-    voxel_volume_mm3 : float
-        Volume of one voxel in mm^3.
     weighting : {"voxel", "streamlines"}
         ``"voxel"``: every visited voxel counts once. ``"streamlines"``: a voxel counts
         once per streamline passing through it (:func:`~.bundles.density_map`), so a voxel
         at the bundle's edge that one stray streamline touches weighs 1/1000 of a core
         voxel that every streamline crosses (measured on the phantom: ``docs/decisions.md``,
         "science/profiles.py").
+    volume_grid_mm : float
+        Voxel size of the world-aligned grid the volumes are counted on (:data:`VOLUME_GRID_MM`).
 
     Returns
     -------
     metrics : dict
-        ``streamline_count`` (int), ``mean_length_mm``, ``volume_mm3`` (voxels visited
-        by at least one streamline x voxel volume), ``density_volume_mm3`` (voxels that at
-        least :data:`DENSITY_SHARE` of the streamlines pass through x voxel volume) and, per map, ``<name>_mean`` and
-        ``<name>_std`` (population SD, same weights) over the voxels visited, NaN voxels
-        left out. Means are NaN for an empty bundle.
+        ``streamline_count`` (int), ``mean_length_mm``, ``volume_mm3`` (mm³ of the
+        ``volume_grid_mm`` voxels visited by at least one streamline), ``density_volume_mm3``
+        (mm³ of those that at least :data:`DENSITY_SHARE` of the streamlines pass through)
+        and, per map, ``<name>_mean`` and ``<name>_std`` (population SD, same weights) over
+        the map voxels visited, NaN voxels left out. Means are NaN for an empty bundle.
     """
     if not maps:
         raise InputError(None, "bundle_metrics needs at least one map (for the grid shape)")
@@ -372,9 +378,11 @@ def bundle_metrics(
     out["mean_length_mm"] = float(streamline_lengths(bundle).mean()) if n else float("nan")
     counts = density_map(bundle, shape, affine) if n else np.zeros(shape, np.int64)
     mask = counts > 0
-    out["volume_mm3"] = float(mask.sum() * float(voxel_volume_mm3))
-    core = counts >= max(1, math.ceil(DENSITY_SHARE * n))
-    out["density_volume_mm3"] = float(core.sum() * float(voxel_volume_mm3)) if n else 0.0
+    grid_shape, grid_affine = world_grid(bundle, volume_grid_mm)
+    on_grid = density_map(bundle, grid_shape, grid_affine) if n else np.zeros(grid_shape, np.int64)
+    cube = float(volume_grid_mm) ** 3
+    out["volume_mm3"] = float((on_grid > 0).sum() * cube)
+    out["density_volume_mm3"] = float((on_grid >= max(1, math.ceil(DENSITY_SHARE * n))).sum() * cube) if n else 0.0
     for name, arr in maps.items():
         arr = np.asarray(arr, dtype=np.float64)
         if arr.shape[:3] != tuple(shape):
