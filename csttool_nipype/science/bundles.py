@@ -8,6 +8,16 @@
    given, the same-side ``capsule_<side>`` waypoint,
 3. touch no ``midline`` exclusion ROI (when given) and stay on their own side of the
    mid-sagittal plane, which is placed from the ROIs (see :func:`csttool_nipype.science.midline.midline_plane`),
+4. touch no :data:`CST_EXCLUSION_ROIS` (when given): the ``thalamus``. The corticospinal
+   tract runs lateral to the thalamus, in the posterior limb of the internal capsule, and
+   below it in the crus cerebri; the sensory pathway from the brainstem (the medial
+   lemniscus, relayed in the ventral posterior thalamus) reaches the same capsule and the
+   same sensorimotor cortex, so without this rule tensor streamlines through the thalamus
+   pass every other rule. On the Philips and Canon test scans they were 20-35 % of a side's
+   bundle, crossed the midbrain medial and posterior to the cerebral peduncle (outside the
+   Juelich CST map) with lower FA, and made a field of view cut at the peduncles, whose CST
+   starts in the template CST at its lowest level, measure 0.02-0.04 higher FA than the
+   whole scan (``docs/decisions.md``, "#18 thalamus").
 
 then orients every streamline inferior to superior (first point at the brainstem end),
 cuts it to the stretch between the brainstem and the cortical target (:func:`clip_to_rois`;
@@ -46,6 +56,7 @@ _D = PipelineConfig()   # the pipeline's defaults are this module's
 
 __all__ = [
     "CST_SEED_ROIS",
+    "CST_EXCLUSION_ROIS",
     "SIDES",
     "roi_hits",
     "select_cst",
@@ -68,6 +79,8 @@ LOGGER = logging.getLogger(__name__)
 #: there the tract is followed both ways, and its count is the number of streamlines from a
 #: fixed seed density in a region of fixed anatomical size that meet the definition.
 CST_SEED_ROIS = ("capsule_left", "capsule_right")
+#: ROIs no CST streamline may touch, on either side (see the module docstring).
+CST_EXCLUSION_ROIS = ("thalamus",)
 
 
 # ----------------------------------------------------------------------------- ROIs
@@ -172,7 +185,7 @@ def _through_rois(packed: Packed, candidates: np.ndarray, rois, affine, *, side:
                   exclusion: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """The ``candidates`` (indices into ``packed``) that pass through the brainstem, the
     side's cortical target (:func:`target_key`) and, when given, its capsule waypoint, without touching
-    ``exclusion``; and the names of the ROIs required."""
+    ``exclusion`` or the :data:`CST_EXCLUSION_ROIS` given; and the names of the ROIs required."""
     required = [start_key(rois), target_key(rois, side)]
     if rois.get(f"capsule_{side}") is not None:
         required.append(f"capsule_{side}")
@@ -181,8 +194,10 @@ def _through_rois(packed: Packed, candidates: np.ndarray, rois, affine, *, side:
     ok = np.ones(len(candidates), dtype=bool)
     for key in required:
         ok &= any_per_streamline(subset.ids, lookup.in_roi(rois[key]), len(subset))
-    if exclusion is not None:
-        ok &= ~any_per_streamline(subset.ids, lookup.in_roi(exclusion), len(subset))
+    excluded = [exclusion] + [rois.get(key) for key in CST_EXCLUSION_ROIS]
+    for roi in excluded:
+        if roi is not None:
+            ok &= ~any_per_streamline(subset.ids, lookup.in_roi(roi), len(subset))
     return candidates[ok], required
 
 
@@ -312,7 +327,8 @@ def extract_cst(
         ``precentral_right`` are required; ``cortex_left`` / ``cortex_right`` (the
         sensorimotor cortex: the cortical target instead of the precentral gyrus, see
         :func:`target_key`), ``capsule_left`` / ``capsule_right`` (waypoints) and
-        ``midline`` (exclusion, also defines the mid-sagittal plane) are optional.
+        ``midline`` (exclusion, also defines the mid-sagittal plane) and ``thalamus``
+        (exclusion, :data:`CST_EXCLUSION_ROIS`) are optional.
     affine : ndarray, shape (4, 4)
         Voxel-to-world affine of the ROIs.
     side : {"left", "right"}

@@ -33,6 +33,14 @@ ROIs (boolean masks on the subject grid)
 ``peduncle_left``, ``peduncle_right``
     The same Juelich maps between MNI z = -20 and -8 mm: the cerebral peduncles, an
     inclusion waypoint just above the pons.
+``thalamus``
+    Harvard-Oxford ``Left_Thalamus`` and ``Right_Thalamus`` (the larger probability)
+    >= 50 %, both sides: an exclusion region for corticospinal streamlines. The CST runs
+    lateral to the thalamus, in the posterior limb of the internal capsule, and below it in
+    the crus cerebri; a streamline through the thalamus belongs to the sensory pathway
+    that shares the capsule and the sensorimotor cortex with it (the medial lemniscus
+    relayed in the ventral posterior thalamus to the postcentral gyrus), see
+    :mod:`csttool_nipype.science.bundles`.
 ``midline``
     A one-voxel-thick sagittal surface at MNI x = 0 (voxels with MNI x >= 0 that have a
     face neighbour with MNI x < 0, so that no path between the hemispheres can avoid
@@ -68,7 +76,7 @@ from .transforms import RegistrationResult, subject_to_mni_points, check_affine 
 logger = logging.getLogger(__name__)
 
 #: Thresholds applied to the warped probability maps (fractions, not percent).
-THRESHOLDS = {"brainstem": 0.5, "precentral": 0.10, "cst": 0.25}
+THRESHOLDS = {"brainstem": 0.5, "precentral": 0.10, "cst": 0.25, "thalamus": 0.5}
 #: MNI z ranges (mm, inclusive) of the CST waypoints.
 CAPSULE_Z_MM = (0.0, 12.0)
 PEDUNCLE_Z_MM = (-20.0, -8.0)
@@ -93,6 +101,7 @@ _ROI_SOURCES = {
     "capsule_right": ("juelich", "WM_Corticospinal_tract_R", "cst", CAPSULE_Z_MM, "right"),
     "peduncle_left": ("juelich", "WM_Corticospinal_tract_L", "cst", PEDUNCLE_Z_MM, "left"),
     "peduncle_right": ("juelich", "WM_Corticospinal_tract_R", "cst", PEDUNCLE_Z_MM, "right"),
+    "thalamus": ("harvard_oxford", ("Left_Thalamus", "Right_Thalamus"), "thalamus", None, None),
 }
 _PRIOR_SOURCES = {
     "cst_prior_left": ("juelich", "WM_Corticospinal_tract_L", "left"),
