@@ -126,6 +126,32 @@ def test_midline_roi_excludes_streamlines_touching_it():
                       midline_tolerance_mm=5.0).tolist() == [0]
 
 
+# runs up through a block medial to LEFT_OK's path (the thalamus below) before it joins the
+# capsule: what the sensory pathway from the brainstem through the thalamus looks like
+THALAMIC = _line((31, 9, 2), (31, 9, 22), (21, 9, 29), (13, 9, 54))
+
+
+def test_thalamus_roi_excludes_streamlines_through_it():
+    rois = _rois()
+    assert select_cst([LEFT_OK, THALAMIC], rois, AFFINE, side="left").tolist() == [0, 1]
+    thalamus = np.zeros(SHAPE, bool)
+    thalamus[12:15, :, 10:14] = True  # x 29..33 mm, z 20..26 mm: medial to LEFT_OK (x 22..25 mm there)
+    rois["thalamus"] = thalamus
+    assert roi_hits([LEFT_OK, THALAMIC], thalamus, AFFINE).tolist() == [False, True]
+    assert select_cst([LEFT_OK, THALAMIC], rois, AFFINE, side="left").tolist() == [0]
+    for midline in ("cut", "reject"):
+        bundle = extract_cst([LEFT_OK, THALAMIC], rois, AFFINE, side="left", clip=False, midline=midline)
+        assert len(bundle) == 1, midline
+        np.testing.assert_allclose(bundle[0], LEFT_OK)
+    # a cut field of view: the CST starts in ``cst_start`` instead of the brainstem; same rule
+    start = np.zeros(SHAPE, bool)
+    start[10:15, :, 4:6] = True  # x 25..33 mm, z 8..10 mm: both streamlines pass it
+    partial = {**rois, "cst_start": start}
+    assert select_cst([LEFT_OK, THALAMIC], partial, AFFINE, side="left").tolist() == [0]
+    no_thalamus = {k: v for k, v in partial.items() if k != "thalamus"}
+    assert select_cst([LEFT_OK, THALAMIC], no_thalamus, AFFINE, side="left").tolist() == [0, 1]
+
+
 def test_extract_cst_orients_from_brainstem_and_keeps_small_bundles():
     rois = _rois()
     sl = ArraySequence([LEFT_REVERSED, CROSSING, LEFT_OK])

@@ -164,21 +164,13 @@ def test_cropped_scan_gives_both_csts_flagged_partial(scan, level, cropped):
     assert coverage["partial"] and coverage["covered"]
 
 
-#: Mean FA over the common nodes, cropped minus whole scan (left / right; measured 2026-12-06 with
-#: the #17 bundle definition, CST tracked from the internal capsules to the sensorimotor cortex):
-#: Canon pons -0.009 / +0.001, peduncle +0.022 / +0.007; Philips pons +0.004 / -0.002, peduncle
-#: +0.022 / +0.006 (before #17: Canon peduncle +0.017 / +0.007, Philips +0.025 / +0.011). Cropped
-#: at the peduncles, both scans' left side is just beyond 0.02: the cropped scan's CST starts in a
-#: two-voxel band at its lowest imaged level and holds other streamlines (its preprocessing, mask
-#: and registration differ near the cut; Canon 400 against 473 left streamlines, Philips 357
-#: against 497). For the Philips scan it was beyond 0.02 at every node shift of -4 to +4 (not an
-#: offset of the node scale). They stay expected failures that print the numbers. With the profiles
-#: anchored between MNI z = -27 and 25 mm (#17 profiles, 2026-12-06) the common nodes are the stretch
-#: from the cut to the top of the trunk only, where the cut's edge weighs more: Canon pons -0.012 /
-#: +0.001, peduncle +0.035 / +0.014; Philips pons +0.006 / -0.013, peduncle +0.040 / +0.019.
-PENDING = pytest.mark.xfail(strict=False, reason="cropped at the peduncles: left mean FA over the common nodes "
-                                                 "0.035-0.040 above the whole scan's")
-FA_CASES = [pytest.param(scan, level, marks=PENDING if level == "peduncle" else ()) for scan, level in CASES]
+#: Mean FA over the common nodes, cropped minus whole scan (left / right), measured 2026-12-06 with
+#: the thalamus excluded from every CST (#18, docs/decisions.md "#18 thalamus"): Canon pons -0.006 /
+#: -0.010, peduncle +0.014 / -0.009; Philips pons -0.009 / -0.004, peduncle +0.002 / +0.005. Before
+#: (#17 bundle definition, profiles anchored between MNI z = -27 and 25 mm) the peduncle crops were
+#: +0.035 / +0.014 and +0.040 / +0.019: the cropped scan's CST starts in the template CST at its
+#: lowest imaged level, which left out the streamlines that run through the thalamus and cross the
+#: midbrain medial and posterior to the peduncle (lower FA), while the whole scan kept them.
 
 
 @pytest.mark.parametrize("scan, level", CASES)
@@ -196,7 +188,7 @@ def test_profile_nodes_below_the_field_of_view_are_nan(scan, level, cropped):
         assert part["left"].iloc[:10].isna().all() and part["right"].iloc[:10].isna().all()
 
 
-@pytest.mark.parametrize("scan, level", FA_CASES)
+@pytest.mark.parametrize("scan, level", CASES)
 def test_mean_fa_over_the_common_nodes_matches_the_whole_scan(scan, level, cropped):
     full, cut, _ = cropped(scan, level)
     whole, part = _fa_profiles(full), _fa_profiles(cut)

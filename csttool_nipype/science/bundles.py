@@ -13,11 +13,11 @@
    below it in the crus cerebri; the sensory pathway from the brainstem (the medial
    lemniscus, relayed in the ventral posterior thalamus) reaches the same capsule and the
    same sensorimotor cortex, so without this rule tensor streamlines through the thalamus
-   pass every other rule. On the Philips and Canon test scans they were 20-35 % of a side's
-   bundle, crossed the midbrain medial and posterior to the cerebral peduncle (outside the
-   Juelich CST map) with lower FA, and made a field of view cut at the peduncles, whose CST
-   starts in the template CST at its lowest level, measure 0.02-0.04 higher FA than the
-   whole scan (``docs/decisions.md``, "#18 thalamus").
+   pass every other rule. On the Philips and three Canon test scans they were a fifth to a
+   half of a side's bundle, crossed the midbrain medial and posterior to the cerebral
+   peduncle (outside the Juelich CST map) with lower FA, and made a field of view cut at the
+   peduncles, whose CST starts in the template CST at its lowest level, measure 0.02-0.04
+   higher FA than the whole scan (``docs/decisions.md``, "#18 thalamus").
 
 then orients every streamline inferior to superior (first point at the brainstem end),
 cuts it to the stretch between the brainstem and the cortical target (:func:`clip_to_rois`;
