@@ -127,7 +127,8 @@ OUTPUTS: dict[str, Output] = {
                         (*_DWI, ("label", "WM"), ("desc", "template")), "probseg"),
     "roi_labels": _map("Atlas ROIs in subject space: 1 brainstem, 2/3 precentral L/R, 4/5 internal capsule L/R, "
                        "6/7 cerebral peduncle L/R, 8 midline, 9/10 postcentral gyrus and supplementary motor area "
-                       "L/R (with 2/3 the sensorimotor cortex, where the CST ends)", (*_DWI, ("desc", "cstrois")), "dseg"),
+                       "L/R (with 2/3 the sensorimotor cortex, where the CST ends), 11 thalamus (no CST streamline "
+                       "touches it)", (*_DWI, ("desc", "cstrois")), "dseg"),
     "coverage": Output("dwi", "qc", ".json", (("desc", "roicoverage"),),
                        "Field-of-view coverage of the atlas ROIs and of the template CST (MNI extent imaged, flags)"),
     # tractography and CST

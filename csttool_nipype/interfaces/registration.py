@@ -74,7 +74,8 @@ class _RoisOutputSpec(TraitedSpec):
 
 #: ROI name -> label value in the label image (for figures and BIDS dseg output).
 ROI_LABELS = {"brainstem": 1, "precentral_left": 2, "precentral_right": 3, "capsule_left": 4, "capsule_right": 5,
-              "peduncle_left": 6, "peduncle_right": 7, "midline": 8, "cortex_left": 9, "cortex_right": 10}
+              "peduncle_left": 6, "peduncle_right": 7, "midline": 8, "cortex_left": 9, "cortex_right": 10,
+              "thalamus": 11}
 
 
 class CSTRois(StageInterface):

@@ -35,6 +35,7 @@ ROI_LABELS = {
     8: ("midline", "#f0f0f0"),
     9: ("postcentral gyrus + SMA L", "#fdd0a2"),
     10: ("postcentral gyrus + SMA R", "#c6dbef"),
+    11: ("thalamus (excluded)", "#b15928"),
 }
 
 # (plane, axis through which we slice, the two displayed axes, edge letters L, R, B, T)
