@@ -127,7 +127,7 @@ class PipelineConfig:
     cst_seed_density : float
         Seeds per mm³ of the CST tractography, seeded in the posterior limbs of both internal
         capsules (the Juelich CST waypoints, where FA is above the threshold), which every
-        corticospinal fibre passes; 1 is 27 seeds per 3 mm voxel (about 1000 per side). The
+        corticospinal fibre passes; 2 is 54 seeds per 3 mm voxel (about 2000 per side). The
         CST count is the number of these streamlines that meet the CST definition, so it
         compares between scans of one protocol (why: docs/decisions.md, "#17 bundle definition").
     cst_midline : {"reject", "cut"}
@@ -174,7 +174,7 @@ class PipelineConfig:
     tracking_smoothing_mm: float = 0.0
     cst_min_length_mm: float = 40.0
     cst_clip_end: str = "first"
-    cst_seed_density: float = 1.0
+    cst_seed_density: float = 2.0
     cst_midline: str = "cut"
     metrics_weighting: str = "streamlines"
     min_streamlines: int = 10
