@@ -25,7 +25,7 @@ OTHER_VALUES = {
     "preproc_region": "all", "tensor_fit_method": "OLS", "template_resolution_mm": 1.5,
     "tracking_method": "probabilistic", "seed_density": 0.25, "step_size_mm": 0.8, "fa_threshold": 0.15,
     "max_angle_deg": 30.0, "min_length_mm": 25.0, "max_length_mm": 200.0, "tracking_smoothing_mm": 2.5,
-    "cst_min_length_mm": 35.0, "cst_clip_end": "last", "cst_midline": "reject", "cst_seed_density": 2.0, "metrics_weighting": "voxel",
+    "cst_min_length_mm": 35.0, "cst_clip_end": "last", "cst_midline": "reject", "cst_seed_density": 1.0, "metrics_weighting": "voxel",
     "min_streamlines": 15, "min_registration_dice": 0.6, "stages": ("import", "preprocess", "tensor"), "seed": 7,
 }
 
