@@ -263,9 +263,10 @@ def resample_between_levels(bundle, mni_z: np.ndarray, affine: np.ndarray, n_nod
     packed = _oriented_packed(bundle)
     n_nodes = int(n_nodes)
     out = np.full((len(packed), n_nodes, 3), np.nan)
+    z_all = sample_nodes(packed.points, mni_z, affine)   # one pass over every point
     for i, (start, count) in enumerate(zip(packed.starts, packed.counts)):
         pts = packed.points[start:start + count]
-        z = sample_nodes(pts, mni_z, affine)
+        z = z_all[start:start + count]
         finite = np.flatnonzero(np.isfinite(z))
         if len(pts) < 2 or not len(finite):
             continue
@@ -376,10 +377,11 @@ def bundle_metrics(
     n = len(bundle)
     out: dict = {"streamline_count": int(n)}
     out["mean_length_mm"] = float(streamline_lengths(bundle).mean()) if n else float("nan")
-    counts = density_map(bundle, shape, affine) if n else np.zeros(shape, np.int64)
+    packed = Packed.of(bundle)   # packed once for both grids
+    counts = density_map(packed, shape, affine) if n else np.zeros(shape, np.int64)
     mask = counts > 0
-    grid_shape, grid_affine = world_grid(bundle, volume_grid_mm)
-    on_grid = density_map(bundle, grid_shape, grid_affine) if n else np.zeros(grid_shape, np.int64)
+    grid_shape, grid_affine = world_grid(packed, volume_grid_mm)
+    on_grid = density_map(packed, grid_shape, grid_affine) if n else np.zeros(grid_shape, np.int64)
     cube = float(volume_grid_mm) ** 3
     out["volume_mm3"] = float((on_grid > 0).sum() * cube)
     out["density_volume_mm3"] = float((on_grid >= max(1, math.ceil(DENSITY_SHARE * n))).sum() * cube) if n else 0.0
