@@ -40,8 +40,10 @@ from _machine import machine_line, publish  # noqa: E402 (benchmarks/ on sys.pat
 from canon_agreement import CANON, CSTTOOL, SCANS, named_flags, run_scan  # noqa: E402
 
 from csttool_nipype import data
+from csttool_nipype.config import B0_THRESHOLD
 from csttool_nipype.derivatives import find
 from csttool_nipype.science.coverage import PROFILE_START_Z_MM
+from csttool_nipype.science.dwi_io import read_dwi
 from csttool_nipype.science.profiles import PROFILE_END_Z_MM
 from csttool_nipype.science.templates import resample_grid
 from csttool_nipype.science.transforms import load_registration, warp_to_mni
@@ -79,18 +81,19 @@ ATLAS_CST = {"left": "WM_Corticospinal_tract_L", "right": "WM_Corticospinal_trac
 
 
 def raw_fa(import_dir: Path) -> nib.Nifti1Image:
-    """FA of a DIPY tensor fit of an imported series (no preprocessing; b=0 intensity mask)."""
+    """FA of a DIPY tensor fit of an imported series (no preprocessing; b=0 intensity mask).
+
+    The series is read with the project's reader (b-vectors in the image's voxel axes, as
+    DIPY's gradient table expects them); the fit is DIPY's own, independent of the pipeline's.
+    """
     from dipy.core.gradients import gradient_table
     from dipy.reconst.dti import TensorModel
 
-    img = nib.load(find(import_dir, "import_dwi"))
-    bvals = np.loadtxt(find(import_dir, "import_bval"), ndmin=1)
-    bvecs = np.loadtxt(find(import_dir, "import_bvec"), ndmin=2)
-    dwi = np.asarray(img.dataobj, np.float32)
-    b0 = dwi[..., bvals < 50].mean(axis=-1)
+    dwi = read_dwi(find(import_dir, "import_dwi"))
+    b0 = dwi.data[..., dwi.bvals <= B0_THRESHOLD].mean(axis=-1)
     mask = b0 > 0.1 * np.percentile(b0, 99)
-    fa = TensorModel(gradient_table(bvals, bvecs=bvecs)).fit(dwi, mask=mask).fa
-    return nib.Nifti1Image(fa.astype(np.float32), img.affine)
+    fa = TensorModel(gradient_table(dwi.bvals, bvecs=dwi.bvecs_voxel)).fit(dwi.data, mask=mask).fa
+    return nib.Nifti1Image(fa.astype(np.float32), dwi.affine)
 
 
 def import_scan(inputs: list[str], out: Path) -> Path:
