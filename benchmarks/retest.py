@@ -53,10 +53,13 @@ from csttool_nipype.science.reliability import (
 
 SIDES = ("left", "right")
 MEASURES = ("fa_mean", "fa_core_mean", "md_mean", "volume_mm3", "density_volume_mm3", "streamline_count")
-#: measure -> limit: FA as max - min, volumes and count as the largest deviation from the mean
-#: (a fraction), profile r and weighted Dice as minima
-TARGETS = {"fa_mean": 0.015, "fa_core_mean": 0.015, "volume_mm3": 0.10, "density_volume_mm3": 0.10,
+#: issue #17's acceptance, measure -> limit: FA as max - min, volumes and count as the largest
+#: deviation from the mean (a fraction), profile r and weighted Dice as minima
+TARGETS = {"fa_mean": 0.015, "volume_mm3": 0.10, "density_volume_mm3": 0.10,
            "streamline_count": 0.15, "profile_r": 0.9, "wdice": 0.75}
+#: shown against the same limit as the whole tract's mean FA, not an acceptance target: the core
+#: nodes (peduncle to capsule) are where a scan's own FA map differs most (the reference rows)
+COMPARED = {"fa_core_mean": 0.015}
 
 
 def profiles(subject_dir: Path, side: str, metric: str = "fa") -> np.ndarray:
@@ -166,9 +169,13 @@ def table(names: list[str], scores: dict) -> list[str]:
                               for v in m["values"])
             goal, met = "", ""
             if key.startswith("fa_"):
-                goal, ok = f"{m['spread']:.3f}≤{TARGETS[key]}", m["spread"] <= TARGETS[key]
-                met = "yes" if ok else "NO"
-                met_all &= ok
+                limit = TARGETS.get(key, COMPARED.get(key))
+                goal, ok = f"{m['spread']:.3f}≤{limit}", m["spread"] <= limit
+                if key in TARGETS:
+                    met = "yes" if ok else "NO"
+                    met_all &= ok
+                else:
+                    met = f"({'within' if ok else 'beyond'}, not a target)"
             elif key in TARGETS:
                 goal, ok = f"±{100 * TARGETS[key]:.0f} %", m["maxdev"] <= TARGETS[key]
                 met = "yes" if ok else "NO"
@@ -180,7 +187,7 @@ def table(names: list[str], scores: dict) -> list[str]:
             met_all &= ok
             lines.append(f"{side:<7}{label:<20}{entry[key]:<30.3f}{'':>8}{'':>9}{'≥' + str(TARGETS[key]):>12}  "
                          f"{'yes' if ok else 'NO'}")
-    lines += ["", f"all targets met: {'yes' if met_all else 'no'}"]
+    lines += ["", f"all targets of issue #17 met: {'yes' if met_all else 'no'}"]
     lines += ["", f"reference, no tractography: FA inside the Juelich CST map (level by level between MNI z "
                   f"{PROFILE_START_Z_MM:g} and {PROFILE_END_Z_MM:g} mm, each scan's FA warped with its run's "
                   f"registration); 'raw': a DIPY tensor fit of the imported series, no preprocessing"]

@@ -14,8 +14,7 @@ storage), and axial AP read straight from gzipped classic DICOM. Per scan and si
 Across the three Canon scans (the same head), per side: mean FA within 0.015 of each
 other; visited volume, density volume within 10 % and streamline count within 15 % of their
 mean; weighted Dice of the density maps in MNI space >= 0.75; median pairwise correlation
-of the FA profiles >= 0.9. Those not met yet are marked as expected failures (:data:`PENDING`;
-the comments above the tests have the numbers).
+of the FA profiles >= 0.9 (the comments above the tests have the measured numbers).
 
 Each run takes a few minutes; the runs are module fixtures shared by the tests. Set
 ``CSTTOOL_QC_DIR`` to a folder to also write a QC picture per scan (both tracts over FA in
@@ -165,7 +164,6 @@ def _canon(side: str, run_scan) -> tuple[dict[str, np.ndarray], str]:
 #: 0.025 apart. The left FA is the closest to its limit: the AP scan's FA map itself is lower inside
 #: the template CST from the brainstem to the capsule (benchmarks/retest.py's reference rows, no
 #: tractography: 0.554, 0.547, 0.505; raw series 0.583, 0.561, 0.533).
-PENDING = pytest.mark.xfail(strict=False, reason="cross-scan agreement of the three Canon scans not reached yet")
 #: metric -> (how agreement is measured, limit): "spread" = max - min, "relative" = largest
 #: deviation from the three scans' mean as a fraction of it.
 AGREEMENT = {"fa_mean": ("spread", 0.015), "volume_mm3": ("relative", 0.10), "streamline_count": ("relative", 0.15),
@@ -190,11 +188,11 @@ def test_canon_scans_of_one_head_agree(key, side, run_scan):
     assert found <= limit, f"{key}: {kind} {found:.3f} > {limit} ({table})"
 
 
-#: Median pairwise r of the 100-node FA profiles (left / right, 0.4.4): 0.894 / 0.891 (0.875 / 0.854
-#: before the thalamus rule). The FA inside the template CST, level by level and without
-#: tractography, correlates at 0.937 / 0.975 (retest.py's reference row): a tract samples a few 3 mm
-#: voxels per level, whose FA at 12 directions is noisier than the atlas tract's level mean.
-@pytest.mark.parametrize("side", [pytest.param("left", marks=PENDING), pytest.param("right", marks=PENDING)])
+#: Median pairwise r of the 100-node FA profiles (left / right): 0.913 / 0.928 with the samples
+#: weighted by the Juelich CST probability (0.4.5); 0.894 / 0.891 with AFQ's Gaussian core weights
+#: (0.4.4). The FA inside the template CST, level by level and without tractography, correlates at
+#: 0.937 / 0.975 (retest.py's reference row).
+@pytest.mark.parametrize("side", ["left", "right"])
 def test_canon_fa_profiles_of_one_head_correlate(side, run_scan):
     profiles = []
     for name in CANON_SCANS:

@@ -302,3 +302,33 @@ def test_volumes_do_not_depend_on_the_scan_grid():
     assert np.allclose(np.diag(affine)[:3], 2.0) and np.allclose(affine[:3, 3] % 2.0, 0.0)
     corners = affine[:3, :3] @ np.array([[0, 0, 0], np.array(shape) - 1]).T + affine[:3, 3:]
     assert (corners[:, 0] < [0, 0, 0]).all() and (corners[:, 1] > [10, 0, 40]).all()
+
+
+def test_prior_weights_count_samples_by_the_atlas_probability_with_a_floor():
+    """Two groups of straight streamlines, one in a voxel column the atlas gives p = 0.8, one where
+    it gives 0: each node weighs them 0.8 : PRIOR_WEIGHT_FLOOR (so the off-atlas group still counts),
+    and a profile of a map that is 0.5 in the first column and 0.9 in the second is their weighted
+    mean, whatever the group sizes' ratio to each other in Gaussian core terms."""
+    from csttool_nipype.science.profiles import PRIOR_WEIGHT_FLOOR, prior_weights, tract_profiles
+
+    x = (np.arange(SHAPE[0]) * 2.0 - 20.0)[:, None, None] * np.ones(SHAPE)
+    prior = np.where(np.abs(x) <= 1.0, 0.8, 0.0)           # the column at world x = 0
+    fa = np.where(np.abs(x) <= 1.0, 0.5, 0.9)
+    z = np.linspace(Z_LO, Z_HI, 161)
+    column = lambda x0: np.stack([np.full_like(z, x0), np.zeros_like(z), z], axis=1)  # noqa: E731
+    on, off = [column(0.0)] * 10, [column(10.0)] * 30
+    weights = prior_weights(np.stack([s[::16][:10] for s in on + off]), prior, AFFINE)
+    assert weights.shape == (40, 10)
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0)
+    np.testing.assert_allclose(weights[0] / weights[-1], 0.8 / PRIOR_WEIGHT_FLOOR)
+    profile = tract_profiles(on + off, {"fa": fa}, AFFINE, prior=prior)["fa"]
+    expected = (10 * 0.8 * 0.5 + 30 * PRIOR_WEIGHT_FLOOR * 0.9) / (10 * 0.8 + 30 * PRIOR_WEIGHT_FLOOR)
+    np.testing.assert_allclose(profile, expected, atol=1e-9)
+    # an atlas that holds none of the tract leaves equal weights: the plain mean
+    nowhere = tract_profiles(on + off, {"fa": fa}, AFFINE, prior=np.zeros(SHAPE))["fa"]
+    np.testing.assert_allclose(nowhere, (10 * 0.5 + 30 * 0.9) / 40, atol=1e-9)
+    # unreached (NaN) nodes weigh nothing
+    nodes = np.stack([s[::16][:10] for s in on + off])
+    nodes[:10, 0] = np.nan
+    w = prior_weights(nodes, prior, AFFINE)
+    assert np.all(w[:10, 0] == 0) and w[:, 0].sum() == pytest.approx(1.0)

@@ -35,6 +35,8 @@ class _MetricsInputSpec(VersionedInputSpec):
     in_coverage = File(exists=True, desc="JSON from the ROI stage: which ROIs the image covers")
     in_mni_z = File(exists=True, desc="MNI z (mm) of every voxel of the FA grid: profiles are anchored between "
                                       "two MNI levels (science.profiles.resample_between_levels)")
+    in_priors = File(exists=True, desc="priors.json {side: path}: the CST probability map of each side on the FA "
+                                       "grid, which weighs the profile samples (science.profiles.prior_weights)")
     n_nodes = traits.Int(100, usedefault=True)
     min_streamlines = traits.Int(_D.min_streamlines, usedefault=True, desc="fewer streamlines on a side raises a flag")
     min_registration_dice = traits.Float(_D.min_registration_dice, usedefault=True, desc="lower WM Dice after warping raises a flag")
@@ -78,12 +80,15 @@ class CSTMetrics(StageInterface):
         missing = extent.get("missing_length_mm", {}) if coverage.get("partial") else {}
         mni_z = (np.asarray(nib.load(self.inputs.in_mni_z).dataobj, np.float32)
                  if isdefined(self.inputs.in_mni_z) else None)
+        priors = {side: np.asarray(nib.load(path).dataobj, np.float32)
+                  for side, path in (self._optional_json("in_priors") or {}).items()}
         for side in ("left", "right"):
             bundle = load_trk(getattr(self.inputs, f"in_{side}"))
             metrics[side] = bundle_metrics(bundle, maps, ref.affine, weighting=self.inputs.weighting)
             if len(bundle):  # oriented, resampled and weighted once for the four maps
                 profiles[side] = tract_profiles(bundle, {m: maps[m] for m in SCALARS}, ref.affine, n_nodes,
-                                                missing_length_mm=float(missing.get(side, 0.0)), mni_z=mni_z)
+                                                missing_length_mm=float(missing.get(side, 0.0)), mni_z=mni_z,
+                                                prior=priors.get(side))
             else:  # an empty side keeps its rows (all NaN), so every table has the same shape
                 profiles[side] = {m: np.full(n_nodes, np.nan) for m in SCALARS}
             metrics[side].update(core_means(profiles[side]))

@@ -70,6 +70,7 @@ class _RoisOutputSpec(TraitedSpec):
     out_labels = File(exists=True, desc="one label image of the ROIs (for figures)")
     out_coverage = File(exists=True, desc="JSON: which ROIs the image covers ('covered', 'reason')")
     out_mni_z = File(exists=True, desc="MNI z (mm) of every voxel of the subject grid (NaN beyond the registration)")
+    out_priors = File(exists=True, desc="priors.json: {side: path} of the Juelich CST probability maps on the subject grid")
 
 
 #: ROI name -> label value in the label image (for figures and BIDS dseg output).
@@ -84,7 +85,9 @@ class CSTRois(StageInterface):
     When the field of view stops above the medulla (``partial`` coverage), ``rois.json``
     also names ``cst_start``: where the CST starts (``science.coverage.start_roi``).
     ``mni_z.nii.gz`` holds the MNI z (mm) of every voxel, which anchors the CST profiles
-    (``science.profiles.resample_between_levels``).
+    (``science.profiles.resample_between_levels``); ``priors.json`` names the Juelich CST
+    probability map of each side on the subject grid, which weighs the profile samples
+    (``science.profiles.prior_weights``).
     """
 
     input_spec = _RoisInputSpec
@@ -118,4 +121,10 @@ class CSTRois(StageInterface):
         self._results["out_coverage"] = write_json(covered, cwd / "coverage.json")
         nib.save(nib.Nifti1Image(np.asarray(rois.mni_z, np.float32), ref.affine), cwd / "mni_z.nii.gz")
         self._results["out_mni_z"] = str(cwd / "mni_z.nii.gz")
+        priors = {}
+        for side in ("left", "right"):
+            priors[side] = str(cwd / f"prior_cst_{side}.nii.gz")
+            nib.save(nib.Nifti1Image(np.asarray(rois.priors[f"cst_prior_{side}"], np.float32), ref.affine),
+                     priors[side])
+        self._results["out_priors"] = write_json(priors, cwd / "priors.json")
         return runtime

@@ -353,7 +353,8 @@ def _extraction(m: Methods, config) -> str:
 
 
 def _metrics(m: Methods, config) -> str:
-    from ..science.profiles import DENSITY_SHARE, N_NODES, PROFILE_END_Z_MM, PROFILE_START_Z_MM, VOLUME_GRID_MM
+    from ..science.profiles import (DENSITY_SHARE, N_NODES, PRIOR_WEIGHT_FLOOR, PROFILE_END_Z_MM, PROFILE_START_Z_MM,
+                                    VOLUME_GRID_MM)
 
     weighting = ("each voxel weighted by the number of streamlines through it (the mean along the tract)"
                  if config.metrics_weighting == "streamlines" else "each visited voxel counted once")
@@ -365,8 +366,9 @@ def _metrics(m: Methods, config) -> str:
         f"volume of those at least {_g(100 * DENSITY_SHARE)} % of the tract's streamlines pass (mm³). Tract profiles sample each map (trilinear) at "
         f"{N_NODES} equidistant nodes of each streamline's stretch between two levels of MNI z (the subject-space "
         f"surfaces of z = {_g(PROFILE_START_Z_MM)} mm in the upper pons and z = {_g(PROFILE_END_Z_MM)} mm at the top "
-        f"of the tract's compact trunk), weighting streamlines by exp(−d²/2) of "
-        f"their node's Mahalanobis distance d from the bundle {cite}. Laterality indices are (L − R)/(L + R). A side "
+        f"of the tract's compact trunk) {cite}, weighting each sample by the probability that the Juelich atlas "
+        f"{m.cite('burgel2006')} gives its side's corticospinal tract there, never less than {_g(PRIOR_WEIGHT_FLOOR)}. "
+        f"Laterality indices are (L − R)/(L + R). A side "
         f"with fewer than {config.min_streamlines} streamlines, and a registration whose white-matter Dice with the "
         f"template is below {_g(config.min_registration_dice)}, are flagged.")
 

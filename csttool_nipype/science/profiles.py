@@ -3,10 +3,21 @@
 Profiles follow AFQ: every streamline is oriented inferior to superior (first point
 lower in world z than the last), resampled to ``n_nodes`` equidistant nodes, the scalar
 map is sampled at each node with trilinear interpolation, and each node's value is a
-weighted mean across streamlines. The weights are Gaussian in the Mahalanobis distance
-``d`` of the streamline's node from the bundle's node cloud, ``exp(-d**2 / 2)``
-normalised per node (dipy's ``gaussian_weights`` uses ``1 / d`` instead, which is
-unbounded for the most central streamline), so streamlines near the core count most.
+weighted mean across streamlines.
+
+The pipeline's weights (given ``prior``, the Juelich CST probability of the side warped to
+the subject, :func:`prior_weights`) are the atlas probability at the node, never below
+:data:`PRIOR_WEIGHT_FLOOR`: a soft inclusion criterion along the whole streamline. At 3 mm
+the edge of a tracked bundle mixes in voxels of its neighbours (transverse pontine fibres,
+medial lemniscus, the thalamus' border), and where a scan's tracking drifts a voxel off the
+tract (a sagittal scan's brainstem path runs 2-4 mm medial of an axial scan's of the same
+head), those samples weigh less; the floor keeps a profile for a tract that the atlas does
+not hold (displaced, or registration off). Without ``prior``, the weights are AFQ's: Gaussian
+in the Mahalanobis distance ``d`` of the streamline's node from the bundle's node cloud,
+``exp(-d**2 / 2)`` normalised per node (dipy's ``gaussian_weights`` uses ``1 / d`` instead,
+which is unbounded for the most central streamline), so streamlines near the bundle's own
+core count most; that core follows the scan's own drift (measurements:
+``docs/decisions.md``, "#17 profile weights").
 Node 0 is the inferior (brainstem) end.
 
 Anchored profiles (the pipeline's, given the MNI z of the subject grid): as in AFQ, where a
@@ -38,7 +49,7 @@ import pandas as pd
 from ..config import METRICS_WEIGHTINGS, PipelineConfig
 from ..errors import InputError
 from .bundles import density_map, world_grid
-from .cleaning import POSITION_FLOOR_MM, node_mahalanobis
+from .cleaning import POSITION_FLOOR_MM
 from .coverage import PROFILE_START_Z_MM
 from .streamlines import Packed, resample_streamlines, streamline_lengths
 
@@ -48,6 +59,7 @@ __all__ = [
     "orient_inferior_superior",
     "sample_nodes",
     "node_weights",
+    "prior_weights",
     "tract_profile",
     "tract_profiles",
     "resample_between_levels",
@@ -61,6 +73,11 @@ LOGGER = logging.getLogger(__name__)
 
 #: Nodes per profile.
 N_NODES = 100
+#: Lowest weight of a profile sample in :func:`prior_weights`: a point the atlas gives a CST
+#: probability of 0 weighs a tenth of one it gives 1 (a fifth of one at 0.5), so that
+#: samples off the population tract count less without being dropped; any floor from 0.05
+#: to 0.2 gives the same profile agreement (docs/decisions.md, "#17 profile weights").
+PRIOR_WEIGHT_FLOOR = 0.1
 #: MNI z (mm) of an anchored profile's last node: the top of the CST's compact trunk, where
 #: the Juelich CST map doubles in width as the tract fans out into the corona radiata towards
 #: the gyri (docs/decisions.md, "#17 profiles"). The first node is at
@@ -141,11 +158,32 @@ def sample_nodes(nodes: np.ndarray, scalar_map: np.ndarray, affine: np.ndarray) 
     return values.reshape(nodes.shape[:-1])
 
 
-def node_weights(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM) -> np.ndarray:
-    """Gaussian Mahalanobis weights ``exp(-d**2/2)``, shape (N, n_nodes), summing to 1 over streamlines."""
-    d = node_mahalanobis(resampled, floor_mm)
-    w = np.exp(-0.5 * d**2)
-    return w / w.sum(axis=0, keepdims=True)
+def prior_weights(resampled: np.ndarray, prior: np.ndarray, affine: np.ndarray,
+                  floor: float = PRIOR_WEIGHT_FLOOR) -> np.ndarray:
+    """Node weights from a tract probability map, shape (N, n_nodes), summing to 1 over streamlines.
+
+    Parameters
+    ----------
+    resampled : ndarray, shape (N, n_nodes, 3)
+        Streamline nodes, world RAS+ mm; NaN nodes (not reached) weigh 0.
+    prior : ndarray, shape (X, Y, Z)
+        Probability (0-1) that a voxel lies in the tract, on the grid of ``affine``.
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine of ``prior``.
+    floor : float
+        Lowest weight of a reached node (:data:`PRIOR_WEIGHT_FLOOR`).
+
+    Returns
+    -------
+    weights : ndarray, shape (N, n_nodes)
+        ``max(p, floor)`` at each node (trilinear), normalised per node; 0 where no node is reached.
+    """
+    resampled = np.asarray(resampled, float)
+    valid = np.isfinite(resampled[..., 0])
+    p = sample_nodes(np.where(valid[..., None], resampled, 0.0), prior, affine)
+    w = np.where(valid, np.maximum(np.nan_to_num(p), float(floor)), 0.0)
+    total = w.sum(axis=0, keepdims=True)
+    return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
 
 def tract_profile(bundle, scalar_map: np.ndarray, affine: np.ndarray, n_nodes: int = N_NODES) -> np.ndarray:
@@ -173,7 +211,7 @@ def tract_profile(bundle, scalar_map: np.ndarray, affine: np.ndarray, n_nodes: i
 
 def tract_profiles(bundle, maps: Mapping[str, np.ndarray], affine: np.ndarray,
                    n_nodes: int = N_NODES, missing_length_mm: float = 0.0,
-                   mni_z: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   mni_z: np.ndarray | None = None, prior: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """:func:`tract_profile` of several maps of the same grid, ``{name: profile}``.
 
     The streamlines are oriented, resampled and weighted once for all maps; each
@@ -189,32 +227,20 @@ def tract_profiles(bundle, maps: Mapping[str, np.ndarray], affine: np.ndarray,
     :data:`PROFILE_END_Z_MM` (:func:`resample_between_levels`); a field of view that stops
     above the lower level leaves the nodes below its start NaN, so ``missing_length_mm`` is
     not used.
+
+    ``prior`` (the tract's probability map on the maps' grid): node weights from it
+    (:func:`prior_weights`) instead of the Gaussian core weights (:func:`node_weights`).
     """
     if len(bundle) == 0:
         LOGGER.warning("empty bundle: the profile is all NaN")
         return {name: np.full(int(n_nodes), np.nan) for name in maps}
     if mni_z is not None:
         resampled = resample_between_levels(bundle, mni_z, affine, int(n_nodes))
-        return _profiles_of_nodes(resampled, maps, affine)
-    if missing_length_mm > 0:
-        return _partial_profiles(bundle, maps, affine, int(n_nodes), float(missing_length_mm))
-    arrays = {}
-    for name, scalar_map in maps.items():
-        scalar_map = np.asarray(scalar_map)
-        if scalar_map.ndim != 3:
-            raise InputError(None, f"scalar map must be 3D, got shape {scalar_map.shape}")
-        arrays[name] = scalar_map
-    resampled = resample_streamlines(_oriented_packed(bundle), int(n_nodes))
-    base_weights = node_weights(resampled)
-    out = {}
-    for name, scalar_map in arrays.items():
-        values = sample_nodes(resampled, scalar_map, affine)
-        valid = np.isfinite(values)
-        weights = np.where(valid, base_weights, 0.0)
-        total = weights.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[name] = np.where(total > 0, (weights * np.where(valid, values, 0.0)).sum(axis=0) / total, np.nan)
-    return out
+    elif missing_length_mm > 0:
+        resampled = resample_below_missing(bundle, int(n_nodes), float(missing_length_mm))
+    else:
+        resampled = resample_streamlines(_oriented_packed(bundle), int(n_nodes))
+    return _profiles_of_nodes(resampled, maps, affine, prior)
 
 
 def resample_below_missing(bundle, n_nodes: int, missing_length_mm: float) -> np.ndarray:
@@ -282,8 +308,12 @@ def resample_between_levels(bundle, mni_z: np.ndarray, affine: np.ndarray, n_nod
     return out
 
 
-def _nan_node_weights(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM) -> np.ndarray:
-    """:func:`node_weights` over the streamlines that reach each node (NaN nodes weigh 0)."""
+def node_weights(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM) -> np.ndarray:
+    """Gaussian Mahalanobis weights ``exp(-d**2/2)``, shape (N, n_nodes), summing to 1 over streamlines.
+
+    ``d`` is taken from the node cloud of the streamlines that reach the node (NaN nodes
+    weigh 0); ``floor_mm`` is added in quadrature to its covariance (:func:`~.cleaning.node_mahalanobis`).
+    """
     valid = np.isfinite(resampled[..., 0])
     n = np.maximum(valid.sum(axis=0), 1)
     mean = np.where(valid[..., None], resampled, 0.0).sum(axis=0) / n[:, None]
@@ -295,20 +325,15 @@ def _nan_node_weights(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM
     return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
 
-def _partial_profiles(bundle, maps, affine, n_nodes: int, missing_length_mm: float) -> dict[str, np.ndarray]:
-    """:func:`tract_profiles` of a tract whose first ``missing_length_mm`` lie outside the field of view."""
-    return _profiles_of_nodes(resample_below_missing(bundle, n_nodes, missing_length_mm), maps, affine)
-
-
-def _profiles_of_nodes(resampled: np.ndarray, maps, affine) -> dict[str, np.ndarray]:
-    """Weighted profiles of resampled nodes (N, n_nodes, 3) of which some are NaN (not reached)."""
+def _profiles_of_nodes(resampled: np.ndarray, maps, affine, prior: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Weighted profiles of resampled nodes (N, n_nodes, 3) of which some may be NaN (not reached)."""
     resampled = np.array(resampled, dtype=np.float64)
     reached = np.isfinite(resampled[..., 0])
     # a node most streamlines do not reach is left out: its few values are those of the
     # longest streamlines, at the very edge of the field of view
     resampled[:, reached.mean(axis=0) < MIN_NODE_SUPPORT] = np.nan
     reached = np.isfinite(resampled[..., 0])
-    weights = _nan_node_weights(resampled)
+    weights = node_weights(resampled) if prior is None else prior_weights(resampled, prior, affine)
     out = {}
     for name, scalar_map in maps.items():
         scalar_map = np.asarray(scalar_map)

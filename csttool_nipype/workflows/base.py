@@ -125,7 +125,7 @@ def init_subject_wf(subject: str, inputs: DWIInputs, output_dir: str, config: Pi
     if config.runs("cst"):
         cst_wf = init_cst_wf(config, sub, session, metrics=config.runs("metrics"), mem_gb=mem_gb,
                              omp_nthreads=omp_nthreads)
-        _link(wf, reg_wf, cst_wf, ["rois", "quality", "coverage", "mni_z"])
+        _link(wf, reg_wf, cst_wf, ["rois", "quality", "coverage", "mni_z", "priors"])
         _link(wf, tensor_wf, cst_wf, ["fa", "v1", "tensor", "md", "rd", "ad"])
         _link(wf, preproc_wf, cst_wf, ["mask", "dwi", "bval", "bvec"])
         outputs += [(cst_wf, "left", "cst_left"), (cst_wf, "right", "cst_right"),

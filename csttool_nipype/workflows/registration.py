@@ -9,7 +9,7 @@ from ..config import PipelineConfig
 from ..interfaces.registration import CSTRois, RegisterToMNI
 
 REGISTRATION_OUTPUTS = ["registration", "registration_json", "quality", "template_wm", "qc", "rois", "roi_labels",
-                        "coverage", "mni_z"]
+                        "coverage", "mni_z", "priors"]
 
 
 def init_registration_wf(config: PipelineConfig, name: str = "registration_wf"):
@@ -32,6 +32,9 @@ def init_registration_wf(config: PipelineConfig, name: str = "registration_wf"):
         ROI index (rois.json), label image, and whether the image covers the CST ROIs.
     mni_z
         MNI z (mm) of every voxel of the subject grid (anchors the CST profiles).
+    priors
+        priors.json: the Juelich CST probability map of each side on the subject grid
+        (weighs the CST profile samples).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=["fa", "mask"]), name="inputnode")
@@ -46,6 +49,6 @@ def init_registration_wf(config: PipelineConfig, name: str = "registration_wf"):
         (register, outputnode, [("out_dir", "registration"), ("out_json", "registration_json"),
                                 ("out_quality", "quality"), ("out_template_wm", "template_wm"), ("out_qc", "qc")]),
         (rois, outputnode, [("out_rois", "rois"), ("out_labels", "roi_labels"), ("out_coverage", "coverage"),
-                            ("out_mni_z", "mni_z")]),
+                            ("out_mni_z", "mni_z"), ("out_priors", "priors")]),
     ])
     return wf

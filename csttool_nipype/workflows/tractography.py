@@ -67,13 +67,14 @@ def init_cst_wf(config: PipelineConfig, subject: str, session: str | None = None
 
     Inputs: the tracking inputs (``fa``, ``v1``, ``tensor``, ``mask``, ``dwi``, ``bval``, ``bvec``),
     ``rois`` (rois.json), ``md``/``rd``/``ad``, ``quality``, ``coverage``, ``mni_z`` (MNI z of the
-    subject grid, which anchors the profiles).
+    subject grid, which anchors the profiles), ``priors`` (priors.json: the CST probability
+    maps that weigh the profile samples).
     Outputs: ``left``/``right`` (.trk), their density maps, and with ``metrics``: ``profiles``
     (long TSV), ``summary`` (one-row TSV), ``summary_json``, ``metrics_record`` (sidecar keys:
     the covered extent).
     """
     wf = pe.Workflow(name=name)
-    fields = TRACK_INPUTS + ["rois", "md", "rd", "ad", "quality", "coverage", "mni_z"]
+    fields = TRACK_INPUTS + ["rois", "md", "rd", "ad", "quality", "coverage", "mni_z", "priors"]
     inputnode = pe.Node(IdentityInterface(fields=fields), name="inputnode")
     track = _track_node(config, inputnode, wf, "track_cst", config.cst_seed_density, mem_gb)
     track.inputs.seed_rois = list(CST_SEED_ROIS)
@@ -97,7 +98,8 @@ def init_cst_wf(config: PipelineConfig, subject: str, session: str | None = None
         wf.connect([
             (extract, node, [("out_left", "in_left"), ("out_right", "in_right")]),
             (inputnode, node, [(m, f"in_{m}") for m in ("fa", "md", "rd", "ad")]
-             + [("quality", "in_registration_quality"), ("coverage", "in_coverage"), ("mni_z", "in_mni_z")]),
+             + [("quality", "in_registration_quality"), ("coverage", "in_coverage"), ("mni_z", "in_mni_z"),
+                ("priors", "in_priors")]),
             (node, outputnode, [("out_profiles", "profiles"), ("out_summary", "summary"),
                                 ("out_json", "summary_json"), ("out_record", "metrics_record")]),
         ])
