@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from csttool_nipype.cli.main import main
+from waiting import default_sigint
 
 pytestmark = pytest.mark.slow
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -87,7 +88,7 @@ def test_ctrl_c_writes_interrupted_everywhere_and_exits_130(phantom, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "csttool_nipype.cli.main", "batch", "--bids-dir", str(raw),
                              "--out", str(out), "--nprocs", "1", "--stages", "tensor", *FAST],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
     log = out / "sub-01" / "logs" / "sub-01.log"
     t0 = time.monotonic()
     while not (log.exists() and "attempt started" in log.read_text()):

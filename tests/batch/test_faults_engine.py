@@ -17,7 +17,7 @@ from csttool_nipype.batch.jobs import Job
 from csttool_nipype.batch.runner import BatchOptions, BatchRunner
 from csttool_nipype.batch.state import job_paths, read_done
 
-from waiting import wait_until
+from waiting import default_sigint, wait_until
 
 FUNCTION = "tests.batch.fake_jobs:behave"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -54,7 +54,8 @@ def _driver(out: Path, key: str, function: str, payload: dict, keys: tuple = ())
             print(outcome.status, outcome.reason)
         sys.exit(130 if runner.interrupted else 0)
     """)
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_sigint)
 
 
 def _pool_pids(out, tmp_path, key):
