@@ -63,7 +63,7 @@ def load_scan(subject_dir: Path) -> dict:
             "mask": np.asarray(image("*_desc-brain_mask.nii.gz").dataobj) > 0}
     result = load_registration(subject_dir / "xfm" / "registration")
     rois = cst_rois(result, scan["fa"].shape, scan["affine"], mask=scan["mask"])
-    scan["rois"], scan["mni_z"] = dict(rois), rois.mni_z
+    scan["rois"], scan["mni_z"], scan["priors"] = dict(rois), rois.mni_z, rois.priors
     return scan
 
 
@@ -88,7 +88,8 @@ def run_variant(scan: dict, spec: str, anchored: bool = True) -> dict:
                              clip_end=D.cst_clip_end, midline_layer="right", midline=midline)
         metrics = bundle_metrics(bundle, {"fa": scan["fa"], "md": scan["md"]}, scan["affine"])
         profile = tract_profiles(bundle, {"fa": scan["fa"]}, scan["affine"], 100,
-                                 mni_z=scan["mni_z"] if anchored else None)["fa"] if len(bundle) else np.full(100, np.nan)
+                                 mni_z=scan["mni_z"] if anchored else None,
+                                 prior=scan["priors"][f"cst_prior_{side}"])["fa"] if len(bundle) else np.full(100, np.nan)
         metrics.update(core_means({"fa": profile}))
         out[side] = (metrics, profile)
     return out
