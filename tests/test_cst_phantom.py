@@ -1,7 +1,7 @@
 """CST extraction end to end on the digital phantom: ``csttool run`` against the ground truth.
 
 Each fixture writes a 3 mm phantom (20 directions, SNR 30, random pose up to 15 degrees
-and 10 mm, stored LPS or PSR; the slab case RAS; ``test_offline.py`` runs one stored LAS) with :func:`write_phantom` and runs it through the
+and 10 mm, stored LPS, PSR (sagittal slices) or LIP (coronal slices); the slab case RAS; ``test_offline.py`` runs one stored LAS) with :func:`write_phantom` and runs it through the
 command line (``csttool_nipype.cli.main.main``). The outputs lie on the RAS-reoriented
 grid, the truth on the stored grid, so masks are compared in world space (nearest voxel
 of the output at each truth voxel centre).
@@ -111,7 +111,13 @@ def psr(tmp_path_factory):
     return _make_run(tmp_path_factory, "psr", _spec("PSR", seed=12))
 
 
-RUNS = ["lps_lesion", "psr"]
+@pytest.fixture(scope="module")
+def lip(tmp_path_factory):
+    """Stored coronally (LIP: slices along the anterior-posterior axis, each axis flipped or turned)."""
+    return _make_run(tmp_path_factory, "lip", _spec("LIP", seed=13))
+
+
+RUNS = ["lps_lesion", "psr", "lip"]
 
 
 def per_run_and_side(test):
