@@ -208,6 +208,8 @@ def test_summary_counts_and_no_flags(psr):
         assert row[f"streamline_count_{side}"] >= 50
         assert row[f"volume_mm3_{side}"] > 0
     assert row["n_flags"] == 0, row["flag_reasons"]
+    definition = json.loads(psr.file("space-dwi_bundle-CST_tractprofile.json").read_text())["ProfileDefinition"]
+    assert "Juelich CST probability" in definition["SampleWeights"] and "MNI z = -27" in definition["Nodes"]
 
 
 #: Golden list of a phantom run's files (relative to OUT; the registry check is in test_derivatives.py).

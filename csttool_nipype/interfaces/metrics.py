@@ -49,7 +49,8 @@ class _MetricsOutputSpec(TraitedSpec):
     out_profiles = File(exists=True, desc="long TSV: subject, session, side, node, metric, value")
     out_summary = File(exists=True, desc="one-row TSV: per-side metrics, laterality, flags")
     out_json = File(exists=True, desc="the summary row as JSON")
-    out_record = File(exists=True, desc="JSON for the summary and profile sidecars: the covered extent")
+    out_record = File(exists=True, desc="JSON for the summary and profile sidecars: the covered extent and "
+                                        "the profile definition")
 
 
 class CSTMetrics(StageInterface):
@@ -113,7 +114,9 @@ class CSTMetrics(StageInterface):
         self._results["out_profiles"] = str(cwd / "tractprofile.tsv")
         self._results["out_summary"] = str(cwd / "summary.tsv")
         self._results["out_json"] = write_json(row, cwd / "summary.json")
-        self._results["out_record"] = write_json(coverage_record(coverage, profiles), cwd / "record.json")
+        record = {**coverage_record(coverage, profiles),
+                  **profile_definition(n_nodes, anchored=mni_z is not None, atlas_weighted=bool(priors))}
+        self._results["out_record"] = write_json(record, cwd / "record.json")
         return runtime
 
     def _optional_json(self, name):
@@ -142,6 +145,19 @@ def coverage_record(coverage: dict, profiles: dict) -> dict:
                               "Partial": bool(coverage.get("partial", False)),
                               "NotCovered": not coverage.get("covered", True)},
             "ProfileNodesCovered": nodes}
+
+
+def profile_definition(n_nodes: int, *, anchored: bool, atlas_weighted: bool) -> dict:
+    """Sidecar key ``ProfileDefinition``: where a profile's nodes lie and how each node's samples weigh."""
+    from ..science.profiles import PRIOR_WEIGHT_FLOOR, PROFILE_END_Z_MM, PROFILE_START_Z_MM
+
+    span = (f"each streamline's stretch between the subject-space surfaces of MNI z = {PROFILE_START_Z_MM:g} and "
+            f"{PROFILE_END_Z_MM:g} mm" if anchored else "each whole streamline")
+    weights = (f"the Juelich CST probability of the side at the node, at least {PRIOR_WEIGHT_FLOOR:g}" if atlas_weighted
+               else "Gaussian in the Mahalanobis distance of the node from the bundle's node cloud (AFQ)")
+    return {"ProfileDefinition": {"Nodes": f"{int(n_nodes)} equidistant nodes of {span}; node 0 is the inferior end",
+                                  "SampleWeights": f"mean over streamlines weighted by {weights}",
+                                  "Sampling": "trilinear"}}
 
 
 def quality_flags(registration: dict | None, coverage: dict | None, min_dice: float) -> dict[str, str]:
