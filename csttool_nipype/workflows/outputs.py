@@ -53,7 +53,7 @@ def init_derivatives_wf(output_dir: str, subject: str, session: str | None = Non
     ------
     One field per key of ``fields``, plus ``source_file`` (recorded in
     sidecars), ``preproc_record`` (a JSON file merged into the preprocessed DWI's sidecar) and
-    ``metrics_record`` (merged into the summary and profile sidecars: the covered extent).
+    ``metrics_record`` (merged into the summary and profile sidecars: the covered extent and the profile definition).
     """
     fields = list(fields or WORKFLOW_OUTPUTS)
     wf = pe.Workflow(name=name)

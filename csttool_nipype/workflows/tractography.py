@@ -70,7 +70,7 @@ def init_cst_wf(config: PipelineConfig, subject: str, session: str | None = None
     subject grid, which anchors the profiles), ``priors`` (priors.json: the CST probability
     maps that weigh the profile samples).
     Outputs: ``left``/``right`` (.trk), their density maps, and with ``metrics``: ``profiles``
-    (long TSV), ``summary`` (one-row TSV), ``summary_json``, ``metrics_record`` (sidecar keys:
+    (long TSV), ``summary`` (one-row TSV), ``summary_json``, ``metrics_record`` (sidecar keys: the profile definition and
     the covered extent).
     """
     wf = pe.Workflow(name=name)
