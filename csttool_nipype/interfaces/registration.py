@@ -9,7 +9,7 @@ import numpy as np
 from nipype.interfaces.base import Directory, File, TraitedSpec, traits
 
 from ..config import PipelineConfig
-from .base import StageInterface, VersionedInputSpec, load_mask, write_json
+from .base import StageInterface, VersionedInputSpec, load_mask, save_map, write_json
 
 
 class _RegisterInputSpec(VersionedInputSpec):
@@ -84,7 +84,7 @@ class CSTRois(StageInterface):
 
     When the field of view stops above the medulla (``partial`` coverage), ``rois.json``
     also names ``cst_start``: where the CST starts (``science.coverage.start_roi``).
-    ``mni_z.nii.gz`` holds the MNI z (mm) of every voxel, which anchors the CST profiles
+    ``mni_z.nii`` holds the MNI z (mm) of every voxel, which anchors the CST profiles
     (``science.profiles.resample_between_levels``); ``priors.json`` names the Juelich CST
     probability map of each side on the subject grid, which weighs the profile samples
     (``science.profiles.prior_weights``).
@@ -119,12 +119,8 @@ class CSTRois(StageInterface):
         self._results["out_rois"] = write_json(index, cwd / "rois.json")
         self._results["out_labels"] = str(cwd / "roi_labels.nii.gz")
         self._results["out_coverage"] = write_json(covered, cwd / "coverage.json")
-        nib.save(nib.Nifti1Image(np.asarray(rois.mni_z, np.float32), ref.affine), cwd / "mni_z.nii.gz")
-        self._results["out_mni_z"] = str(cwd / "mni_z.nii.gz")
-        priors = {}
-        for side in ("left", "right"):
-            priors[side] = str(cwd / f"prior_cst_{side}.nii.gz")
-            nib.save(nib.Nifti1Image(np.asarray(rois.priors[f"cst_prior_{side}"], np.float32), ref.affine),
-                     priors[side])
+        self._results["out_mni_z"] = save_map(np.asarray(rois.mni_z, np.float32), ref.affine, cwd, "mni_z")
+        priors = {side: save_map(np.asarray(rois.priors[f"cst_prior_{side}"], np.float32), ref.affine, cwd,
+                                 f"prior_cst_{side}") for side in ("left", "right")}
         self._results["out_priors"] = write_json(priors, cwd / "priors.json")
         return runtime
