@@ -31,8 +31,8 @@ import numpy as np
 from cst_design_variants import load_scan  # noqa: E402 (benchmarks/ on sys.path)
 
 from csttool_nipype.derivatives import find
-from csttool_nipype.science.profiles import (MIN_NODE_SUPPORT, PRIOR_WEIGHT_FLOOR, node_weights, prior_weights,
-                                             resample_between_levels, sample_nodes)
+from csttool_nipype.science.profiles import (PRIOR_WEIGHT_FLOOR, node_profiles, node_weights, prior_weights,
+                                             resample_between_levels)
 from csttool_nipype.science.reliability import median_pairwise_correlation
 from csttool_nipype.science.transforms import load_registration, subject_to_mni_points, warp_to_mni
 from csttool_nipype.science.trk_io import load_trk
@@ -41,17 +41,9 @@ SIDES = ("left", "right")
 FLOORS = (0.05, PRIOR_WEIGHT_FLOOR, 0.2, 0.3)
 
 
-def weighted_profile(nodes: np.ndarray, weights: np.ndarray, fa: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Per node, the mean FA of the streamlines reaching it under ``weights`` (N, n_nodes); NaN where
-    fewer than :data:`MIN_NODE_SUPPORT` of them reach it, as in the pipeline."""
-    reached = np.isfinite(nodes[..., 0])
-    values = sample_nodes(np.where(reached[..., None], nodes, 0.0), fa, affine)
-    w = np.where(reached & np.isfinite(values), weights, 0.0)
-    total = w.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        profile = (w * np.nan_to_num(values)).sum(axis=0) / total
-    profile[reached.mean(axis=0) < MIN_NODE_SUPPORT] = np.nan
-    return profile
+def weighted_profile(nodes: np.ndarray, weights, fa: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The pipeline's FA profile of ``nodes`` (N, n_nodes, 3) with ``weights(nodes)`` (N, n_nodes)."""
+    return node_profiles(nodes, {"fa": fa}, affine, weights)["fa"]
 
 
 def pairwise(profiles: list[np.ndarray]) -> list[float]:
@@ -95,7 +87,7 @@ def main(argv=None) -> int:
             mni = np.full_like(flat, np.nan)
             mni[ok] = subject_to_mni_points(flat[ok], scan["registration"])
             tracts.append(mni.reshape(nodes.shape))
-        along = [[weighted_profile(t, node_weights(t), fa, mni_affine) for fa in fa_mni] for t in tracts]
+        along = [[weighted_profile(t, node_weights, fa, mni_affine) for fa in fa_mni] for t in tracts]
         print(f"  {side:<6} each FA along its own tract   r {np.round(pairwise([along[i][i] for i in range(len(scans))]), 3).tolist()}")
         for i in range(len(scans)):
             print(f"  {side:<6} every FA along tract {i}        r {np.round(pairwise(along[i]), 3).tolist()}")
@@ -115,7 +107,7 @@ def main(argv=None) -> int:
     for label, weights in variants.items():
         cells = []
         for side in SIDES:
-            profiles = [weighted_profile(s["nodes"][side], weights(s["nodes"][side], s, side), s["fa"], s["affine"])
+            profiles = [weighted_profile(s["nodes"][side], lambda n, s=s: weights(n, s, side), s["fa"], s["affine"])
                         for s in scans]
             cells.append(f"{side} {median_pairwise_correlation(profiles):.3f} "
                          f"({', '.join(f'{r:.3f}' for r in pairwise(profiles))})")

@@ -60,6 +60,7 @@ __all__ = [
     "sample_nodes",
     "node_weights",
     "prior_weights",
+    "node_profiles",
     "tract_profile",
     "tract_profiles",
     "resample_between_levels",
@@ -240,7 +241,9 @@ def tract_profiles(bundle, maps: Mapping[str, np.ndarray], affine: np.ndarray,
         resampled = resample_below_missing(bundle, int(n_nodes), float(missing_length_mm))
     else:
         resampled = resample_streamlines(_oriented_packed(bundle), int(n_nodes))
-    return _profiles_of_nodes(resampled, maps, affine, prior)
+    if prior is None:
+        return node_profiles(resampled, maps, affine)
+    return node_profiles(resampled, maps, affine, lambda nodes: prior_weights(nodes, prior, affine))
 
 
 def resample_below_missing(bundle, n_nodes: int, missing_length_mm: float) -> np.ndarray:
@@ -325,15 +328,22 @@ def node_weights(resampled: np.ndarray, floor_mm: float = POSITION_FLOOR_MM) -> 
     return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
 
-def _profiles_of_nodes(resampled: np.ndarray, maps, affine, prior: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Weighted profiles of resampled nodes (N, n_nodes, 3) of which some may be NaN (not reached)."""
+def node_profiles(resampled: np.ndarray, maps: Mapping[str, np.ndarray], affine: np.ndarray,
+                  weigh=node_weights) -> dict[str, np.ndarray]:
+    """Weighted profiles ``{name: (n_nodes,)}`` of resampled nodes, some of which may be NaN (not reached).
+
+    ``resampled``: (N, n_nodes, 3), world RAS+ mm. A node that fewer than
+    :data:`MIN_NODE_SUPPORT` of the streamlines reach is NaN in every profile. ``weigh``
+    maps the nodes left (N, n_nodes, 3) to their weights (N, n_nodes), e.g.
+    :func:`node_weights` (default) or :func:`prior_weights` with its map bound.
+    """
     resampled = np.array(resampled, dtype=np.float64)
     reached = np.isfinite(resampled[..., 0])
     # a node most streamlines do not reach is left out: its few values are those of the
     # longest streamlines, at the very edge of the field of view
     resampled[:, reached.mean(axis=0) < MIN_NODE_SUPPORT] = np.nan
     reached = np.isfinite(resampled[..., 0])
-    weights = node_weights(resampled) if prior is None else prior_weights(resampled, prior, affine)
+    weights = weigh(resampled)
     out = {}
     for name, scalar_map in maps.items():
         scalar_map = np.asarray(scalar_map)
