@@ -164,9 +164,10 @@ def test_cropped_scan_gives_both_csts_flagged_partial(scan, level, cropped):
     assert coverage["partial"] and coverage["covered"]
 
 
-#: Mean FA over the common nodes, cropped minus whole scan (left / right), measured 2026-12-06 with
-#: the thalamus excluded from every CST (#18, docs/decisions.md "#18 thalamus"): Canon pons -0.006 /
-#: -0.010, peduncle +0.014 / -0.009; Philips pons -0.009 / -0.004, peduncle +0.002 / +0.005. Before
+#: Mean FA over the common nodes, cropped minus whole scan (left / right), measured 2026-12-07 on 0.4.5
+#: (thalamus excluded from every CST, #18; profile samples weighted by the Juelich CST probability):
+#: Canon pons -0.001 / -0.010, peduncle +0.017 / -0.003; Philips pons -0.005 / -0.003, peduncle
+#: +0.002 / +0.002 (2026-12-06, before the profile weights: Canon peduncle +0.014 / -0.009). Before
 #: (#17 bundle definition, profiles anchored between MNI z = -27 and 25 mm) the peduncle crops were
 #: +0.035 / +0.014 and +0.040 / +0.019: the cropped scan's CST starts in the template CST at its
 #: lowest imaged level, which left out the streamlines that run through the thalamus and cross the
